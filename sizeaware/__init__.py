@@ -1,0 +1,1 @@
+"""Size-aware, verifiable image transfers for OpenStack Glance."""

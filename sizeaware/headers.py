@@ -1,0 +1,92 @@
+"""Reading the headers that say how big an upload is.
+
+Python's ``int()`` accepts far more than HTTP does (``+5``, ``5_000``,
+``١٢``), so every byte count is checked against one strict grammar here
+before it is trusted. The functions take the raw WSGI environ values and
+raise :mod:`sizeaware.exceptions` errors whose text a client can act on.
+"""
+
+import re
+
+from sizeaware import exceptions
+
+IMAGE_SIZE_HEADER = 'X-OpenStack-Image-Size'
+IMAGE_SIZE_ENVIRON = 'HTTP_X_OPENSTACK_IMAGE_SIZE'
+
+#: Optional blanks, 1 to 20 ASCII digits, optional blanks. Twenty digits
+#: hold any 64-bit size; anything longer is not a size but an attack or a bug.
+_BYTE_COUNT = re.compile(r'[ \t]*([0-9]{1,20})[ \t]*')
+_MAX_DIGITS = 20
+_QUOTE_LIMIT = 40
+
+
+def quote(value):
+    """``value`` made safe for a message: printable ASCII, truncated."""
+    if len(value) > _QUOTE_LIMIT:
+        return ascii(value[:_QUOTE_LIMIT]) + '...'
+    return ascii(value)
+
+
+def parse_byte_count(name, value):
+    """The integer that header ``name``'s ``value`` states, or an error.
+
+    :raises sizeaware.exceptions.MalformedHeader: with the reason, for any
+        value outside the grammar.
+    """
+    match = _BYTE_COUNT.fullmatch(value)
+    if match is not None:
+        return int(match.group(1))
+    raise exceptions.MalformedHeader(
+        'Invalid %s header %s: %s.' % (name, quote(value), _reason(value)))
+
+
+def _reason(value):
+    stripped = value.strip(' \t')
+    if not stripped:
+        return 'the value is empty'
+    if ',' in stripped:
+        return 'the header was given more than once'
+    if stripped.isascii() and stripped.isdigit():
+        return 'more than %d digits' % _MAX_DIGITS
+    return 'expected a byte count of ASCII digits only'
+
+
+def image_size(environ):
+    """The declared image size, or None when the header is absent."""
+    value = environ.get(IMAGE_SIZE_ENVIRON)
+    if value is None:
+        return None
+    return parse_byte_count(IMAGE_SIZE_HEADER, value)
+
+
+def content_length(environ):
+    """The request's Content-Length, or None when absent or empty.
+
+    Some WSGI servers put an empty string in ``CONTENT_LENGTH`` for a
+    request without one; that means absent.
+    """
+    value = environ.get('CONTENT_LENGTH')
+    if value is None or value == '':
+        return None
+    return parse_byte_count('Content-Length', value)
+
+
+def is_chunked(environ):
+    """Whether the body is framed by chunked transfer coding.
+
+    :raises sizeaware.exceptions.UnsupportedFraming: for any transfer coding
+        other than plain ``chunked``: with another coding layered on top the
+        bytes received are not the image's bytes.
+    """
+    value = environ.get('HTTP_TRANSFER_ENCODING')
+    if value is None:
+        return False
+    if value.strip(' \t').lower() == 'chunked':
+        return True
+    raise exceptions.UnsupportedFraming(
+        'Unsupported Transfer-Encoding %s: only "chunked" is accepted for '
+        'image data.' % quote(value))
+
+
+def has_content_range(environ):
+    return 'HTTP_CONTENT_RANGE' in environ

@@ -1,0 +1,1 @@
+"""Paste filters; each module holds one filter and stays thin."""

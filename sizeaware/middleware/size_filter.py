@@ -1,0 +1,193 @@
+"""Enforce ``X-OpenStack-Image-Size`` on Glance image uploads.
+
+Glance hands image data to glance_store without knowing its size unless the
+client says it, and then Ceph RBD and Cinder grow volumes while writing and
+S3 cannot use multipart upload. Glance 2025.2 and later read the
+``X-OpenStack-Image-Size`` header and leave enforcing it to each store
+driver; earlier releases ignore it. This filter gives every release the
+same strict behaviour:
+
+* it checks the header and ``Content-Length`` before any body byte is read
+  and answers 400, 411 or 413 when the headers alone decide;
+* it replaces the body with a reader that counts every byte, never lets one
+  past the declared size through, and fails a body that ends early;
+* it passes the size on as ``CONTENT_LENGTH`` (read by every release), as
+  the header (read by 2025.2 and later) and as
+  ``environ['sizeaware.expected_size']``;
+* when the body does not match, it answers 400 whatever the application
+  made of the error, after the store driver has removed the partial data.
+
+It acts on ``PUT /v2/images/{image_id}/file`` and ``.../stage`` only; every
+other request passes through after one path check.
+
+Deploy it in every pipeline of ``glance-api-paste.ini``, after ``context``
+(or ``unauthenticated-context``) and before ``rootapp``::
+
+    [filter:sizeaware]
+    use = egg:sizeaware#sizeaware
+
+Configuration, in ``[sizeaware]`` of the service's configuration file or in
+the filter's paste section (which wins):
+
+========================  ============  ====================================
+Option                    Default       Meaning
+========================  ============  ====================================
+``max_image_size``        1 TiB         larger declared sizes get 413
+``require_image_size``    false         uploads of unknown size get 411
+``oslo_config_project``   (unset)       paste only: read this project's
+                                        configuration file instead of the
+                                        running service's
+========================  ============  ====================================
+"""
+
+import re
+
+from oslo_context import context as oslo_context
+from oslo_log import log as logging
+from oslo_middleware import base
+import webob
+
+from sizeaware import body
+from sizeaware import exceptions
+from sizeaware import headers
+from sizeaware import opts
+
+LOG = logging.getLogger(__name__)
+
+_UPLOAD_PATH = re.compile(r'/v2/images/([^/]+)/(file|stage)/?')
+
+#: Where the declared size is published for middleware further down.
+EXPECTED_SIZE_KEY = 'sizeaware.expected_size'
+
+
+class SizeFilter(base.ConfigurableMiddleware):
+    """The paste filter; see the module docstring."""
+
+    def __init__(self, application, conf=None):
+        super().__init__(application, conf)
+        self.oslo_conf.register_opts(opts.size_filter_opts, group=opts.GROUP)
+        self.max_image_size = self._option('max_image_size')
+        self.require_image_size = self._option('require_image_size')
+
+    def _option(self, name):
+        """An option's value, parsed once, at load time.
+
+        A value from the paste section is converted and validated by the
+        option's own type, and not written into the shared configuration
+        object, so two pipelines can each carry their own setting.
+        """
+        if name in self.conf:
+            opt = next(o for o in opts.size_filter_opts if o.name == name)
+            return opt.type(self.conf[name])
+        return getattr(getattr(self.oslo_conf, opts.GROUP), name)
+
+    def __call__(self, environ, start_response):
+        if environ.get('REQUEST_METHOD') != 'PUT':
+            return self.application(environ, start_response)
+        match = _UPLOAD_PATH.fullmatch(environ.get('PATH_INFO', ''))
+        if match is None:
+            return self.application(environ, start_response)
+        image_id = match.group(1)
+        try:
+            reader = self._admit(environ)
+        except exceptions.SizeawareError as error:
+            return self._reject(environ, image_id, error)(
+                environ, start_response)
+        if reader is None:
+            return self.application(environ, start_response)
+        return self._forward(environ, start_response, image_id, reader)
+
+    def _admit(self, environ):
+        """Decide what the headers alone can decide; wrap the body if sized.
+
+        :returns: the body reader installed as ``wsgi.input``, or None when
+            the request passes through unchanged.
+        :raises sizeaware.exceptions.SizeawareError: to refuse the request
+            before any body byte is read.
+        """
+        if headers.has_content_range(environ):
+            raise exceptions.PartialUpload(
+                'Content-Range is not supported on an image upload: the '
+                'body must be the whole image.')
+        declared = headers.image_size(environ)
+        chunked = headers.is_chunked(environ)
+        # RFC 9112 section 6.3: Transfer-Encoding overrides Content-Length.
+        length = None if chunked else headers.content_length(environ)
+        if declared is None:
+            if self.require_image_size and length is None:
+                raise exceptions.SizeRequired(
+                    'This cloud requires the image size up front: send %s '
+                    'or Content-Length.' % headers.IMAGE_SIZE_HEADER)
+            return None
+        if declared > self.max_image_size:
+            raise exceptions.ImageTooLarge(
+                'Declared image size %d bytes exceeds the maximum of %d '
+                'bytes.' % (declared, self.max_image_size))
+        if length is not None and length != declared:
+            raise exceptions.ConflictingLength(
+                'Content-Length %d does not match the declared image size '
+                '%d.' % (length, declared))
+        if declared and not chunked and length is None:
+            # RFC 9112 section 6.3: no framing at all means an empty body.
+            raise exceptions.BodyTooShort(declared, 0)
+        reader = body.open_body(environ, declared, chunked)
+        if declared == 0:
+            # An application told CONTENT_LENGTH 0 never reads: prove the
+            # body empty here.
+            reader.read(1)
+        environ['wsgi.input'] = reader
+        environ['wsgi.input_terminated'] = True
+        environ.pop('HTTP_TRANSFER_ENCODING', None)
+        environ.pop('webob._body_file', None)
+        environ['CONTENT_LENGTH'] = str(declared)
+        environ[headers.IMAGE_SIZE_ENVIRON] = str(declared)
+        environ[EXPECTED_SIZE_KEY] = declared
+        return reader
+
+    def _forward(self, environ, start_response, image_id, reader):
+        """Call the application; the reader's verdict overrides its answer.
+
+        The application may turn the reader's error into a 500, a 503, or
+        nothing at all; the client gets the 400 in every case.
+        """
+        request = webob.Request(environ)
+        try:
+            response = request.get_response(self.application)
+        except Exception:
+            if reader.error is None:
+                raise
+            response = None
+        if reader.error is None:
+            return response(environ, start_response)
+        if response is not None:
+            close = getattr(response.app_iter, 'close', None)
+            if close is not None:
+                close()
+        return self._reject(environ, image_id, reader.error,
+                            received=reader.received)(environ, start_response)
+
+    def _reject(self, environ, image_id, error, received=None):
+        """Log one line about a refused upload and build the response."""
+        declared = environ.get(EXPECTED_SIZE_KEY)
+        if declared is None:
+            declared = environ.get(headers.IMAGE_SIZE_ENVIRON)
+        if isinstance(error, exceptions.BodySizeMismatch):
+            received = error.received
+        LOG.info('Refused image upload: request_id=%(request_id)s '
+                 'image_id=%(image_id)s declared=%(declared)s '
+                 'received=%(received)s reason=%(reason)s',
+                 {'request_id': _request_id(environ), 'image_id': image_id,
+                  'declared': declared, 'received': received,
+                  'reason': error})
+        return exceptions.http_error(error)
+
+
+def _request_id(environ):
+    """The request id that the pipeline before this filter assigned."""
+    request_id = environ.get('openstack.request_id')
+    if request_id:
+        return request_id
+    context = environ.get('webob.adhoc_attrs', {}).get('context')
+    if context is None:
+        context = oslo_context.get_current()
+    return getattr(context, 'request_id', None)

@@ -1,0 +1,469 @@
+"""A real Glance API under uwsgi on 127.0.0.1, for tests, benchmarks and
+the local demo.
+
+::
+
+    with Glance('33', with_filter=False) as glance:
+        headers = glance.identity_headers('p1')
+        requests.post(glance.url + '/v2/images', json={...}, headers=headers)
+
+Each instance gets its own work directory (config, paste ini, sqlite
+database, store directories, log, pid files) and its own free port. The
+paste pipeline is the release's own shipped ``glance-api-paste.ini`` with
+``sizeaware`` inserted right after ``context`` / ``unauthenticated-context``
+in every pipeline of ``[composite:api]`` (as an operator deploys it), plus
+the test-only flavor ``sizeawaretest``: the ``keystone`` pipeline without
+``authtoken``, so Glance's own ``context`` filter builds the request context
+from the ``X-Identity-Status``/``X-Project-Id``/``X-User-Id``/``X-Roles``
+headers (see :meth:`Glance.identity_headers`).
+
+Only the standard library is used: Glance runs from its venv, driven by
+path.
+"""
+
+import contextlib
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from teststack import paths
+from teststack import process
+from teststack import venvs
+
+# The flavor whose pipeline trusts identity headers; test use only.
+TEST_FLAVOR = 'sizeawaretest'
+FILTER_NAME = 'sizeaware'
+_CONTEXT_FILTERS = ('context', 'unauthenticated-context')
+
+
+# ---------------------------------------------------------------------------
+# Configuration text
+
+
+def _ini_value(value):
+    if isinstance(value, bool):
+        return 'true' if value else 'false'
+    if isinstance(value, pathlib.PurePath):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return ','.join(_ini_value(v) for v in value)
+    return str(value)
+
+
+def render_ini(sections) -> str:
+    """``{section: {option: value}}`` as ini text (bools as true/false,
+    lists comma-joined)."""
+    out = []
+    for section, options in sections.items():
+        out.append('[%s]' % section)
+        for key, value in options.items():
+            if value is None:
+                continue
+            out.append('%s = %s' % (key, _ini_value(value)))
+        out.append('')
+    return '\n'.join(out)
+
+
+def merge_conf(base, extra):
+    """Merge ``{section: {option: value}}`` ``extra`` into ``base``; an
+    option set to None in ``extra`` is removed."""
+    for section, options in (extra or {}).items():
+        target = base.setdefault(section, {})
+        for key, value in options.items():
+            if value is None:
+                target.pop(key, None)
+            else:
+                target[key] = value
+    return base
+
+
+_SECTION_RE = re.compile(r'^\s*\[([^\]]+)\]\s*$')
+_OPTION_RE = re.compile(r'^([^\s#;][^=:]*?)\s*[=:]\s*(.*?)\s*$')
+
+
+def _split_sections(text):
+    """The ini as ``[(section or None, [lines])]`` in file order."""
+    sections = [(None, [])]
+    for line in text.splitlines():
+        match = _SECTION_RE.match(line)
+        if match:
+            sections.append((match.group(1).strip(), [line]))
+        else:
+            sections[-1][1].append(line)
+    return sections
+
+
+def _section_options(lines):
+    options = {}
+    for line in lines[1:]:
+        match = _OPTION_RE.match(line)
+        if match:
+            options[match.group(1)] = match.group(2)
+    return options
+
+
+def build_paste_ini(shipped: str, *, with_filter=True, filter_options=None,
+                    test_flavor=TEST_FLAVOR) -> str:
+    """Derive the paste ini the stack runs from a release's shipped one.
+
+    - with ``with_filter``: ``sizeaware`` right after ``context`` /
+      ``unauthenticated-context`` in every pipeline of ``[composite:api]``,
+      and ``[filter:sizeaware]`` (``use = egg:sizeaware#sizeaware`` plus
+      ``filter_options``);
+    - with ``test_flavor``: a pipeline of that name in ``[composite:api]``
+      (the ``keystone`` one without ``authtoken``) and its
+      ``[composite:glance-api-<flavor>]``, a copy of the keystone one.
+    """
+    sections = _split_sections(shipped)
+    names = [name for name, _ in sections]
+    if 'composite:api' not in names:
+        raise ValueError('paste ini has no [composite:api]')
+    out = []
+    keystone_pipeline = None
+    for name, lines in sections:
+        if name != 'composite:api':
+            out.extend(lines)
+            continue
+        new_lines = [lines[0]]
+        for line in lines[1:]:
+            match = _OPTION_RE.match(line)
+            if not match or match.group(1).startswith('paste.'):
+                new_lines.append(line)
+                continue
+            flavor, pipeline = match.group(1), match.group(2).split()
+            if with_filter and FILTER_NAME not in pipeline:
+                where = [i for i, f in enumerate(pipeline)
+                         if f in _CONTEXT_FILTERS]
+                if not where:
+                    raise ValueError('pipeline %r has no context filter'
+                                     % flavor)
+                pipeline.insert(where[0] + 1, FILTER_NAME)
+            if flavor == 'keystone':
+                keystone_pipeline = list(pipeline)
+            new_lines.append('%s = %s' % (flavor, ' '.join(pipeline)))
+        if test_flavor:
+            if keystone_pipeline is None:
+                raise ValueError('paste ini has no keystone pipeline')
+            pipeline = [f for f in keystone_pipeline if f != 'authtoken']
+            # Keep the section's trailing blank lines after the new line.
+            while len(new_lines) > 1 and not new_lines[-1].strip():
+                new_lines.pop()
+            new_lines.append('# test only: the keystone pipeline without '
+                             'authtoken; identity comes from X-* headers')
+            new_lines.append('%s = %s' % (test_flavor, ' '.join(pipeline)))
+            new_lines.append('')
+        out.extend(new_lines)
+    text = '\n'.join(out).rstrip('\n') + '\n'
+    if test_flavor:
+        keystone = dict(sections).get('composite:glance-api-keystone')
+        if keystone is None:
+            raise ValueError('paste ini has no [composite:glance-api-keystone]')
+        body = [line for line in keystone[1:]
+                if line.strip() and not line.lstrip().startswith(('#', ';'))]
+        text += '\n[composite:glance-api-%s]\n%s\n' % (test_flavor,
+                                                       '\n'.join(body))
+    if with_filter:
+        lines = ['[filter:%s]' % FILTER_NAME, 'use = egg:sizeaware#sizeaware']
+        for key, value in (filter_options or {}).items():
+            lines.append('%s = %s' % (key, _ini_value(value)))
+        text += '\n' + '\n'.join(lines) + '\n'
+    return text
+
+
+def shipped_paste_ini(venv) -> pathlib.Path:
+    """The ``glance-api-paste.ini`` the Glance release in ``venv`` ships."""
+    venv = pathlib.Path(venv)
+    candidates = [venv / 'etc' / 'glance' / 'glance-api-paste.ini']
+    candidates += sorted(venv.glob(
+        'lib/python3*/site-packages/etc/glance/glance-api-paste.ini'))
+    candidates += sorted(venv.glob(
+        'lib/python3*/site-packages/glance/**/glance-api-paste.ini'))
+    candidates += sorted(venv.glob('share/**/glance-api-paste.ini'))
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError('no glance-api-paste.ini in %s' % venv)
+
+
+# ---------------------------------------------------------------------------
+# The server
+
+
+def _tail(path, lines=40):
+    with contextlib.suppress(FileNotFoundError):
+        return '\n'.join(pathlib.Path(path).read_text(
+            errors='replace').splitlines()[-lines:])
+    return ''
+
+
+class Glance:
+    """One Glance API server under uwsgi.
+
+    :param release: key of :data:`teststack.venvs.GLANCE_RELEASES`.
+    :param with_filter: deploy ``sizeaware`` in every pipeline.
+    :param filter_options: extra ``[filter:sizeaware]`` lines.
+    :param backends: ``{name: (type, {option: value})}``; default
+        ``{'fs': ('file', {})}``. File backends without
+        ``filesystem_store_datadir`` get one in the work dir.
+    :param default_backend: ``[glance_store] default_backend``.
+    :param flavor: ``[paste_deploy] flavor``: ``sizeawaretest`` (identity
+        from headers), ``default`` (unauthenticated; a policy file makes it
+        usable) or ``keystone`` (give ``[keystone_authtoken]`` in
+        ``extra_conf``).
+    :param database_url: ``[database] connection``; default a sqlite file in
+        the work dir.
+    :param extra_conf: ``{section: {option: value}}`` merged last into
+        glance-api.conf (``None`` removes an option).
+    :param workdir: default a fresh directory under ``state_dir()/run``,
+        removed by :meth:`stop` unless ``keep_workdir`` (or env
+        ``SIZEAWARE_KEEP_WORKDIR=1``).
+    :param processes, threads: uwsgi workers.
+    :param paste_ini: a path to (or the text of) a paste ini used verbatim
+        instead of the one derived from the shipped file.
+    :param port: default a free port.
+    :param uwsgi_options: extra ``{option: value}`` for the uwsgi ini.
+    :param venv: run Glance from this venv instead of ``glance-<release>``.
+    :param policy: a policy dict written to ``policy.json``; default
+        ``{"context_is_admin": ""}`` for flavor ``default``, none otherwise.
+    """
+
+    def __init__(self, release='33', *, with_filter=True, filter_options=None,
+                 backends=None, default_backend='fs', flavor=TEST_FLAVOR,
+                 database_url=None, extra_conf=None, workdir=None,
+                 processes=1, threads=4, paste_ini=None, port=None,
+                 uwsgi_options=None, venv=None, policy=None,
+                 keep_workdir=None):
+        self.release = str(release)
+        if self.release not in venvs.GLANCE_RELEASES:
+            raise ValueError('unknown Glance release %r' % release)
+        self.with_filter = with_filter
+        self.filter_options = dict(filter_options or {})
+        self.backends = dict(backends or {'fs': ('file', {})})
+        self.default_backend = default_backend
+        if default_backend not in self.backends:
+            raise ValueError('default_backend %r is not in backends'
+                             % default_backend)
+        self.flavor = flavor
+        self.database_url = database_url
+        self.extra_conf = extra_conf or {}
+        self.processes = processes
+        self.threads = threads
+        self.paste_ini = paste_ini
+        self.uwsgi_options = dict(uwsgi_options or {})
+        self.venv = pathlib.Path(venv) if venv else None
+        self.policy = policy
+        if workdir is None:
+            run = paths.state_dir() / 'run'
+            run.mkdir(parents=True, exist_ok=True)
+            self.workdir = pathlib.Path(tempfile.mkdtemp(
+                prefix='glance-%s-' % self.release, dir=run))
+            self._own_workdir = True
+        else:
+            self.workdir = pathlib.Path(workdir).resolve()
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            self._own_workdir = False
+        if keep_workdir is None:
+            keep_workdir = os.environ.get('SIZEAWARE_KEEP_WORKDIR') == '1'
+        self.keep_workdir = keep_workdir
+        self.conf_dir = self.workdir / 'etc'
+        self.conf_path = self.conf_dir / 'glance-api.conf'
+        self.paste_path = self.workdir / 'glance-api-paste.ini'
+        self.policy_path = self.workdir / 'policy.json'
+        self.uwsgi_ini = self.workdir / 'uwsgi.ini'
+        self.staging_dir = self.workdir / 'staging'
+        self.tasks_dir = self.workdir / 'tasks'
+        self.store_dirs = {}
+        for name, (kind, options) in self.backends.items():
+            if kind == 'file':
+                datadir = (options or {}).get('filesystem_store_datadir')
+                self.store_dirs[name] = pathlib.Path(
+                    datadir or self.workdir / 'images' / name)
+        self.port = port
+        self.server = process.Server('glance', [], self.workdir)
+        self.log_path = self.server.log_path
+
+    # -- public --------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        if self.port is None:
+            raise RuntimeError('Glance is not started')
+        return 'http://127.0.0.1:%d' % self.port
+
+    @property
+    def running(self) -> bool:
+        proc = self.server.proc
+        return proc is not None and proc.poll() is None
+
+    def identity_headers(self, project_id, user_id='u1',
+                         roles=('admin', 'member', 'reader')) -> dict:
+        """Headers the ``sizeawaretest`` flavor builds the context from.
+
+        Note that role ``admin`` makes the context an admin one, which sees
+        every project's images; use ``roles=('member', 'reader')`` for a
+        plain project user.
+        """
+        return {
+            'X-Identity-Status': 'Confirmed',
+            'X-Project-Id': str(project_id),
+            'X-User-Id': str(user_id),
+            'X-Roles': ','.join(roles),
+        }
+
+    def start(self, timeout=120) -> 'Glance':
+        if self.running:
+            return self
+        venv = self.venv or venvs.glance_venv(self.release)
+        if self.port is None:
+            self.port = process.free_port()
+        self.write_config(venv)
+        self._db_sync(venv)
+        self.server.argv = [str(venvs.venv_bin(venv, 'uwsgi')), '--ini',
+                            str(self.uwsgi_ini)]
+        started = time.monotonic()
+        self.server.start()
+        try:
+            process.wait_for_http(self.url + '/versions', timeout=timeout,
+                                  proc=self.server.proc, ok=(200, 300))
+        except RuntimeError as exc:
+            self.server.stop()
+            raise RuntimeError('Glance %s did not start: %s\n--- %s (tail) '
+                               '---\n%s' % (self.release, exc, self.log_path,
+                                            self.server.log_tail(60))) \
+                from None
+        print('[teststack] Glance %s up at %s in %.1f s (%s)'
+              % (self.release, self.url, time.monotonic() - started,
+                 self.workdir), file=sys.stderr, flush=True)
+        return self
+
+    def stop(self):
+        self.server.stop()
+        process.stop_pidfile(self.workdir / 'uwsgi.pid')
+        if self._own_workdir and not self.keep_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
+    def log_tail(self, lines=60) -> str:
+        return self.server.log_tail(lines)
+
+    # -- configuration -------------------------------------------------
+
+    def glance_conf(self) -> dict:
+        """glance-api.conf as ``{section: {option: value}}``."""
+        backends = ','.join('%s:%s' % (name, kind)
+                            for name, (kind, _) in self.backends.items())
+        conf = {
+            'DEFAULT': {
+                'debug': True,
+                'use_stderr': True,
+                'enabled_backends': backends,
+                'enabled_import_methods':
+                    '[glance-direct,web-download,copy-image]',
+                'worker_self_reference_url': self.url,
+            },
+            'database': {
+                'connection': self.database_url or 'sqlite:///%s' % (
+                    self.workdir / 'glance.sqlite'),
+            },
+            'paste_deploy': {
+                'flavor': self.flavor,
+                'config_file': self.paste_path,
+            },
+            'glance_store': {'default_backend': self.default_backend},
+            'os_glance_staging_store': {
+                'filesystem_store_datadir': self.staging_dir},
+            'os_glance_tasks_store': {
+                'filesystem_store_datadir': self.tasks_dir},
+            'oslo_concurrency': {'lock_path': self.workdir / 'locks'},
+        }
+        for name, (kind, options) in self.backends.items():
+            section = dict(options or {})
+            if kind == 'file':
+                section['filesystem_store_datadir'] = self.store_dirs[name]
+            conf[name] = section
+        policy = self._policy()
+        if policy is not None:
+            conf['oslo_policy'] = {'policy_file': self.policy_path}
+            if self.flavor == 'default':
+                conf['oslo_policy']['enforce_scope'] = False
+        return merge_conf(conf, self.extra_conf)
+
+    def _policy(self):
+        if self.policy is not None:
+            return self.policy
+        if self.flavor == 'default':
+            # The unauthenticated context has no roles and no project.
+            return {'context_is_admin': ''}
+        return None
+
+    def uwsgi_conf(self, venv) -> dict:
+        venv = pathlib.Path(venv)
+        options = {
+            'http-socket': '127.0.0.1:%d' % self.port,
+            'master': True,
+            'processes': self.processes,
+            'threads': self.threads,
+            'enable-threads': True,
+            'lazy-apps': True,
+            'die-on-term': True,
+            'buffer-size': 65535,
+            'http-raw-body': True,
+            'http-chunked-input': True,
+            'http-auto-chunked': True,
+            'need-app': True,
+            'pidfile': self.workdir / 'uwsgi.pid',
+            'virtualenv': venv,
+            'chdir': self.workdir,
+            'env': 'OS_GLANCE_CONFIG_DIR=%s' % self.conf_dir,
+        }
+        if any(venv.glob('lib/python3*/site-packages/glance/wsgi/api.py')):
+            options['module'] = 'glance.wsgi.api:application'
+        else:  # Glance 29: no glance.wsgi module
+            options['wsgi-file'] = venvs.venv_bin(venv, 'glance-wsgi-api')
+        options.update(self.uwsgi_options)
+        return {'uwsgi': options}
+
+    def write_config(self, venv):
+        """Write glance-api.conf, the paste ini, the policy and uwsgi.ini."""
+        for path in [self.conf_dir, self.staging_dir, self.tasks_dir,
+                     self.workdir / 'locks', *self.store_dirs.values()]:
+            path.mkdir(parents=True, exist_ok=True)
+        if self.paste_ini is None:
+            text = build_paste_ini(
+                shipped_paste_ini(venv).read_text(),
+                with_filter=self.with_filter,
+                filter_options=self.filter_options)
+        elif isinstance(self.paste_ini, pathlib.PurePath) or (
+                '\n' not in str(self.paste_ini)):
+            text = pathlib.Path(self.paste_ini).read_text()
+        else:
+            text = self.paste_ini
+        self.paste_path.write_text(text)
+        policy = self._policy()
+        if policy is not None:
+            self.policy_path.write_text(json.dumps(policy, indent=1) + '\n')
+        self.conf_path.write_text(render_ini(self.glance_conf()))
+        self.uwsgi_ini.write_text(render_ini(self.uwsgi_conf(venv)))
+
+    def _db_sync(self, venv):
+        log_path = self.workdir / 'glance-manage.log'
+        argv = [str(venvs.venv_bin(venv, 'glance-manage')), '--config-dir',
+                str(self.conf_dir), 'db_sync']
+        with open(log_path, 'ab') as log:
+            proc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, timeout=300,
+                                  cwd=self.workdir)
+        if proc.returncode:
+            raise RuntimeError('glance-manage db_sync failed (exit %d):\n%s'
+                               % (proc.returncode, _tail(log_path)))

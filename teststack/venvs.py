@@ -1,0 +1,247 @@
+"""Build and reuse the virtualenvs the test stack runs servers from.
+
+Only the standard library is needed here: the stack code drives the
+servers' venvs by path, whichever interpreter runs it.
+
+Each venv lives in ``paths.venvs_dir()/<name>`` and carries a marker file
+holding a hash of everything it was built from (interpreter, requirement
+lines, the packaging files of the editable checkouts). A second call with
+the same inputs returns at once; a call with different inputs rebuilds the
+venv from scratch. Requirements and editable checkouts are installed by one
+pip command with the requirement lines also given as constraints, so
+installing ``sizeaware`` never moves a pinned dependency of Glance. pip's
+cache is used, so a rebuild mostly reuses wheels (uwsgi only compiles
+once).
+"""
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+
+from teststack import paths
+
+MARKER = '.sizeaware-venv.json'
+
+# pip requirement lines per Glance release; uwsgi serves Glance, boto3 lets
+# the S3 store be used.
+GLANCE_RELEASES = {
+    '33': ['glance==33.0.0', 'uwsgi', 'boto3'],
+    '30': ['glance==30.2.0', 'glance-store<5', 'oslo.db<18', 'uwsgi',
+           'boto3'],
+    '29': ['glance==29.2.1', 'glance-store<4.9', 'oslo.db<18',
+           'oslo.utils<9', 'uwsgi', 'boto3'],
+}
+
+# Files of an editable checkout whose content decides what pip installs
+# (dependencies, entry points): a change to them rebuilds the venv.
+_PACKAGING_FILES = ('setup.cfg', 'setup.py', 'pyproject.toml',
+                    'requirements.txt')
+
+
+def _log(msg):
+    print('[teststack] %s' % msg, file=sys.stderr, flush=True)
+
+
+def default_python() -> str:
+    """The interpreter new venvs are made from (``python3`` on PATH)."""
+    found = shutil.which('python3')
+    if found:
+        return found
+    return getattr(sys, '_base_executable', None) or sys.executable
+
+
+def venv_python(venv) -> pathlib.Path:
+    return pathlib.Path(venv) / 'bin' / 'python'
+
+
+def venv_bin(venv, name) -> pathlib.Path:
+    return pathlib.Path(venv) / 'bin' / name
+
+
+def _python_identity(python):
+    out = subprocess.run(
+        [python, '-c',
+         'import sys; print(sys.version); print(sys.base_prefix)'],
+        check=True, capture_output=True, text=True).stdout
+    return out.strip()
+
+
+def _inputs(name, requirements, editable, system_site_packages, python):
+    packaging = {}
+    for repo in editable:
+        repo = pathlib.Path(repo).resolve()
+        for fname in _PACKAGING_FILES:
+            path = repo / fname
+            if path.is_file():
+                packaging['%s/%s' % (repo, fname)] = hashlib.sha256(
+                    path.read_bytes()).hexdigest()
+    return {
+        'name': name,
+        'python': _python_identity(python),
+        'requirements': list(requirements),
+        'editable': [str(pathlib.Path(p).resolve()) for p in editable],
+        'packaging': packaging,
+        'system_site_packages': bool(system_site_packages),
+    }
+
+
+def _digest(inputs):
+    return hashlib.sha256(
+        json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def _locked(path):
+    """Serialize builds of one venv between processes (e.g. xdist)."""
+    with open(path, 'a') as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _run(argv, log_path):
+    """Run a build step, its output to the build log; raise with its tail."""
+    with open(log_path, 'ab') as log:
+        log.write(('\n$ %s\n' % ' '.join(map(str, argv))).encode())
+        log.flush()
+        proc = subprocess.run([str(a) for a in argv], stdout=log,
+                              stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL)
+    if proc.returncode:
+        tail = '\n'.join(pathlib.Path(log_path).read_text(
+            errors='replace').splitlines()[-30:])
+        raise RuntimeError('%s failed (exit %d), see %s:\n%s'
+                           % (' '.join(map(str, argv[:4])), proc.returncode,
+                              log_path, tail))
+
+
+def is_current(name, requirements, *, editable=(),
+               system_site_packages=False, python=None) -> bool:
+    """Whether ``ensure_venv`` with these inputs would do nothing."""
+    python = python or default_python()
+    venv = paths.venvs_dir() / name
+    digest = _digest(_inputs(name, requirements, editable,
+                             system_site_packages, python))
+    try:
+        marker = json.loads((venv / MARKER).read_text())
+    except (FileNotFoundError, ValueError):
+        return False
+    return marker.get('digest') == digest and venv_python(venv).exists()
+
+
+def ensure_venv(name: str, requirements, *, editable=(),
+                system_site_packages=False, python=None) -> pathlib.Path:
+    """Make sure venv ``name`` exists, built from these inputs.
+
+    :param requirements: pip requirement lines; they also constrain the
+        editable installs.
+    :param editable: checkouts installed with ``pip install -e``.
+    :param system_site_packages: let the venv see the interpreter's
+        site-packages (e.g. Debian's ``python3-rados``).
+    :param python: the interpreter to make the venv from (default:
+        ``python3`` on PATH).
+    :returns: the venv's path.
+    """
+    python = python or default_python()
+    requirements = list(requirements)
+    editable = [pathlib.Path(p).resolve() for p in editable]
+    venvs = paths.venvs_dir()
+    venv = venvs / name
+    inputs = _inputs(name, requirements, editable, system_site_packages,
+                     python)
+    digest = _digest(inputs)
+    with _locked(venvs / ('%s.lock' % name)):
+        try:
+            marker = json.loads((venv / MARKER).read_text())
+        except (FileNotFoundError, ValueError):
+            marker = None
+        if (marker and marker.get('digest') == digest
+                and venv_python(venv).exists()):
+            return venv
+        started = time.monotonic()
+        if venv.exists():
+            _log('venv %s: inputs changed, rebuilding' % name)
+            shutil.rmtree(venv)
+        else:
+            _log('venv %s: creating' % name)
+        log_path = venvs / ('%s.build.log' % name)
+        with contextlib.suppress(FileNotFoundError):
+            log_path.unlink()
+        argv = [python, '-m', 'venv']
+        if system_site_packages:
+            argv.append('--system-site-packages')
+        _run(argv + [venv], log_path)
+        py = venv_python(venv)
+        _log('venv %s: upgrading pip' % name)
+        _run([py, '-m', 'pip', 'install', '--upgrade', 'pip'], log_path)
+        req_file = venv / 'sizeaware-requirements.txt'
+        req_file.write_text(''.join('%s\n' % r for r in requirements))
+        pip = [py, '-m', 'pip', 'install', '--disable-pip-version-check']
+        if requirements:
+            pip += ['-r', req_file, '-c', req_file]
+        for repo in editable:
+            pip += ['-e', repo]
+        _log('venv %s: installing %s%s' % (
+            name, ' '.join(requirements),
+            ''.join(' -e %s' % r for r in editable)))
+        try:
+            _run(pip, log_path)
+        except Exception:
+            # Leave no half-built venv that looks usable.
+            with contextlib.suppress(FileNotFoundError):
+                (venv / MARKER).unlink()
+            raise
+        elapsed = time.monotonic() - started
+        marker = dict(inputs, digest=digest, built_in_s=round(elapsed, 1),
+                      built_at=time.strftime('%Y-%m-%dT%H:%M:%S'))
+        (venv / MARKER).write_text(json.dumps(marker, indent=1) + '\n')
+        _log('venv %s: ready in %.1f s (log: %s)' % (name, elapsed,
+                                                      log_path))
+    return venv
+
+
+def glance_venv(release: str) -> pathlib.Path:
+    """The venv ``glance-<release>``: Glance, uwsgi, boto3 and this repo
+    installed editable."""
+    try:
+        requirements = GLANCE_RELEASES[str(release)]
+    except KeyError:
+        raise ValueError('unknown Glance release %r (known: %s)'
+                         % (release, ', '.join(GLANCE_RELEASES))) from None
+    return ensure_venv('glance-%s' % release, requirements,
+                       editable=[paths.REPO])
+
+
+def _test_requirements():
+    path = paths.REPO / 'test-requirements.txt'
+    lines = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            line = line.split('#', 1)[0].strip()
+            if line:
+                lines.append(line)
+    return lines
+
+
+def tests_venv() -> pathlib.Path:
+    """The venv ``tests``: this repo editable, test-requirements.txt,
+    boto3 and requests."""
+    return ensure_venv('tests', _test_requirements() + ['boto3', 'requests'],
+                       editable=[paths.REPO])
+
+
+if __name__ == '__main__':  # pragma: no cover - manual use
+    for arg in sys.argv[1:] or ['tests']:
+        if arg == 'tests':
+            print(tests_venv())
+        else:
+            print(glance_venv(arg))
