@@ -61,12 +61,27 @@ class SizedBodyReader(io.RawIOBase):
         return True
 
     def read(self, size=-1):
+        """Up to ``size`` bytes; fewer only at the end of the body.
+
+        A short read would mean the end of the body to its consumer (webob
+        takes one for a client disconnect), so pieces are pulled until
+        ``size`` is met. A piece that alone satisfies the read is returned
+        as it came, uncopied.
+        """
         if size is None or size < 0:
             return self.readall()
-        available = self._available(size)
-        if not available:
-            return b''
-        return self._consume(min(size, available))
+        pieces = []
+        wanted = size
+        while wanted:
+            available = self._available(wanted)
+            if not available:
+                break
+            piece = self._consume(min(wanted, available))
+            pieces.append(piece)
+            wanted -= len(piece)
+        if len(pieces) == 1:
+            return pieces[0]
+        return b''.join(pieces)
 
     def readall(self):
         pieces = []
