@@ -1,4 +1,4 @@
-"""A stand-in for Glance: a WSGI app that reads the body the way Glance does."""
+"""A stand-in for Glance: a WSGI app that reads the body as Glance does."""
 
 import io
 

@@ -1,0 +1,52 @@
+"""The files an operator touches: entry points, paste ini, sample config."""
+
+import pathlib
+import subprocess
+import sys
+
+from paste import deploy
+from stevedore import driver
+
+from sizeaware.middleware import size_filter
+from tests.unit import fakes
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def test_paste_filter_entry_point():
+    factory = driver.DriverManager('paste.filter_factory', 'sizeaware').driver
+    assert factory == size_filter.SizeFilter.factory
+
+
+def test_config_opts_entry_point_lists_the_group():
+    list_opts = driver.DriverManager('oslo.config.opts', 'sizeaware').driver
+    (group, options), = list_opts()
+    assert group == 'sizeaware'
+    assert {o.name for o in options} == {'max_image_size',
+                                         'require_image_size'}
+
+
+def test_shipped_paste_ini_puts_the_filter_after_context_everywhere():
+    ini = REPO / 'etc' / 'api-paste.ini'
+    flt = deploy.loadfilter('config:%s' % ini, name='sizeaware')
+    assert isinstance(flt(fakes.FakeGlance()), size_filter.SizeFilter)
+    pipelines = [line.split('=', 1)[1].split()
+                 for line in ini.read_text().splitlines()
+                 if line.split('=')[0].strip() in (
+                     'default', 'caching', 'cachemanagement', 'keystone',
+                     'keystone+caching', 'keystone+cachemanagement')]
+    assert len(pipelines) == 6
+    for pipeline in pipelines:
+        context = [i for i, name in enumerate(pipeline)
+                   if name in ('context', 'unauthenticated-context')]
+        assert pipeline[context[0] + 1] == 'sizeaware'
+        assert pipeline.index('sizeaware') < pipeline.index('rootapp')
+
+
+def test_sample_config_is_up_to_date(tmp_path):
+    out = tmp_path / 'sample'
+    subprocess.run(
+        [sys.executable, '-m', 'oslo_config.generator', '--config-file',
+         str(REPO / 'etc/oslo-config-generator/sizeaware.conf'),
+         '--output-file', str(out)], check=True, cwd=REPO)
+    assert out.read_text() == (REPO / 'etc/sizeaware.conf.sample').read_text()
