@@ -1,0 +1,32 @@
+"""Real servers for the functional tests, started once per session.
+
+``SIZEAWARE_GLANCE_RELEASES`` (default ``"33 30 29"``) lists the Glance
+releases every Glance-backed test runs against.
+"""
+
+import os
+import uuid
+
+import pytest
+
+from teststack import glance as glance_stack
+from tests.functional import client
+
+RELEASES = os.environ.get('SIZEAWARE_GLANCE_RELEASES', '33 30 29').split()
+
+
+@pytest.fixture(scope='session', params=RELEASES,
+                ids=['glance%s' % r for r in RELEASES])
+def glance(request):
+    """A Glance of each release with sizeaware in every pipeline."""
+    server = glance_stack.Glance(request.param, with_filter=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def api(glance):
+    """A client for a fresh project, so tests do not see each other."""
+    return client.GlanceClient(glance.url, glance.identity_headers(
+        project_id=uuid.uuid4().hex))
