@@ -166,7 +166,7 @@ class SizeFilter(base.ConfigurableMiddleware):
         return self._reject(environ, image_id, reader.error,
                             received=reader.received)(environ, start_response)
 
-    def _reject(self, environ, image_id, error, received=None):
+    def _reject(self, environ, image_id, error, received=0):
         """Log one line about a refused upload and build the response."""
         declared = environ.get(EXPECTED_SIZE_KEY)
         if declared is None:

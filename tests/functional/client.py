@@ -44,17 +44,23 @@ class GlanceClient:
                                           timeout=timeout)
         try:
             all_headers = dict(self.headers, **(headers or {}))
-            if chunked:
-                conn.putrequest(method, path, skip_accept_encoding=True)
-                for name, value in all_headers.items():
-                    conn.putheader(name, value)
-                conn.putheader('Transfer-Encoding', 'chunked')
-                conn.endheaders()
-                for piece in body:
-                    conn.send(b'%x\r\n%s\r\n' % (len(piece), piece))
-                conn.send(b'0\r\n\r\n')
-            else:
-                conn.request(method, path, body=body, headers=all_headers)
+            try:
+                if chunked:
+                    conn.putrequest(method, path, skip_accept_encoding=True)
+                    for name, value in all_headers.items():
+                        conn.putheader(name, value)
+                    conn.putheader('Transfer-Encoding', 'chunked')
+                    conn.endheaders()
+                    for piece in body:
+                        conn.send(b'%x\r\n%s\r\n' % (len(piece), piece))
+                    conn.send(b'0\r\n\r\n')
+                else:
+                    conn.request(method, path, body=body,
+                                 headers=all_headers)
+            except (BrokenPipeError, ConnectionResetError):
+                # A server may answer before reading the body and close:
+                # the answer is still there to read.
+                pass
             resp = conn.getresponse()
             return Response(resp.status, dict(resp.getheaders()),
                             resp.read())
