@@ -30,8 +30,23 @@ from oslo_utils import excutils
 LOG = logging.getLogger(__name__)
 
 
+# glance_store finds a driver's location class by name, in the driver's own
+# module: image locations are the S3 driver's, unchanged.
+StoreLocation = s3.StoreLocation
+
+
+#: The entry point name. glance_store looks a backend's store up by its
+#: type from ``enabled_backends`` used as a URI scheme, so the driver also
+#: claims this name as a scheme; the locations it writes stay ``s3://``.
+DRIVER_NAME = 'sizeaware_s3'
+
+
 class Store(s3.Store):
     """The S3 store; see the module docstring."""
+
+    @staticmethod
+    def get_schemes():
+        return s3.Store.get_schemes() + (DRIVER_NAME,)
 
     def _add_multipart(self, s3_client, image_file, image_size, bucket,
                        key, *args, **kwargs):

@@ -34,3 +34,22 @@ def api(glance):
     """A client for a fresh project, so tests do not see each other."""
     return client.GlanceClient(glance.url, glance.identity_headers(
         project_id=uuid.uuid4().hex))
+
+
+@pytest.fixture(scope='session')
+def radosgw():
+    """A one-node Ceph cluster with radosgw: a real S3 on 127.0.0.1."""
+    from teststack import ceph
+    server = ceph.RadosGW()
+    server.start()
+    yield server
+    server.stop(remove=True)
+
+
+@pytest.fixture(scope='session')
+def s3(radosgw):
+    import boto3
+    return boto3.client('s3', endpoint_url=radosgw.endpoint,
+                        aws_access_key_id=radosgw.access_key,
+                        aws_secret_access_key=radosgw.secret_key,
+                        region_name='us-east-1')
