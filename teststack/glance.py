@@ -39,6 +39,8 @@ from teststack import venvs
 # The flavor whose pipeline trusts identity headers; test use only.
 TEST_FLAVOR = 'sizeawaretest'
 FILTER_NAME = 'sizeaware'
+# The PID of the process that started a Glance; see clean_stale().
+OWNER_FILE = 'owner.pid'
 _CONTEXT_FILTERS = ('context', 'unauthenticated-context')
 
 
@@ -163,7 +165,8 @@ def build_paste_ini(shipped: str, *, with_filter=True, filter_options=None,
     if test_flavor:
         keystone = dict(sections).get('composite:glance-api-keystone')
         if keystone is None:
-            raise ValueError('paste ini has no [composite:glance-api-keystone]')
+            raise ValueError(
+                'paste ini has no [composite:glance-api-keystone]')
         body = [line for line in keystone[1:]
                 if line.strip() and not line.lstrip().startswith(('#', ';'))]
         text += '\n[composite:glance-api-%s]\n%s\n' % (test_flavor,
@@ -327,6 +330,7 @@ class Glance:
         self.server.argv = [str(venvs.venv_bin(venv, 'uwsgi')), '--ini',
                             str(self.uwsgi_ini)]
         started = time.monotonic()
+        (self.workdir / OWNER_FILE).write_text('%d\n' % os.getpid())
         self.server.start()
         try:
             process.wait_for_http(self.url + '/versions', timeout=timeout,
@@ -377,7 +381,8 @@ class Glance:
                     self.workdir / 'glance.sqlite'),
             },
             'paste_deploy': {
-                'flavor': self.flavor,
+                # Flavor "default" is Glance's no-flavor pipeline.
+                'flavor': None if self._unauthenticated else self.flavor,
                 'config_file': self.paste_path,
             },
             'glance_store': {'default_backend': self.default_backend},
@@ -395,14 +400,18 @@ class Glance:
         policy = self._policy()
         if policy is not None:
             conf['oslo_policy'] = {'policy_file': self.policy_path}
-            if self.flavor == 'default':
+            if self._unauthenticated:
                 conf['oslo_policy']['enforce_scope'] = False
         return merge_conf(conf, self.extra_conf)
+
+    @property
+    def _unauthenticated(self):
+        return self.flavor in (None, '', 'default')
 
     def _policy(self):
         if self.policy is not None:
             return self.policy
-        if self.flavor == 'default':
+        if self._unauthenticated:
             # The unauthenticated context has no roles and no project.
             return {'context_is_admin': ''}
         return None
@@ -422,6 +431,15 @@ class Glance:
             'http-chunked-input': True,
             'http-auto-chunked': True,
             'need-app': True,
+            # http-socket answers HTTP/1.1 without keep-alive and without
+            # saying so: a client reusing the connection (requests.Session,
+            # glanceclient) then gets "connection reset" on ~half of its
+            # requests. Tell clients to close.
+            'add-header': 'Connection: close',
+            # uwsgi.chunked_read() refuses a chunk bigger than this (default
+            # 1 MiB, so python-glanceclient's 1 MiB chunks fail with "unable
+            # to receive chunked part"); the buffer only grows as needed.
+            'chunked-input-limit': 64 * 1024 * 1024,
             'pidfile': self.workdir / 'uwsgi.pid',
             'virtualenv': venv,
             'chdir': self.workdir,
@@ -467,3 +485,44 @@ class Glance:
         if proc.returncode:
             raise RuntimeError('glance-manage db_sync failed (exit %d):\n%s'
                                % (proc.returncode, _tail(log_path)))
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie is dead too (PID 1 here does not always reap orphans).
+    with contextlib.suppress(OSError, IndexError):
+        stat = pathlib.Path('/proc/%d/stat' % pid).read_text()
+        return stat.rsplit(')', 1)[1].split()[0] != 'Z'
+    return True
+
+
+def clean_stale(run_dir=None) -> list:
+    """Stop the Glances under ``state_dir()/run`` whose starting process is
+    gone (a crashed or killed test run) and remove their work directories.
+
+    A Glance whose owner still runs is left alone, so concurrent runs are
+    safe. :returns: the directories removed.
+    """
+    run_dir = pathlib.Path(run_dir or paths.state_dir() / 'run')
+    removed = []
+    for workdir in sorted(run_dir.glob('glance-*')):
+        if not workdir.is_dir():
+            continue
+        try:
+            owner = int((workdir / OWNER_FILE).read_text().strip())
+        except (FileNotFoundError, ValueError):
+            owner = None
+        if owner is not None and _alive(owner):
+            continue
+        if owner is None and time.time() - workdir.stat().st_mtime < 3600:
+            continue  # being set up right now, or predates owner files
+        process.stop_pidfile(workdir / 'glance.pid')
+        process.stop_pidfile(workdir / 'uwsgi.pid')
+        shutil.rmtree(workdir, ignore_errors=True)
+        removed.append(workdir)
+    return removed

@@ -6,19 +6,20 @@ servers' venvs by path, whichever interpreter runs it.
 Each venv lives in ``paths.venvs_dir()/<name>`` and carries a marker file
 holding a hash of everything it was built from (interpreter, requirement
 lines, the packaging files of the editable checkouts). A second call with
-the same inputs returns at once; a call with different inputs rebuilds the
-venv from scratch. Requirements and editable checkouts are installed by one
-pip command with the requirement lines also given as constraints, so
-installing ``sizeaware`` never moves a pinned dependency of Glance. pip's
-cache is used, so a rebuild mostly reuses wheels (uwsgi only compiles
-once).
+the same inputs returns at once. A call with different requirement lines or
+packaging files re-runs the pip install in place (a server running from the
+venv keeps running); a different interpreter, a failed or missing build
+recreates the venv from scratch. Requirements and editable checkouts are
+installed by one pip command with the requirement lines also given as
+constraints, so installing ``sizeaware`` never moves a pinned dependency of
+Glance. pip's cache is used, so a rebuild mostly reuses wheels (uwsgi only
+compiles once).
 """
 
 import contextlib
 import fcntl
 import hashlib
 import json
-import os
 import pathlib
 import shutil
 import subprocess
@@ -168,21 +169,31 @@ def ensure_venv(name: str, requirements, *, editable=(),
                 and venv_python(venv).exists()):
             return venv
         started = time.monotonic()
-        if venv.exists():
-            _log('venv %s: inputs changed, rebuilding' % name)
-            shutil.rmtree(venv)
-        else:
-            _log('venv %s: creating' % name)
         log_path = venvs / ('%s.build.log' % name)
-        with contextlib.suppress(FileNotFoundError):
-            log_path.unlink()
-        argv = [python, '-m', 'venv']
-        if system_site_packages:
-            argv.append('--system-site-packages')
-        _run(argv + [venv], log_path)
         py = venv_python(venv)
-        _log('venv %s: upgrading pip' % name)
-        _run([py, '-m', 'pip', 'install', '--upgrade', 'pip'], log_path)
+        same_base = (marker is not None and py.exists()
+                     and marker.get('python') == inputs['python']
+                     and marker.get('system_site_packages')
+                     == inputs['system_site_packages'])
+        if same_base:
+            # Only requirements or packaging changed: update in place, so
+            # a server running from this venv is not pulled from under it.
+            _log('venv %s: inputs changed, updating in place' % name)
+            (venv / MARKER).unlink()
+        else:
+            if venv.exists():
+                _log('venv %s: rebuilding from scratch' % name)
+                shutil.rmtree(venv)
+            else:
+                _log('venv %s: creating' % name)
+            with contextlib.suppress(FileNotFoundError):
+                log_path.unlink()
+            argv = [python, '-m', 'venv']
+            if system_site_packages:
+                argv.append('--system-site-packages')
+            _run(argv + [venv], log_path)
+            _log('venv %s: upgrading pip' % name)
+            _run([py, '-m', 'pip', 'install', '--upgrade', 'pip'], log_path)
         req_file = venv / 'sizeaware-requirements.txt'
         req_file.write_text(''.join('%s\n' % r for r in requirements))
         pip = [py, '-m', 'pip', 'install', '--disable-pip-version-check']
@@ -193,13 +204,7 @@ def ensure_venv(name: str, requirements, *, editable=(),
         _log('venv %s: installing %s%s' % (
             name, ' '.join(requirements),
             ''.join(' -e %s' % r for r in editable)))
-        try:
-            _run(pip, log_path)
-        except Exception:
-            # Leave no half-built venv that looks usable.
-            with contextlib.suppress(FileNotFoundError):
-                (venv / MARKER).unlink()
-            raise
+        _run(pip, log_path)  # no marker until this succeeded
         elapsed = time.monotonic() - started
         marker = dict(inputs, digest=digest, built_in_s=round(elapsed, 1),
                       built_at=time.strftime('%Y-%m-%dT%H:%M:%S'))

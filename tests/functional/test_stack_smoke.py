@@ -102,3 +102,29 @@ def test_stage_and_glance_direct_import(glance):
     assert image['status'] == 'active', image
     assert image['size'] == MIB
     assert (glance.store_dirs['fs'] / image_id).read_bytes() == body
+
+
+def test_chunked_upload_with_large_chunks(glance):
+    # python-glanceclient sends 1 MiB chunks: more than uwsgi's default
+    # chunked-input-limit.
+    headers = glance.identity_headers('p1', roles=('member', 'reader'))
+    image_id = _create(glance, headers, name='chunked')
+    chunks = [os.urandom(MIB), os.urandom(MIB // 2)]
+    resp = requests.put(glance.url + '/v2/images/%s/file' % image_id,
+                        data=iter(chunks), headers=dict(headers, **OCTETS),
+                        timeout=60)
+    assert resp.status_code == 204, resp.text
+    image = _image(glance, image_id, headers)
+    assert (image['status'], image['size']) == ('active', MIB + MIB // 2)
+    stored = glance.store_dirs['fs'] / image_id
+    assert stored.read_bytes() == b''.join(chunks)
+
+
+def test_session_reuse(glance):
+    # A client that keeps connections open must not see resets.
+    headers = glance.identity_headers('p1', roles=('member', 'reader'))
+    with requests.Session() as session:
+        for _ in range(20):
+            resp = session.get(glance.url + '/v2/images', headers=headers,
+                               timeout=30)
+            assert resp.status_code == 200

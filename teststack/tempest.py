@@ -1,0 +1,521 @@
+"""Tempest (47.0.0) and glance-tempest-plugin against the keystone stack.
+
+::
+
+    images = ImageServer().start()          # qcow2 + raw on 127.0.0.1
+    extras = glance_extras(images.port)     # backends, extra_conf for Glance
+    glance = Glance('33', flavor='keystone', port=port,
+                    database_url=pg.create_database('glance'),
+                    backends=extras['backends'],
+                    extra_conf=merge(ks.glance_conf(), extras['extra_conf']))
+    glance.start()
+    load_metadefs(glance_venv, glance.conf_dir)
+    tempest = Tempest(ks, images)
+    result = tempest.run(r'^tempest\\.api\\.image')
+    result.counts    # {'passed': 56, 'skipped': 19, 'failed': 0}
+
+Tempest runs from its own venv (``tempest``: tempest, glance-tempest-plugin
+and, once this repo ships a ``tempest.test_plugins`` entry point, this repo
+installed editable). Results are read from ``stestr last --subunit``, parsed
+by python-subunit inside that venv: one outcome per test id, with the skip
+reason or the traceback.
+
+Only the standard library is used here.
+"""
+
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from teststack import paths
+from teststack import process
+from teststack import venvs
+
+REQUIREMENTS = ['tempest==47.0.0', 'glance-tempest-plugin']
+IMAGE_QCOW2 = 'cirros-like.qcow2'
+IMAGE_RAW = 'cirros-like.raw'
+
+
+def _log(msg):
+    print('[teststack] %s' % msg, file=sys.stderr, flush=True)
+
+
+def _repo_has_tempest_plugin(repo=paths.REPO) -> bool:
+    setup_cfg = pathlib.Path(repo) / 'setup.cfg'
+    return setup_cfg.is_file() and (
+        'tempest.test_plugins' in setup_cfg.read_text())
+
+
+def tempest_venv(plugins=None) -> pathlib.Path:
+    """The venv ``tempest``.
+
+    :param plugins: checkouts of tempest plugins installed editable. By
+        default this repo, once its setup.cfg declares a
+        ``tempest.test_plugins`` entry point (the hook for our own plugin).
+    """
+    if plugins is None:
+        plugins = [paths.REPO] if _repo_has_tempest_plugin() else []
+    return venvs.ensure_venv('tempest', REQUIREMENTS, editable=plugins)
+
+
+# ---------------------------------------------------------------------------
+# Images served over HTTP for web-download
+
+
+def make_images(directory, size_mib=1) -> dict:
+    """A small raw image and its qcow2 made by ``qemu-img`` in
+    ``directory``; returns ``{'raw': path, 'qcow2': path}``."""
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    raw = directory / IMAGE_RAW
+    qcow2 = directory / IMAGE_QCOW2
+    if not raw.is_file():
+        # Not all zeros, so qcow2 has clusters to store; deterministic.
+        block = bytes(range(256)) * 4096
+        with open(raw, 'wb') as fh:
+            for _ in range(size_mib):
+                fh.write(block)
+    if not qcow2.is_file():
+        qemu_img = shutil.which('qemu-img')
+        if not qemu_img:
+            raise RuntimeError('qemu-img not found: install Debian\'s '
+                               '"qemu-utils" (see bindep.txt)')
+        subprocess.run([qemu_img, 'convert', '-f', 'raw', '-O', 'qcow2',
+                        str(raw), str(qcow2) + '.tmp'], check=True,
+                       capture_output=True)
+        os.replace(str(qcow2) + '.tmp', qcow2)
+    return {'raw': raw, 'qcow2': qcow2}
+
+
+class ImageServer:
+    """A static HTTP server for the test images on 127.0.0.1.
+
+    Runs ``python -m http.server`` as a :class:`teststack.process.Server`
+    (its own PID, stopped by it)."""
+
+    def __init__(self, workdir=None, port=None):
+        self.workdir = pathlib.Path(
+            workdir or paths.state_dir() / 'images-http').resolve()
+        self.docroot = self.workdir / 'www'
+        self.port = port
+        self.server = process.Server('image-http', [], self.workdir)
+        self.images = {}
+
+    def url(self, kind='qcow2') -> str:
+        return 'http://127.0.0.1:%d/%s' % (self.port,
+                                           self.images[kind].name)
+
+    def start(self) -> 'ImageServer':
+        self.images = make_images(self.docroot)
+        if self.port is None:
+            self.port = process.free_port()
+        self.server.argv = [sys.executable, '-m', 'http.server', '--bind',
+                            '127.0.0.1', '--directory', str(self.docroot),
+                            str(self.port)]
+        self.server.start()
+        process.wait_for_http(self.url('raw'), timeout=30,
+                              proc=self.server.proc, ok=(200,))
+        return self
+
+    def stop(self):
+        self.server.stop()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
+
+# ---------------------------------------------------------------------------
+# What Glance needs for the image tests
+
+
+def glance_extras(image_port, allowed_ports=(80, 443)) -> dict:
+    """Keyword arguments for :class:`teststack.glance.Glance` that the
+    tempest image tests need: a second file store ``fs2`` (copy-image) and
+    web-download allowed from 127.0.0.1 on ``image_port``. Merge
+    ``extra_conf`` with :meth:`Keystone.glance_conf`."""
+    ports = sorted(set(allowed_ports) | {int(image_port)})
+    return {
+        'backends': {'fs': ('file', {}), 'fs2': ('file', {})},
+        'default_backend': 'fs',
+        'extra_conf': {
+            # ListOpts with bounds: the brackets are required.
+            'import_filtering_opts': {
+                'allowed_hosts': '[127.0.0.1]',
+                'allowed_ports': '[%s]' % ','.join(map(str, ports)),
+            },
+            'fs': {'store_description': 'first file store'},
+            'fs2': {'store_description': 'second file store'},
+        },
+    }
+
+
+def merge_conf(*confs) -> dict:
+    """``{section: {option: value}}`` dicts merged left to right."""
+    out = {}
+    for conf in confs:
+        for section, options in (conf or {}).items():
+            out.setdefault(section, {}).update(options)
+    return out
+
+
+def load_metadefs(glance_venv, conf_dir):
+    """``glance-manage db_load_metadefs`` with the release's shipped
+    metadefs (the metadef tests list namespaces such as OS::Compute::*)."""
+    glance_venv = pathlib.Path(glance_venv)
+    metadefs = glance_venv / 'etc' / 'glance' / 'metadefs'
+    if not metadefs.is_dir():
+        found = sorted(glance_venv.glob(
+            'lib/python3*/site-packages/etc/glance/metadefs'))
+        if not found:
+            raise FileNotFoundError('no metadefs in %s' % glance_venv)
+        metadefs = found[0]
+    proc = subprocess.run(
+        [str(venvs.venv_bin(glance_venv, 'glance-manage')), '--config-dir',
+         str(conf_dir), 'db_load_metadefs', str(metadefs)],
+        capture_output=True, text=True, timeout=300)
+    if proc.returncode:
+        raise RuntimeError('glance-manage db_load_metadefs failed (exit '
+                           '%d):\n%s' % (proc.returncode,
+                                         proc.stdout[-2000:] +
+                                         proc.stderr[-3000:]))
+
+
+def ensure_psycopg2(venv):
+    """Install ``psycopg2-binary`` into ``venv`` if it cannot import
+    psycopg2 (Glance's venvs do not carry a PostgreSQL driver)."""
+    py = str(venvs.venv_python(venv))
+    if subprocess.run([py, '-c', 'import psycopg2'],
+                      capture_output=True).returncode == 0:
+        return
+    _log('installing psycopg2-binary into %s' % venv)
+    subprocess.run([py, '-m', 'pip', 'install', '-q',
+                    '--disable-pip-version-check', 'psycopg2-binary'],
+                   check=True, capture_output=True)
+
+
+# ---------------------------------------------------------------------------
+# Tempest itself
+
+
+# Run inside the tempest venv: subunit v2 on stdin, JSON on stdout.
+_PARSE_SUBUNIT = r'''
+import json
+import sys
+
+import subunit
+import testtools
+
+tests = {}
+
+
+def on_test(test):
+    details = {}
+    for name, content in test['details'].items():
+        try:
+            details[name] = ''.join(content.iter_text())
+        except Exception:
+            pass
+    start, stop = (test['timestamps'] + [None, None])[:2]
+    tests[test['id']] = {
+        'status': test['status'],
+        'details': details,
+        'duration': ((stop - start).total_seconds()
+                     if start and stop else None),
+    }
+
+
+stream = subunit.ByteStreamToStreamResult(sys.stdin.buffer,
+                                          non_subunit_name='stdout')
+result = testtools.StreamToDict(on_test)
+result.startTestRun()
+try:
+    stream.run(result)
+finally:
+    result.stopTestRun()
+json.dump(tests, sys.stdout)
+'''
+
+_STATUS = {'success': 'passed', 'skip': 'skipped', 'fail': 'failed',
+           'xfail': 'passed', 'uxsuccess': 'failed'}
+_ATTRS_RE = re.compile(r'\[[^\]]*\]$')
+
+
+def base_test_id(test_id) -> str:
+    """The test id without tempest's ``[id-...,smoke]`` attributes."""
+    return _ATTRS_RE.sub('', test_id)
+
+
+class Result:
+    """Outcome of one ``tempest run``.
+
+    :ivar tests: ``{test_id: {'outcome': passed|skipped|failed,
+        'status': subunit status, 'reason': skip reason or the last lines
+        of the traceback, 'duration': s}}``.
+    :ivar counts: ``{'passed', 'skipped', 'failed'}``.
+    """
+
+    def __init__(self, tests, returncode, elapsed, log_path):
+        self.tests = tests
+        self.returncode = returncode
+        self.elapsed = elapsed
+        self.log_path = log_path
+        self.counts = {'passed': 0, 'skipped': 0, 'failed': 0}
+        for test in tests.values():
+            self.counts[test['outcome']] += 1
+
+    def ids(self, outcome) -> list:
+        return sorted(t for t, v in self.tests.items()
+                      if v['outcome'] == outcome)
+
+    def summary(self) -> str:
+        return '%(passed)d passed, %(failed)d failed, %(skipped)d skipped' \
+            % self.counts
+
+    def to_dict(self) -> dict:
+        return {'counts': self.counts, 'returncode': self.returncode,
+                'elapsed_s': round(self.elapsed, 1),
+                'log': str(self.log_path), 'tests': self.tests}
+
+
+def _reason(status, details):
+    if status == 'skip':
+        return (details.get('reason') or '').strip()
+    if _STATUS.get(status) == 'failed' or status not in _STATUS:
+        text = details.get('traceback') or details.get('reason') or ''
+        lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+        return '\n'.join(lines[-6:])
+    return ''
+
+
+class Tempest:
+    """A tempest workspace configured for the keystone stack.
+
+    :param keystone: a started :class:`teststack.keystone.Keystone`.
+    :param images: a started :class:`ImageServer`.
+    :param workdir: the workspace; default a fresh directory under
+        ``state_dir()/run``.
+    :param extra_conf: ``{section: {option: value}}`` merged last into
+        tempest.conf.
+    :param plugins: passed to :func:`tempest_venv`.
+    """
+
+    def __init__(self, keystone, images, workdir=None, extra_conf=None,
+                 plugins=None, venv=None):
+        self.keystone = keystone
+        self.images = images
+        self.extra_conf = extra_conf or {}
+        self.plugins = plugins
+        self.venv = pathlib.Path(venv) if venv else None
+        if workdir is None:
+            run = paths.state_dir() / 'run'
+            run.mkdir(parents=True, exist_ok=True)
+            workdir = tempfile.mkdtemp(prefix='tempest-', dir=run)
+        self.workdir = pathlib.Path(workdir).resolve()
+        self.conf_path = self.workdir / 'etc' / 'tempest.conf'
+        self._initialised = False
+
+    def tempest_conf(self) -> dict:
+        admin = self.keystone.admin
+        conf = {
+            'DEFAULT': {
+                'log_dir': self.workdir / 'logs',
+                'log_file': 'tempest.log',
+                'debug': True,
+            },
+            'oslo_concurrency': {'lock_path': self.workdir / 'tempest_lock'},
+            'auth': {
+                'use_dynamic_credentials': True,
+                'create_isolated_networks': False,
+                'admin_username': admin['username'],
+                'admin_password': admin['password'],
+                'admin_project_name': admin['project_name'],
+                'admin_domain_name': admin['user_domain_name'],
+                'admin_system': 'all',
+                'default_credentials_domain_name': 'Default',
+            },
+            'identity': {
+                'uri_v3': self.keystone.auth_url,
+                'auth_version': 'v3',
+                'region': 'RegionOne',
+                'v3_endpoint_type': 'public',
+            },
+            'identity-feature-enabled': {
+                'api_v2_admin': False,
+            },
+            'service_available': {
+                'glance': True, 'nova': False, 'cinder': False,
+                'neutron': False, 'swift': False, 'horizon': False,
+                'keystone': True,
+            },
+            'image': {
+                'region': 'RegionOne',
+                'endpoint_type': 'publicURL',
+                'http_image': self.images.url('raw'),
+                'http_qcow2_image': self.images.url('qcow2'),
+                'build_timeout': 120,
+            },
+            'image-feature-enabled': {
+                'api_v2': True,
+                'import_image': True,
+                'os_glance_reserved': True,
+                'manage_locations': False,
+            },
+            'enforce_scope': {'glance': True, 'keystone': True},
+            'validation': {'run_validation': False},
+            'glance_api': {'system_scope_supported': False},
+        }
+        return merge_conf(conf, self.extra_conf)
+
+    def init(self) -> 'Tempest':
+        """``tempest init`` the workspace and write tempest.conf."""
+        venv = self.venv or tempest_venv(self.plugins)
+        self.venv = venv
+        if not (self.workdir / '.stestr.conf').is_file():
+            if self.workdir.exists() and not any(self.workdir.iterdir()):
+                self.workdir.rmdir()
+            subprocess.run(
+                [str(venvs.venv_bin(venv, 'tempest')), 'init',
+                 '--workspace-path', str(self.workdir.parent /
+                                         'tempest-workspaces.yaml'),
+                 str(self.workdir)],
+                check=True, capture_output=True, text=True,
+                cwd=str(self.workdir.parent))
+        (self.workdir / 'logs').mkdir(exist_ok=True)
+        lines = []
+        for section, options in self.tempest_conf().items():
+            lines.append('[%s]' % section)
+            for key, value in options.items():
+                if isinstance(value, bool):
+                    value = 'true' if value else 'false'
+                lines.append('%s = %s' % (key, value))
+            lines.append('')
+        self.conf_path.write_text('\n'.join(lines))
+        self._initialised = True
+        return self
+
+    def run(self, regex, concurrency=2, name=None, timeout=3600,
+            exclude_regex=None) -> Result:
+        """``tempest run --regex REGEX --concurrency N`` in the workspace;
+        the per-test outcomes come from ``stestr last --subunit``."""
+        if not self._initialised:
+            self.init()
+        name = name or 'run-%d' % int(time.time())
+        log_path = self.workdir / ('%s.log' % name)
+        argv = [str(venvs.venv_bin(self.venv, 'tempest')), 'run',
+                '--regex', regex, '--concurrency', str(concurrency)]
+        if exclude_regex:
+            argv += ['--exclude-regex', exclude_regex]
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(('OS_', 'TEMPEST_'))}
+        env['TEMPEST_CONFIG_DIR'] = str(self.conf_path.parent)
+        env['TEMPEST_CONFIG'] = self.conf_path.name
+        started = time.monotonic()
+        with open(log_path, 'wb') as log:
+            # Its own session: a timeout stops tempest and its workers.
+            proc = subprocess.Popen(argv, stdout=log,
+                                    stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL,
+                                    cwd=self.workdir, env=env,
+                                    start_new_session=True)
+            try:
+                returncode = proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process._stop_group(proc.pid, 10, proc)
+                returncode = proc.wait()
+        elapsed = time.monotonic() - started
+        subunit_path = self.workdir / ('%s.subunit' % name)
+        tests = self._last_results(env, subunit_path)
+        result = Result(tests, returncode, elapsed, log_path)
+        (self.workdir / ('%s.json' % name)).write_text(
+            json.dumps(result.to_dict(), indent=1, sort_keys=True))
+        _log('tempest %s: %s in %.0f s (%s)' % (regex, result.summary(),
+                                                elapsed, subunit_path))
+        return result
+
+    def _last_results(self, env, subunit_path) -> dict:
+        with open(subunit_path, 'wb') as out:
+            proc = subprocess.run(
+                [str(venvs.venv_bin(self.venv, 'stestr')), 'last',
+                 '--subunit'], stdout=out, stderr=subprocess.PIPE,
+                cwd=self.workdir, env=env, timeout=300)
+        # stestr last exits non-zero when the run had failures.
+        if subunit_path.stat().st_size == 0:
+            raise RuntimeError('stestr last gave no subunit stream: %s'
+                               % proc.stderr.decode(errors='replace'))
+        with open(subunit_path, 'rb') as stream:
+            parsed = subprocess.run(
+                [str(venvs.venv_python(self.venv)), '-c', _PARSE_SUBUNIT],
+                stdin=stream, capture_output=True, timeout=300)
+        if parsed.returncode:
+            raise RuntimeError('parsing subunit failed:\n%s'
+                               % parsed.stderr.decode(errors='replace'))
+        tests = {}
+        for test_id, raw in json.loads(parsed.stdout).items():
+            status = raw['status']
+            if status in ('exists', 'inprogress'):
+                outcome = 'failed'   # started but never finished
+            else:
+                outcome = _STATUS.get(status, 'failed')
+            tests[test_id] = {
+                'outcome': outcome, 'status': status,
+                'reason': _reason(status, raw['details']),
+                'duration': raw['duration'],
+            }
+        return tests
+
+
+# ---------------------------------------------------------------------------
+# Comparing two runs
+
+
+def compare(without, with_filter) -> dict:
+    """Compare the run without the filter with the run with it.
+
+    ``regressions`` are the tests that passed without the filter and do
+    not pass with it (failed, skipped or missing).
+    """
+    def by_base(result):
+        return {base_test_id(t): v for t, v in result.tests.items()}
+    before, after = by_base(without), by_base(with_filter)
+    regressions = {}
+    for test_id, info in sorted(before.items()):
+        if info['outcome'] != 'passed':
+            continue
+        other = after.get(test_id)
+        if other is None or other['outcome'] != 'passed':
+            regressions[test_id] = {
+                'outcome': other['outcome'] if other else 'missing',
+                'reason': other['reason'] if other else ''}
+
+    def listing(outcome):
+        out = {}
+        for test_id in sorted(set(before) | set(after)):
+            a, b = before.get(test_id), after.get(test_id)
+            if (a and a['outcome'] == outcome) or (
+                    b and b['outcome'] == outcome):
+                out[test_id] = {
+                    'without_filter': (a['outcome'], a['reason'])
+                    if a else ('missing', ''),
+                    'with_filter': (b['outcome'], b['reason'])
+                    if b else ('missing', ''),
+                }
+        return out
+    return {
+        'without_filter': dict(without.counts,
+                               elapsed_s=round(without.elapsed, 1)),
+        'with_filter': dict(with_filter.counts,
+                            elapsed_s=round(with_filter.elapsed, 1)),
+        'regressions': regressions,
+        'skipped': listing('skipped'),
+        'failed': listing('failed'),
+    }
+
