@@ -394,8 +394,9 @@ class RadosGW:
     def _start_mon(self, deadline):
         wd = self.workdir
         v2, v1 = self.mon_ports
-        self._run(['monmaptool', '--create', '--fsid', self.fsid,
-                   '--addv', MON, '[v2:127.0.0.1:%d,v1:127.0.0.1:%d]' % (v2, v1),
+        self._run(['monmaptool', '--create', '--clobber', '--fsid', self.fsid,
+                   '--addv', MON,
+                   '[v2:127.0.0.1:%d,v1:127.0.0.1:%d]' % (v2, v1),
                    '--enable-all-features', '--set-min-mon-release', 'pacific',
                    wd / 'monmap'])
         # The OSD's mkfs needs no monitor; let it run while the mon starts.
