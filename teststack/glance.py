@@ -267,6 +267,7 @@ class Glance:
             self.workdir = pathlib.Path(tempfile.mkdtemp(
                 prefix='glance-%s-' % self.release, dir=run))
             self._own_workdir = True
+            (self.workdir / OWNER_FILE).write_text('%d\n' % os.getpid())
         else:
             self.workdir = pathlib.Path(workdir).resolve()
             self.workdir.mkdir(parents=True, exist_ok=True)
@@ -347,8 +348,7 @@ class Glance:
         return self
 
     def stop(self):
-        self.server.stop()
-        process.stop_pidfile(self.workdir / 'uwsgi.pid')
+        self.server.stop()  # the uwsgi master leads the process group
         if self._own_workdir and not self.keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -522,7 +522,6 @@ def clean_stale(run_dir=None) -> list:
         if owner is None and time.time() - workdir.stat().st_mtime < 3600:
             continue  # being set up right now, or predates owner files
         process.stop_pidfile(workdir / 'glance.pid')
-        process.stop_pidfile(workdir / 'uwsgi.pid')
         shutil.rmtree(workdir, ignore_errors=True)
         removed.append(workdir)
     return removed
