@@ -1,0 +1,1 @@
+"""Tempest plugin: API tests of a Glance deployed with sizeaware."""
