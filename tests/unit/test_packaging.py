@@ -50,3 +50,18 @@ def test_sample_config_is_up_to_date(tmp_path):
          str(REPO / 'etc/oslo-config-generator/sizeaware.conf'),
          '--output-file', str(out)], check=True, cwd=REPO)
     assert out.read_text() == (REPO / 'etc/sizeaware.conf.sample').read_text()
+
+
+def test_store_driver_entry_point_claims_its_name_as_a_scheme():
+    store = driver.DriverManager('glance_store.drivers', 'sizeaware_s3').driver
+    # glance_store looks a backend's store up by its type used as a scheme.
+    assert 'sizeaware_s3' in store.get_schemes()
+    assert 's3' in store.get_schemes()
+
+
+def test_tempest_plugin_entry_point():
+    from importlib import metadata
+    (entry,) = [e for e in metadata.entry_points(group='tempest.test_plugins')
+                if e.name == 'sizeaware_tests']
+    assert entry.value == (
+        'sizeaware_tempest_plugin.plugin:SizeawareTempestPlugin')
