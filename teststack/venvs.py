@@ -30,14 +30,15 @@ from teststack import paths
 
 MARKER = '.sizeaware-venv.json'
 
-# pip requirement lines per Glance release; uwsgi serves Glance, boto3 lets
-# the S3 store be used.
+# pip requirement lines per Glance release. Every release also gets
+# _GLANCE_EXTRAS: uwsgi serves Glance, boto3 lets the S3 store be used,
+# psycopg2 lets its database be PostgreSQL.
+_GLANCE_EXTRAS = ['uwsgi', 'boto3', 'psycopg2-binary']
 GLANCE_RELEASES = {
-    '33': ['glance==33.0.0', 'uwsgi', 'boto3'],
-    '30': ['glance==30.2.0', 'glance-store<5', 'oslo.db<18', 'uwsgi',
-           'boto3'],
+    '33': ['glance==33.0.0'] + _GLANCE_EXTRAS,
+    '30': ['glance==30.2.0', 'glance-store<5', 'oslo.db<18'] + _GLANCE_EXTRAS,
     '29': ['glance==29.2.1', 'glance-store<4.9', 'oslo.db<18',
-           'oslo.utils<9', 'uwsgi', 'boto3'],
+           'oslo.utils<9'] + _GLANCE_EXTRAS,
 }
 
 # Files of an editable checkout whose content decides what pip installs

@@ -1,39 +1,98 @@
 """Real servers for the functional tests, started once per session.
 
 ``SIZEAWARE_GLANCE_RELEASES`` (default ``"33 30 29"``) lists the Glance
-releases every Glance-backed test runs against. With
-``SIZEAWARE_WITHOUT_FILTER=1`` the same Glance runs without the filter,
-which shows what each test guards against (most of them then fail).
+releases every Glance-backed test runs against, with identity taken from
+request headers (Glance's ``context`` filter without ``authtoken``).
+``SIZEAWARE_KEYSTONE_RELEASES`` (default ``"33"``) lists the releases the
+same tests also run against behind a real keystone, with real tokens of
+users of two projects, and PostgreSQL databases. With
+``SIZEAWARE_WITHOUT_FILTER=1`` Glance runs without the filter, which shows
+what each test guards against (most of them then fail).
 """
 
+import itertools
 import os
 import uuid
 
 import pytest
 
 from teststack import glance as glance_stack
+from teststack import process
 from tests.functional import client
 
 RELEASES = os.environ.get('SIZEAWARE_GLANCE_RELEASES', '33 30 29').split()
+KEYSTONE_RELEASES = os.environ.get('SIZEAWARE_KEYSTONE_RELEASES',
+                                   '33').split()
+WITH_FILTER = os.environ.get('SIZEAWARE_WITHOUT_FILTER') != '1'
+
+DEPLOYMENTS = ([(r, 'headers') for r in RELEASES] +
+               [(r, 'keystone') for r in KEYSTONE_RELEASES])
+#: Member users of two different projects (see teststack.keystone).
+KEYSTONE_USERS = ('user1', 'user2')
 
 
-@pytest.fixture(scope='session', params=RELEASES,
-                ids=['glance%s' % r for r in RELEASES])
-def glance(request):
-    """A Glance of each release with sizeaware in every pipeline."""
-    server = glance_stack.Glance(
-        request.param,
-        with_filter=os.environ.get('SIZEAWARE_WITHOUT_FILTER') != '1')
+@pytest.fixture(scope='session')
+def postgres():
+    from teststack import postgres as postgres_stack
+    server = postgres_stack.Postgres().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope='session')
+def keystone(postgres):
+    from teststack import keystone as keystone_stack
+    server = keystone_stack.Keystone(postgres.create_database('keystone'))
     server.start()
     yield server
     server.stop()
 
 
+@pytest.fixture(scope='session', params=DEPLOYMENTS,
+                ids=['glance%s-%s' % d for d in DEPLOYMENTS])
+def glance(request):
+    """A Glance of each release with sizeaware in every pipeline."""
+    release, auth = request.param
+    if auth == 'headers':
+        server = glance_stack.Glance(release, with_filter=WITH_FILTER)
+        server.start()
+        yield server
+        server.stop()
+        return
+    postgres = request.getfixturevalue('postgres')
+    keystone = request.getfixturevalue('keystone')
+    port = process.free_port()
+    keystone.register_glance('http://127.0.0.1:%d' % port)
+    server = glance_stack.Glance(
+        release, with_filter=WITH_FILTER, flavor='keystone', port=port,
+        database_url=postgres.create_database('glance%s' % release),
+        extra_conf=keystone.glance_conf())
+    server.start()
+    server.keystone = keystone
+    # Tokens live an hour, longer than the suite.
+    server.tokens = {user: keystone.token(user) for user in KEYSTONE_USERS}
+    server.next_user = itertools.cycle(KEYSTONE_USERS).__next__
+    yield server
+    server.stop()
+
+
+def client_for(glance, user=None):
+    """A client with the identity of a fresh project, or of a keystone user.
+
+    Behind keystone, successive calls alternate between the users of two
+    projects, so the suite runs with real tokens from both.
+    """
+    keystone = getattr(glance, 'keystone', None)
+    if keystone is None:
+        return client.GlanceClient(glance.url, glance.identity_headers(
+            project_id=uuid.uuid4().hex))
+    return client.GlanceClient(glance.url, {
+        'X-Auth-Token': glance.tokens[user or glance.next_user()]})
+
+
 @pytest.fixture
 def api(glance):
-    """A client for a fresh project, so tests do not see each other."""
-    return client.GlanceClient(glance.url, glance.identity_headers(
-        project_id=uuid.uuid4().hex))
+    return client_for(glance)
 
 
 @pytest.fixture(scope='session')

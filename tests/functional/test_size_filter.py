@@ -151,3 +151,20 @@ def test_size_reaches_glance_for_chunked_upload(api, glance):
     image = api.get_image(image_id)
     assert image['size'] == N
     assert api.download(image_id).body == DATA
+
+
+def test_other_project_cannot_upload(glance):
+    """Behind keystone, the filter sits after authentication and policy
+    still decides: a user of another project gets 404, not a size answer."""
+    if not hasattr(glance, 'keystone'):
+        pytest.skip('identity from headers: no keystone in this deployment')
+    from tests.functional import conftest
+    owner = conftest.client_for(glance, 'user1')
+    other = conftest.client_for(glance, 'user2')
+    image_id = owner.create_image()
+    resp = other.upload(image_id, DATA, size=N + 1, chunked=True)
+    assert resp.status == 404, resp
+    resp = other.upload(image_id, DATA, size='+5')
+    assert resp.status == 400, resp  # the header alone decides
+    assert_untouched(owner, glance, image_id)
+    assert owner.upload(image_id, DATA, size=N).status == 204
