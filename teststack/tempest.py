@@ -23,6 +23,7 @@ reason or the traceback.
 Only the standard library is used here.
 """
 
+import contextlib
 import json
 import os
 import pathlib
@@ -321,7 +322,16 @@ class Tempest:
             workdir = tempfile.mkdtemp(prefix='tempest-', dir=run)
         self.workdir = pathlib.Path(workdir).resolve()
         self.conf_path = self.workdir / 'etc' / 'tempest.conf'
+        # tempest init records workspaces in a yaml file: one per workspace.
+        self.workspaces_yaml = self.workdir.with_name(
+            self.workdir.name + '.workspaces.yaml')
         self._initialised = False
+
+    def remove(self):
+        """Delete the workspace (logs, stestr repository)."""
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.workspaces_yaml.unlink()
 
     def tempest_conf(self) -> dict:
         admin = self.keystone.admin
@@ -384,8 +394,7 @@ class Tempest:
                 self.workdir.rmdir()
             subprocess.run(
                 [str(venvs.venv_bin(venv, 'tempest')), 'init',
-                 '--workspace-path', str(self.workdir.parent /
-                                         'tempest-workspaces.yaml'),
+                 '--workspace-path', str(self.workspaces_yaml),
                  str(self.workdir)],
                 check=True, capture_output=True, text=True,
                 cwd=str(self.workdir.parent))

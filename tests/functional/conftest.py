@@ -16,9 +16,9 @@ import uuid
 
 import pytest
 
+from tests.functional import client
 from teststack import glance as glance_stack
 from teststack import process
-from tests.functional import client
 
 RELEASES = os.environ.get('SIZEAWARE_GLANCE_RELEASES', '33 30 29').split()
 KEYSTONE_RELEASES = os.environ.get('SIZEAWARE_KEYSTONE_RELEASES',

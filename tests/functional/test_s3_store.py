@@ -13,9 +13,9 @@ import uuid
 
 import pytest
 
-from teststack import glance as glance_stack
 from tests.functional import client
 from tests.functional import conftest
+from teststack import glance as glance_stack
 
 MIB = 1024 * 1024
 DATA = os.urandom(12 * MIB + 5)
