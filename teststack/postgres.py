@@ -129,11 +129,15 @@ class Postgres:
         if keep_workdir is None:
             keep_workdir = os.environ.get('SIZEAWARE_KEEP_WORKDIR') == '1'
         self.keep_workdir = keep_workdir
-        self.workdir = pathlib.Path(workdir).resolve()
         self.port = port
         self.settings = dict(settings or {})
         self.bindir = None
         self.user = None
+        self._tmp_socket_dir = None
+        self._set_workdir(pathlib.Path(workdir).resolve())
+
+    def _set_workdir(self, workdir):
+        self.workdir = workdir
         self.datadir = self.workdir / 'data'
         self.socket_dir = self.workdir / 'run'
         self.server = process.Server('postgres', [], self.workdir)
@@ -158,11 +162,18 @@ class Postgres:
         # A server left behind by a crashed run still holds the data dir.
         self._stop_pid(process.stop_pidfile)
         if not _reachable_by(self.user, self.workdir):
-            raise RuntimeError('user %s cannot reach %s: give the directories '
-                               'above it o+x or choose another workdir'
-                               % (self.user, self.workdir))
+            # e.g. a checkout under a 0700 home: fall back to /tmp.
+            fallback = pathlib.Path(tempfile.mkdtemp(prefix='sizeaware-pg-'))
+            fallback.chmod(0o755)
+            _log('user %s cannot reach %s; the cluster goes to %s'
+                 % (self.user, self.workdir, fallback))
+            if self._own_workdir:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+            self._own_workdir = True
+            self._set_workdir(fallback)
         if len(str(self.socket_dir)) > _MAX_SOCKET_DIR:
             self.socket_dir = pathlib.Path(tempfile.mkdtemp(prefix='pg-'))
+            self._tmp_socket_dir = self.socket_dir
         shutil.rmtree(self.datadir, ignore_errors=True)
         for path in (self.datadir, self.socket_dir):
             path.mkdir(parents=True, exist_ok=True)
@@ -199,6 +210,8 @@ class Postgres:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout)
         self.server.stop()
+        if self._tmp_socket_dir is not None:
+            shutil.rmtree(self._tmp_socket_dir, ignore_errors=True)
         if self._own_workdir and not self.keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 

@@ -47,7 +47,7 @@ def _log(msg):
     print('[teststack] %s' % msg, file=sys.stderr, flush=True)
 
 
-def _repo_has_tempest_plugin(repo=paths.REPO) -> bool:
+def repo_has_tempest_plugin(repo=paths.REPO) -> bool:
     setup_cfg = pathlib.Path(repo) / 'setup.cfg'
     return setup_cfg.is_file() and (
         'tempest.test_plugins' in setup_cfg.read_text())
@@ -61,7 +61,7 @@ def tempest_venv(plugins=None) -> pathlib.Path:
         ``tempest.test_plugins`` entry point (the hook for our own plugin).
     """
     if plugins is None:
-        plugins = [paths.REPO] if _repo_has_tempest_plugin() else []
+        plugins = [paths.REPO] if repo_has_tempest_plugin() else []
     return venvs.ensure_venv('tempest', REQUIREMENTS, editable=plugins)
 
 
