@@ -190,19 +190,6 @@ def load_metadefs(glance_venv, conf_dir):
                                          proc.stderr[-3000:]))
 
 
-def ensure_psycopg2(venv):
-    """Install ``psycopg2-binary`` into ``venv`` if it cannot import
-    psycopg2 (Glance's venvs do not carry a PostgreSQL driver)."""
-    py = str(venvs.venv_python(venv))
-    if subprocess.run([py, '-c', 'import psycopg2'],
-                      capture_output=True).returncode == 0:
-        return
-    _log('installing psycopg2-binary into %s' % venv)
-    subprocess.run([py, '-m', 'pip', 'install', '-q',
-                    '--disable-pip-version-check', 'psycopg2-binary'],
-                   check=True, capture_output=True)
-
-
 # ---------------------------------------------------------------------------
 # Tempest itself
 
@@ -399,6 +386,19 @@ class Tempest:
                 check=True, capture_output=True, text=True,
                 cwd=str(self.workdir.parent))
         (self.workdir / 'logs').mkdir(exist_ok=True)
+        self.write_conf()
+        self._initialised = True
+        return self
+
+    def configure(self, extra_conf) -> 'Tempest':
+        """Merge ``extra_conf`` into the tempest.conf of later runs (e.g.
+        ``{'sizeaware': {'enabled': True}}`` for this repo's plugin)."""
+        self.extra_conf = merge_conf(self.extra_conf, extra_conf)
+        if self._initialised:
+            self.write_conf()
+        return self
+
+    def write_conf(self):
         lines = []
         for section, options in self.tempest_conf().items():
             lines.append('[%s]' % section)
@@ -408,8 +408,6 @@ class Tempest:
                 lines.append('%s = %s' % (key, value))
             lines.append('')
         self.conf_path.write_text('\n'.join(lines))
-        self._initialised = True
-        return self
 
     def run(self, regex, concurrency=2, name=None, timeout=3600,
             exclude_regex=None) -> Result:
@@ -490,7 +488,10 @@ def compare(without, with_filter) -> dict:
     """Compare the run without the filter with the run with it.
 
     ``regressions`` are the tests that passed without the filter and do
-    not pass with it (failed, skipped or missing).
+    not pass with it (failed, skipped or missing); ``new_failures`` the
+    tests that fail with the filter and did not run or were skipped
+    without it (such as this repo's own plugin's, which run only with the
+    filter).
     """
     def by_base(result):
         return {base_test_id(t): v for t, v in result.tests.items()}
@@ -504,6 +505,12 @@ def compare(without, with_filter) -> dict:
             regressions[test_id] = {
                 'outcome': other['outcome'] if other else 'missing',
                 'reason': other['reason'] if other else ''}
+
+    new_failures = {
+        test_id: {'outcome': info['outcome'], 'reason': info['reason']}
+        for test_id, info in sorted(after.items())
+        if info['outcome'] == 'failed' and test_id not in regressions
+        and (before.get(test_id) or {}).get('outcome') != 'failed'}
 
     def listing(outcome):
         out = {}
@@ -524,6 +531,7 @@ def compare(without, with_filter) -> dict:
         'with_filter': dict(with_filter.counts,
                             elapsed_s=round(with_filter.elapsed, 1)),
         'regressions': regressions,
+        'new_failures': new_failures,
         'skipped': listing('skipped'),
         'failed': listing('failed'),
     }

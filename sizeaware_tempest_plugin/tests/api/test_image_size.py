@@ -1,11 +1,12 @@
 """The size filter through tempest's image client, as a cloud user sees it."""
 
+import os
+
 from tempest import config
 from tempest.api.image import base
 from tempest.common import waiters
 from tempest.lib import decorators
 from tempest.lib import exceptions as lib_exc
-from tempest.lib.common.utils import data_utils
 
 from sizeaware_tempest_plugin import upload
 
@@ -23,7 +24,8 @@ class ImageSizeTest(base.BaseV2ImageTest):
 
     def setUp(self):
         super().setUp()
-        self.data = data_utils.random_bytes(1024 * 1024 + 3)
+        # More than one upload chunk, and not a multiple of it.
+        self.data = os.urandom(upload.CHUNK_SIZE * 16 + 3)
 
     def _new_image(self):
         image = self.create_image(container_format='bare', disk_format='raw',
