@@ -1,0 +1,374 @@
+"""Helpers shared by the benchmark scripts (standard library only).
+
+Not a test module: nothing here asserts a timing. The scripts import it as
+``_common`` (they run with ``benchmarks/`` first on ``sys.path``) and make
+the repository root importable for ``teststack`` and ``sizeaware``.
+"""
+
+import argparse
+import contextlib
+import datetime
+import http.client
+import json
+import os
+import pathlib
+import platform
+import re
+import statistics
+import sys
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+REPO = HERE.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+#: The client's read and send unit: one chunk of a chunked body. curl -T
+#: sends chunks of 65524 bytes (its 64 KiB buffer less the chunk framing);
+#: python-glanceclient sends 64 KiB ones.
+PIECE = 64 * KiB
+
+_SIZE_RE = re.compile(r'\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(i?B?)\s*', re.I)
+
+
+def parse_size(text):
+    """``'1G'``, ``'100M'``, ``'512MiB'``, ``'1048576'``: bytes (binary
+    units)."""
+    match = _SIZE_RE.fullmatch(str(text))
+    if not match:
+        raise argparse.ArgumentTypeError('not a size: %r' % text)
+    number, unit = float(match.group(1)), match.group(2).upper()
+    factor = {'': 1, 'K': KiB, 'M': MiB, 'G': GiB, 'T': 1024 * GiB}[unit]
+    return int(number * factor)
+
+
+def human(n):
+    for unit, factor in (('GiB', GiB), ('MiB', MiB), ('KiB', KiB)):
+        if n >= factor:
+            value = n / factor
+            return ('%d %s' % (value, unit) if value == int(value)
+                    else '%.2f %s' % (value, unit))
+    return '%d B' % n
+
+
+def log(msg):
+    print('[bench] %s' % msg, file=sys.stderr, flush=True)
+
+
+def machine_line():
+    """One line saying when and where the figures were taken."""
+    load = os.getloadavg()
+    return '%s, %s, %d cores, load %.2f %.2f %.2f, Python %s' % (
+        datetime.datetime.now().strftime('%Y-%m-%d %H:%M'),
+        platform.node() or 'host', os.cpu_count() or 0, *load,
+        platform.python_version())
+
+
+# ---------------------------------------------------------------------------
+# The image file
+
+
+def image_file(size, path=None):
+    """A file of ``size`` random bytes (made once, then reused).
+
+    Kept in /tmp so the scripts can share it; remove it with ``rm`` when
+    done. Read once so that it sits in the page cache before timing.
+    """
+    path = pathlib.Path(path or '/tmp/sizeaware-bench-%d.img' % size)
+    if not path.exists() or path.stat().st_size != size:
+        log('writing %s (%s of random data)' % (path, human(size)))
+        tmp = path.with_suffix('.part')
+        with open(tmp, 'wb') as out:
+            left = size
+            while left:
+                n = min(left, 8 * MiB)
+                out.write(os.urandom(n))
+                left -= n
+        tmp.rename(path)
+    with open(path, 'rb') as warm:
+        while warm.read(8 * MiB):
+            pass
+    return path
+
+
+# ---------------------------------------------------------------------------
+# The client
+
+
+class Result:
+    def __init__(self, status, body, seconds, sent):
+        self.status = status
+        self.body = body
+        self.seconds = seconds
+        self.sent = sent
+
+    def __repr__(self):
+        return '<Result %d %.2fs %r>' % (self.status, self.seconds,
+                                         self.body[:200])
+
+
+def upload(url, path, file_path, size, *, chunked, headers=None,
+           piece=PIECE, timeout=900):
+    """PUT ``size`` bytes of ``file_path`` to ``url + path``; a Result.
+
+    A Content-Length body goes out with ``sendfile`` (no copy in the
+    client); a chunked body as one chunk per ``piece`` bytes, read into one
+    reused buffer and sent without joining. The time runs from the request
+    line to the end of the response. No ``Expect: 100-continue`` is sent
+    (uwsgi's http-socket never answers it).
+    """
+    host, port = _host_port(url)
+    conn = http.client.HTTPConnection(host, port, timeout=timeout,
+                                      blocksize=piece)
+    sent = 0
+    try:
+        start = time.perf_counter()
+        conn.putrequest('PUT', path, skip_accept_encoding=True)
+        for name, value in (headers or {}).items():
+            conn.putheader(name, value)
+        if chunked:
+            conn.putheader('Transfer-Encoding', 'chunked')
+        else:
+            conn.putheader('Content-Length', str(size))
+        conn.endheaders()
+        sock = conn.sock
+        try:
+            with open(file_path, 'rb', buffering=0) as src:
+                if chunked:
+                    buf = memoryview(bytearray(piece))
+                    while sent < size:
+                        n = src.readinto(buf[:min(piece, size - sent)])
+                        if not n:
+                            raise RuntimeError('%s is shorter than %d'
+                                               % (file_path, size))
+                        sock.sendall(b'%x\r\n' % n)
+                        sock.sendall(buf[:n])
+                        sock.sendall(b'\r\n')
+                        sent += n
+                    sock.sendall(b'0\r\n\r\n')
+                else:
+                    sent = sock.sendfile(src, 0, size)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # answered early; the answer is still there to read
+        resp = conn.getresponse()
+        body = resp.read()
+        seconds = time.perf_counter() - start
+        return Result(resp.status, body, seconds, sent)
+    finally:
+        conn.close()
+
+
+def _host_port(url):
+    match = re.match(r'https?://([^:/]+):(\d+)', url)
+    return match.group(1), int(match.group(2))
+
+
+def request(url, method, path, body=None, headers=None, timeout=120):
+    """A small JSON request; (status, parsed body or bytes)."""
+    host, port = _host_port(url)
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        all_headers = dict(headers or {})
+        if body is not None and not isinstance(body, bytes):
+            body = json.dumps(body).encode()
+            all_headers.setdefault('Content-Type', 'application/json')
+        conn.request(method, path, body=body, headers=all_headers)
+        resp = conn.getresponse()
+        data = resp.read()
+        with contextlib.suppress(ValueError):
+            data = json.loads(data)
+        return resp.status, data
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------------------
+# uwsgi processes
+
+
+def read_pid(pidfile, timeout=30):
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            return int(pathlib.Path(pidfile).read_text().strip())
+        if time.monotonic() > deadline:
+            raise RuntimeError('no pid in %s' % pidfile)
+        time.sleep(0.1)
+
+
+def children(pid):
+    """Direct children of ``pid`` (from /proc/<pid>/task/*/children)."""
+    found = []
+    for task in pathlib.Path('/proc/%d/task' % pid).glob('*'):
+        with contextlib.suppress(OSError):
+            found += [int(c) for c in (task / 'children').read_text().split()]
+    return sorted(set(found))
+
+
+def uwsgi_worker(master_pid):
+    """The single uwsgi worker of a master started with processes = 1."""
+    workers = children(master_pid)
+    if len(workers) != 1:
+        raise RuntimeError('expected one uwsgi worker under %d, found %r'
+                           % (master_pid, workers))
+    return workers[0]
+
+
+def proc_status(pid, field):
+    """A ``kB`` field of /proc/<pid>/status (VmRSS, VmHWM), in bytes."""
+    with open('/proc/%d/status' % pid) as status:
+        for line in status:
+            if line.startswith(field + ':'):
+                return int(line.split()[1]) * KiB
+    raise KeyError(field)
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of ``pid`` (all its threads) so far."""
+    with open('/proc/%d/stat' % pid) as stat:
+        fields = stat.read().rsplit(')', 1)[1].split()
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
+def reset_peak_rss(pid):
+    """Make VmHWM start again from the current RSS (needs root)."""
+    with open('/proc/%d/clear_refs' % pid, 'w') as refs:
+        refs.write('5')
+
+
+# ---------------------------------------------------------------------------
+# Output
+
+
+def median(values):
+    return statistics.median(values) if values else float('nan')
+
+
+def table(headers, rows, title=None):
+    """An aligned text table (also valid reStructuredText simple table)."""
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells])
+              for i, h in enumerate(headers)]
+    rule = '  '.join('=' * w for w in widths)
+    lines = []
+    if title:
+        lines += [title, '']
+    lines.append(rule)
+    lines.append('  '.join(h.ljust(w) for h, w in zip(headers, widths)))
+    lines.append(rule)
+    for row in cells:
+        lines.append('  '.join(c.ljust(w) for c, w in zip(row, widths)))
+    lines.append(rule)
+    return '\n'.join(lines)
+
+
+
+# ---------------------------------------------------------------------------
+# One Glance, two pipelines
+
+
+WITH_PREFIX = '/with'
+WITHOUT_PREFIX = '/without'
+WHATIF_PREFIX = '/with-unwrapped'
+
+
+def dual_paste_ini(venv, whatif=False):
+    """A paste ini serving the same Glance with and without the filter.
+
+    The release's shipped ini is derived as ``teststack.glance`` derives it
+    (``sizeaware`` after ``context`` in every pipeline, plus the test flavor
+    ``sizeawaretest`` that takes identity from ``X-*`` headers). Its
+    ``[composite:api]`` is then copied, without ``sizeaware``, as
+    ``[composite:api-nofilter]``, and the flavor's root URL map serves::
+
+        /with/...     api           (with sizeaware)
+        /without/...  api-nofilter  (the same pipeline without it)
+        /...          api           (what teststack polls at startup)
+
+    so one uwsgi worker, one configuration and one store serve both.
+
+    With ``whatif``, also ``/with-unwrapped/...``: the pipeline with
+    ``sizeaware`` followed by ``whatif.unwrap`` (``[filter:benchunwrap]``;
+    the server needs ``benchmarks/`` on its Python path).
+    """
+    from teststack import glance as glance_stack
+    shipped = glance_stack.shipped_paste_ini(venv).read_text()
+    with_filter = glance_stack.build_paste_ini(shipped, with_filter=True)
+    without = glance_stack.build_paste_ini(shipped, with_filter=False)
+    nofilter = dict(glance_stack._split_sections(without))['composite:api']
+    root = 'composite:glance-api-%s' % glance_stack.TEST_FLAVOR
+    out = []
+    for name, lines in glance_stack._split_sections(with_filter):
+        if name == root:
+            body = [line for line in lines[1:] if line.strip()]
+            lines = [lines[0]] + body + [
+                '%s: api' % WITH_PREFIX,
+                '%s: api-nofilter' % WITHOUT_PREFIX]
+            if whatif:
+                lines.append('%s: api-unwrapped' % WHATIF_PREFIX)
+            lines.append('')
+        out.extend(lines)
+    out += ['', '# benchmark only: [composite:api] without sizeaware',
+            '[composite:api-nofilter]'] + nofilter[1:]
+    if whatif:
+        api = dict(glance_stack._split_sections(with_filter))['composite:api']
+        out += ['', '# benchmark only: sizeaware, then whatif.unwrap',
+                '[composite:api-unwrapped]']
+        for line in api[1:]:
+            out.append(line.replace(' %s ' % glance_stack.FILTER_NAME,
+                                    ' %s benchunwrap ' %
+                                    glance_stack.FILTER_NAME))
+        out += ['', '[filter:benchunwrap]',
+                'paste.filter_factory = whatif:filter_factory', '']
+    text = '\n'.join(out).rstrip('\n') + '\n'
+    for line in nofilter:
+        if glance_stack.FILTER_NAME in line.split('=', 1)[-1].split():
+            raise RuntimeError('api-nofilter still has the filter')
+    return text
+
+
+class GlanceAPI:
+    """Create, upload to, check and delete images on one Glance."""
+
+    def __init__(self, url, identity):
+        self.url = url
+        self.identity = dict(identity)
+
+    def create(self, prefix=''):
+        status, body = request(
+            self.url, 'POST', prefix + '/v2/images', headers=self.identity,
+            body={'name': 'sizeaware-bench', 'disk_format': 'raw',
+                  'container_format': 'bare'})
+        if status != 201:
+            raise RuntimeError('create image: %s %r' % (status, body))
+        return body['id']
+
+    def get(self, image_id, prefix=''):
+        status, body = request(self.url, 'GET',
+                               prefix + '/v2/images/%s' % image_id,
+                               headers=self.identity)
+        if status != 200:
+            raise RuntimeError('get image: %s %r' % (status, body))
+        return body
+
+    def delete(self, image_id, prefix=''):
+        status, body = request(self.url, 'DELETE',
+                               prefix + '/v2/images/%s' % image_id,
+                               headers=self.identity)
+        if status not in (204, 404):
+            raise RuntimeError('delete image: %s %r' % (status, body))
+
+    def upload(self, image_id, file_path, size, *, chunked, declare=True,
+               prefix='', piece=PIECE):
+        headers = dict(self.identity)
+        headers['Content-Type'] = 'application/octet-stream'
+        if declare:
+            headers['X-OpenStack-Image-Size'] = str(size)
+        return upload(self.url, prefix + '/v2/images/%s/file' % image_id,
+                      file_path, size, chunked=chunked, headers=headers,
+                      piece=piece)
