@@ -30,6 +30,7 @@ import tempfile
 import _common
 from _common import MiB
 
+from teststack import config
 from teststack import glance as glance_stack
 from teststack import paths
 from teststack import process
@@ -50,30 +51,15 @@ def _order(round_no, extra=()):
 
 
 def uwsgi_options(venv, port, workdir, read_size):
-    """The uwsgi options teststack.glance runs Glance with, for the drain
-    app."""
-    return {'uwsgi': {
-        'http-socket': '127.0.0.1:%d' % port,
-        'master': True,
-        'processes': 1,
-        'threads': 4,
-        'enable-threads': True,
-        'lazy-apps': True,
-        'die-on-term': True,
-        'buffer-size': 65535,
-        'http-raw-body': True,
-        'http-chunked-input': True,
-        'http-auto-chunked': True,
-        'need-app': True,
-        'add-header': 'Connection: close',
-        'chunked-input-limit': 64 * MiB,
-        'pidfile': workdir / 'uwsgi.pid',
-        'virtualenv': venv,
+    """The uwsgi options teststack runs Glance with, for the drain app."""
+    options = config.uwsgi_options(port, workdir, venv, request_bodies=True)
+    options.update({
         'chdir': _common.REPO,
         'pythonpath': _common.REPO,
         'wsgi-file': _common.HERE / 'drain_app.py',
         'env': 'DRAIN_READ_SIZE=%d' % read_size,
-    }}
+    })
+    return {'uwsgi': options}
 
 
 def run_drain(args, image):
@@ -83,7 +69,7 @@ def run_drain(args, image):
     workdir = pathlib.Path(tempfile.mkdtemp(prefix='bench-drain-', dir=run))
     port = process.free_port()
     ini = workdir / 'uwsgi.ini'
-    ini.write_text(glance_stack.render_ini(
+    ini.write_text(config.render_ini(
         uwsgi_options(venv, port, workdir, args.read_size)))
     server = process.Server('uwsgi', [venvs.venv_bin(venv, 'uwsgi'),
                                       '--ini', ini], workdir)

@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 
+from teststack import config
 from teststack import paths
 from teststack import process
 from teststack import venvs
@@ -46,43 +47,6 @@ _CONTEXT_FILTERS = ('context', 'unauthenticated-context')
 
 # ---------------------------------------------------------------------------
 # Configuration text
-
-
-def _ini_value(value):
-    if isinstance(value, bool):
-        return 'true' if value else 'false'
-    if isinstance(value, pathlib.PurePath):
-        return str(value)
-    if isinstance(value, (list, tuple)):
-        return ','.join(_ini_value(v) for v in value)
-    return str(value)
-
-
-def render_ini(sections) -> str:
-    """``{section: {option: value}}`` as ini text (bools as true/false,
-    lists comma-joined)."""
-    out = []
-    for section, options in sections.items():
-        out.append('[%s]' % section)
-        for key, value in options.items():
-            if value is None:
-                continue
-            out.append('%s = %s' % (key, _ini_value(value)))
-        out.append('')
-    return '\n'.join(out)
-
-
-def merge_conf(base, extra):
-    """Merge ``{section: {option: value}}`` ``extra`` into ``base``; an
-    option set to None in ``extra`` is removed."""
-    for section, options in (extra or {}).items():
-        target = base.setdefault(section, {})
-        for key, value in options.items():
-            if value is None:
-                target.pop(key, None)
-            else:
-                target[key] = value
-    return base
 
 
 _SECTION_RE = re.compile(r'^\s*\[([^\]]+)\]\s*$')
@@ -174,7 +138,7 @@ def build_paste_ini(shipped: str, *, with_filter=True, filter_options=None,
     if with_filter:
         lines = ['[filter:%s]' % FILTER_NAME, 'use = egg:sizeaware#sizeaware']
         for key, value in (filter_options or {}).items():
-            lines.append('%s = %s' % (key, _ini_value(value)))
+            lines.append('%s = %s' % (key, config.ini_value(value)))
         text += '\n' + '\n'.join(lines) + '\n'
     return text
 
@@ -402,7 +366,7 @@ class Glance:
             conf['oslo_policy'] = {'policy_file': self.policy_path}
             if self._unauthenticated:
                 conf['oslo_policy']['enforce_scope'] = False
-        return merge_conf(conf, self.extra_conf)
+        return config.merge_conf(conf, self.extra_conf)
 
     @property
     def _unauthenticated(self):
@@ -418,33 +382,10 @@ class Glance:
 
     def uwsgi_conf(self, venv) -> dict:
         venv = pathlib.Path(venv)
-        options = {
-            'http-socket': '127.0.0.1:%d' % self.port,
-            'master': True,
-            'processes': self.processes,
-            'threads': self.threads,
-            'enable-threads': True,
-            'lazy-apps': True,
-            'die-on-term': True,
-            'buffer-size': 65535,
-            'http-raw-body': True,
-            'http-chunked-input': True,
-            'http-auto-chunked': True,
-            'need-app': True,
-            # http-socket answers HTTP/1.1 without keep-alive and without
-            # saying so: a client reusing the connection (requests.Session,
-            # glanceclient) then gets "connection reset" on ~half of its
-            # requests. Tell clients to close.
-            'add-header': 'Connection: close',
-            # uwsgi.chunked_read() refuses a chunk bigger than this (default
-            # 1 MiB, so python-glanceclient's 1 MiB chunks fail with "unable
-            # to receive chunked part"); the buffer only grows as needed.
-            'chunked-input-limit': 64 * 1024 * 1024,
-            'pidfile': self.workdir / 'uwsgi.pid',
-            'virtualenv': venv,
-            'chdir': self.workdir,
-            'env': 'OS_GLANCE_CONFIG_DIR=%s' % self.conf_dir,
-        }
+        options = config.uwsgi_options(
+            self.port, self.workdir, venv, processes=self.processes,
+            threads=self.threads, request_bodies=True)
+        options['env'] = 'OS_GLANCE_CONFIG_DIR=%s' % self.conf_dir
         if any(venv.glob('lib/python3*/site-packages/glance/wsgi/api.py')):
             options['module'] = 'glance.wsgi.api:application'
         else:  # Glance 29: no glance.wsgi module
@@ -471,8 +412,8 @@ class Glance:
         policy = self._policy()
         if policy is not None:
             self.policy_path.write_text(json.dumps(policy, indent=1) + '\n')
-        self.conf_path.write_text(render_ini(self.glance_conf()))
-        self.uwsgi_ini.write_text(render_ini(self.uwsgi_conf(venv)))
+        self.conf_path.write_text(config.render_ini(self.glance_conf()))
+        self.uwsgi_ini.write_text(config.render_ini(self.uwsgi_conf(venv)))
 
     def _db_sync(self, venv):
         log_path = self.workdir / 'glance-manage.log'

@@ -43,6 +43,7 @@ import time
 import urllib.error
 import urllib.request
 
+from teststack import config
 from teststack import paths
 from teststack import process
 from teststack import venvs
@@ -65,20 +66,6 @@ def _log(msg):
 def keystone_venv() -> pathlib.Path:
     """The venv ``keystone``: Keystone, uwsgi, psycopg2 and openstacksdk."""
     return venvs.ensure_venv('keystone', REQUIREMENTS)
-
-
-def _ini(sections):
-    out = []
-    for section, options in sections.items():
-        out.append('[%s]' % section)
-        for key, value in options.items():
-            if value is None:
-                continue
-            if isinstance(value, bool):
-                value = 'true' if value else 'false'
-            out.append('%s = %s' % (key, value))
-        out.append('')
-    return '\n'.join(out)
 
 
 # Run inside the Keystone venv: JSON in on stdin, JSON out on stdout.
@@ -419,30 +406,15 @@ class Keystone:
             'oslo_policy': {'enforce_new_defaults': True,
                             'enforce_scope': True},
         }
-        for section, options in self.extra_conf.items():
-            conf.setdefault(section, {}).update(options)
-        return conf
+        return config.merge_conf(conf, self.extra_conf)
 
     def uwsgi_conf(self, venv) -> dict:
-        return {'uwsgi': {
-            'http-socket': '127.0.0.1:%d' % self.port,
-            'master': True,
-            'processes': self.processes,
-            'threads': self.threads,
-            'enable-threads': True,
-            'lazy-apps': True,
-            'die-on-term': True,
-            'buffer-size': 65535,
-            'need-app': True,
-            # http-socket closes the connection after each response but
-            # says nothing: clients reusing it get "connection reset".
-            'add-header': 'Connection: close',
-            'pidfile': self.workdir / 'uwsgi.pid',
-            'virtualenv': venv,
-            'chdir': self.workdir,
-            'module': 'keystone.wsgi.api:application',
-            'env': 'OS_KEYSTONE_CONFIG_DIR=%s' % self.conf_dir,
-        }}
+        options = config.uwsgi_options(
+            self.port, self.workdir, venv, processes=self.processes,
+            threads=self.threads)
+        options['module'] = 'keystone.wsgi.api:application'
+        options['env'] = 'OS_KEYSTONE_CONFIG_DIR=%s' % self.conf_dir
+        return {'uwsgi': options}
 
     def write_config(self, venv):
         self.conf_dir.mkdir(parents=True, exist_ok=True)
@@ -450,8 +422,8 @@ class Keystone:
             path = self.workdir / name
             shutil.rmtree(path, ignore_errors=True)
             path.mkdir(mode=0o700)
-        self.conf_path.write_text(_ini(self.keystone_conf()))
-        self.uwsgi_ini.write_text(_ini(self.uwsgi_conf(venv)))
+        self.conf_path.write_text(config.render_ini(self.keystone_conf()))
+        self.uwsgi_ini.write_text(config.render_ini(self.uwsgi_conf(venv)))
 
     # -- internals -----------------------------------------------------
 

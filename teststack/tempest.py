@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 
+from teststack import config
 from teststack import paths
 from teststack import process
 from teststack import venvs
@@ -157,15 +158,6 @@ def glance_extras(image_port, allowed_ports=(80, 443)) -> dict:
             'fs2': {'store_description': 'second file store'},
         },
     }
-
-
-def merge_conf(*confs) -> dict:
-    """``{section: {option: value}}`` dicts merged left to right."""
-    out = {}
-    for conf in confs:
-        for section, options in (conf or {}).items():
-            out.setdefault(section, {}).update(options)
-    return out
 
 
 def load_metadefs(glance_venv, conf_dir):
@@ -370,7 +362,7 @@ class Tempest:
             'validation': {'run_validation': False},
             'glance_api': {'system_scope_supported': False},
         }
-        return merge_conf(conf, self.extra_conf)
+        return config.merge_conf(conf, self.extra_conf)
 
     def init(self) -> 'Tempest':
         """``tempest init`` the workspace and write tempest.conf."""
@@ -393,21 +385,13 @@ class Tempest:
     def configure(self, extra_conf) -> 'Tempest':
         """Merge ``extra_conf`` into the tempest.conf of later runs (e.g.
         ``{'sizeaware': {'enabled': True}}`` for this repo's plugin)."""
-        self.extra_conf = merge_conf(self.extra_conf, extra_conf)
+        self.extra_conf = config.merge_conf(self.extra_conf, extra_conf)
         if self._initialised:
             self.write_conf()
         return self
 
     def write_conf(self):
-        lines = []
-        for section, options in self.tempest_conf().items():
-            lines.append('[%s]' % section)
-            for key, value in options.items():
-                if isinstance(value, bool):
-                    value = 'true' if value else 'false'
-                lines.append('%s = %s' % (key, value))
-            lines.append('')
-        self.conf_path.write_text('\n'.join(lines))
+        self.conf_path.write_text(config.render_ini(self.tempest_conf()))
 
     def run(self, regex, concurrency=2, name=None, timeout=3600,
             exclude_regex=None) -> Result:
