@@ -29,7 +29,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 from teststack import config
@@ -169,7 +168,7 @@ def _tail(path, lines=40):
     return ''
 
 
-class Glance:
+class Glance(process.Service):
     """One Glance API server under uwsgi.
 
     :param release: key of :data:`teststack.venvs.GLANCE_RELEASES`.
@@ -225,20 +224,9 @@ class Glance:
         self.uwsgi_options = dict(uwsgi_options or {})
         self.venv = pathlib.Path(venv) if venv else None
         self.policy = policy
-        if workdir is None:
-            run = paths.state_dir() / 'run'
-            run.mkdir(parents=True, exist_ok=True)
-            self.workdir = pathlib.Path(tempfile.mkdtemp(
-                prefix='glance-%s-' % self.release, dir=run))
-            self._own_workdir = True
+        self._init_workdir('glance-%s-' % self.release, workdir, keep_workdir)
+        if self._own_workdir:
             (self.workdir / OWNER_FILE).write_text('%d\n' % os.getpid())
-        else:
-            self.workdir = pathlib.Path(workdir).resolve()
-            self.workdir.mkdir(parents=True, exist_ok=True)
-            self._own_workdir = False
-        if keep_workdir is None:
-            keep_workdir = os.environ.get('SIZEAWARE_KEEP_WORKDIR') == '1'
-        self.keep_workdir = keep_workdir
         self.conf_dir = self.workdir / 'etc'
         self.conf_path = self.conf_dir / 'glance-api.conf'
         self.paste_path = self.workdir / 'glance-api-paste.ini'
@@ -263,11 +251,6 @@ class Glance:
         if self.port is None:
             raise RuntimeError('Glance is not started')
         return 'http://127.0.0.1:%d' % self.port
-
-    @property
-    def running(self) -> bool:
-        proc = self.server.proc
-        return proc is not None and proc.poll() is None
 
     def identity_headers(self, project_id, user_id='u1',
                          roles=('admin', 'member', 'reader')) -> dict:
@@ -310,20 +293,6 @@ class Glance:
               % (self.release, self.url, time.monotonic() - started,
                  self.workdir), file=sys.stderr, flush=True)
         return self
-
-    def stop(self):
-        self.server.stop()  # the uwsgi master leads the process group
-        if self._own_workdir and not self.keep_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc_info):
-        self.stop()
-
-    def log_tail(self, lines=60) -> str:
-        return self.server.log_tail(lines)
 
     # -- configuration -------------------------------------------------
 

@@ -38,13 +38,11 @@ import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
 
 from teststack import config
-from teststack import paths
 from teststack import process
 from teststack import venvs
 
@@ -157,7 +155,7 @@ json.dump(out, sys.stdout)
 '''
 
 
-class Keystone:
+class Keystone(process.Service):
     """One Keystone API server under uwsgi.
 
     :param database_url: ``[database] connection`` (an empty database).
@@ -187,19 +185,7 @@ class Keystone:
         self.threads = threads
         self.extra_conf = extra_conf or {}
         self.venv = pathlib.Path(venv) if venv else None
-        if workdir is None:
-            run = paths.state_dir() / 'run'
-            run.mkdir(parents=True, exist_ok=True)
-            self.workdir = pathlib.Path(tempfile.mkdtemp(prefix='keystone-',
-                                                         dir=run))
-            self._own_workdir = True
-        else:
-            self.workdir = pathlib.Path(workdir).resolve()
-            self.workdir.mkdir(parents=True, exist_ok=True)
-            self._own_workdir = False
-        if keep_workdir is None:
-            keep_workdir = os.environ.get('SIZEAWARE_KEEP_WORKDIR') == '1'
-        self.keep_workdir = keep_workdir
+        self._init_workdir('keystone-', workdir, keep_workdir)
         self.conf_dir = self.workdir / 'etc'
         self.conf_path = self.conf_dir / 'keystone.conf'
         self.uwsgi_ini = self.workdir / 'uwsgi.ini'
@@ -245,11 +231,6 @@ class Keystone:
                 'password': spec['password'],
                 'project_name': spec['project_name'],
                 'user_domain_name': DOMAIN, 'project_domain_name': DOMAIN}
-
-    @property
-    def running(self) -> bool:
-        proc = self.server.proc
-        return proc is not None and proc.poll() is None
 
     def start(self, timeout=120) -> 'Keystone':
         if self.running:
@@ -308,17 +289,7 @@ class Keystone:
     def stop(self):
         self.server.stop()
         process.stop_pidfile(self.workdir / 'uwsgi.pid')
-        if self._own_workdir and not self.keep_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc_info):
-        self.stop()
-
-    def log_tail(self, lines=60) -> str:
-        return self.server.log_tail(lines)
+        self._remove_workdir()
 
     def register_glance(self, glance_url):
         """Create (or move) the ``image`` service's endpoints to

@@ -34,7 +34,6 @@ import sys
 import tempfile
 import time
 
-from teststack import paths
 from teststack import process
 
 SUPERUSER = 'postgres'
@@ -106,7 +105,7 @@ def _reachable_by(user, path):
     return proc.returncode == 0
 
 
-class Postgres:
+class Postgres(process.Service):
     """One private PostgreSQL cluster.
 
     :param workdir: default a fresh directory under ``state_dir()/run``,
@@ -119,22 +118,13 @@ class Postgres:
 
     def __init__(self, workdir=None, port=None, settings=None,
                  keep_workdir=None):
-        if workdir is None:
-            run = paths.state_dir() / 'run'
-            run.mkdir(parents=True, exist_ok=True)
-            workdir = tempfile.mkdtemp(prefix='postgres-', dir=run)
-            self._own_workdir = True
-        else:
-            self._own_workdir = False
-        if keep_workdir is None:
-            keep_workdir = os.environ.get('SIZEAWARE_KEEP_WORKDIR') == '1'
-        self.keep_workdir = keep_workdir
+        self._init_workdir('postgres-', workdir, keep_workdir)
         self.port = port
         self.settings = dict(settings or {})
         self.bindir = None
         self.user = None
         self._tmp_socket_dir = None
-        self._set_workdir(pathlib.Path(workdir).resolve())
+        self._set_workdir(self.workdir)
 
     def _set_workdir(self, workdir):
         self.workdir = workdir
@@ -144,11 +134,6 @@ class Postgres:
         self.log_path = self.server.log_path
 
     # -- lifecycle -----------------------------------------------------
-
-    @property
-    def running(self) -> bool:
-        proc = self.server.proc
-        return proc is not None and proc.poll() is None
 
     def start(self, timeout=60) -> 'Postgres':
         if self.running:
@@ -212,8 +197,7 @@ class Postgres:
         self.server.stop()
         if self._tmp_socket_dir is not None:
             shutil.rmtree(self._tmp_socket_dir, ignore_errors=True)
-        if self._own_workdir and not self.keep_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+        self._remove_workdir()
 
     def _stop_pid(self, fallback):
         pid_path = self.server.pid_path
@@ -222,12 +206,6 @@ class Postgres:
             os.kill(int(pid_path.read_text().strip()), signal.SIGINT)
             time.sleep(1)
         fallback(pid_path)
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc_info):
-        self.stop()
 
     # -- databases -----------------------------------------------------
 

@@ -8,9 +8,11 @@ crashed run can still be found and stopped.
 import contextlib
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -151,3 +153,55 @@ def _stop_group(pid, timeout, proc=None):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
         return
+
+
+class Service:
+    """A server of the stack: one main process and a work directory.
+
+    Subclasses call :meth:`_init_workdir` from ``__init__``, set
+    ``self.server`` (a :class:`Server`) and implement ``start``. A work
+    directory made here (under ``state_dir()/run``) is removed by
+    :meth:`stop` unless it is to be kept (``keep_workdir``, or env
+    ``SIZEAWARE_KEEP_WORKDIR=1``); one given by the caller never is.
+    """
+
+    server = None
+
+    def _init_workdir(self, prefix, workdir=None, keep_workdir=None):
+        from teststack import paths
+        if workdir is None:
+            run = paths.state_dir() / 'run'
+            run.mkdir(parents=True, exist_ok=True)
+            self.workdir = pathlib.Path(tempfile.mkdtemp(prefix=prefix,
+                                                         dir=run))
+            self._own_workdir = True
+        else:
+            self.workdir = pathlib.Path(workdir).resolve()
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            self._own_workdir = False
+        if keep_workdir is None:
+            keep_workdir = os.environ.get('SIZEAWARE_KEEP_WORKDIR') == '1'
+        self.keep_workdir = keep_workdir
+
+    @property
+    def running(self) -> bool:
+        proc = self.server.proc if self.server is not None else None
+        return proc is not None and proc.poll() is None
+
+    def stop(self):
+        if self.server is not None:
+            self.server.stop()
+        self._remove_workdir()
+
+    def _remove_workdir(self):
+        if self._own_workdir and not self.keep_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
+    def log_tail(self, lines: int = 60) -> str:
+        return self.server.log_tail(lines)
