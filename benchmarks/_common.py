@@ -259,10 +259,12 @@ def table(headers, rows, title=None):
     if title:
         lines += [title, '']
     lines.append(rule)
-    lines.append('  '.join(h.ljust(w) for h, w in zip(headers, widths)))
+    lines.append('  '.join(h.ljust(w) for h, w in zip(headers, widths))
+                 .rstrip())
     lines.append(rule)
     for row in cells:
-        lines.append('  '.join(c.ljust(w) for c, w in zip(row, widths)))
+        lines.append('  '.join(c.ljust(w) for c, w in zip(row, widths))
+                     .rstrip())
     lines.append(rule)
     return '\n'.join(lines)
 

@@ -305,3 +305,21 @@ def test_options_from_the_service_config_file(tmp_path):
     flt = make_filter(fakes.FakeGlance(), oslo_config_project='svc',
                       oslo_config_file=str(conf_file), max_image_size='20')
     assert flt.max_image_size == 20
+
+
+def test_app_reads_the_reader_itself_without_webob_wrappers():
+    """No LimitedLengthFile or BufferedReader between the app and the
+    reader: the reader already ends at the declared size."""
+    seen = []
+
+    def app(environ, start_response):
+        body_file = webob.Request(environ).body_file
+        seen.append((body_file, body_file.read()))
+        start_response('204 No Content', [])
+        return []
+
+    request = put(size=str(len(BODY)))
+    assert request.get_response(make_filter(app)).status_int == 204
+    (body_file, data), = seen
+    assert type(body_file).__name__ == 'SizedBodyReader'
+    assert data == BODY
