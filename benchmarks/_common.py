@@ -59,6 +59,15 @@ def log(msg):
     print('[bench] %s' % msg, file=sys.stderr, flush=True)
 
 
+def print_tables(tables):
+    """The closing output of a script: the machine, then each table."""
+    print()
+    print(machine_line())
+    for text in tables:
+        print()
+        print(text)
+
+
 def machine_line():
     """One line saying when and where the figures were taken."""
     load = os.getloadavg()

@@ -263,11 +263,7 @@ def main(argv=None):
         if bench is not None:
             bench.close()
         rgw.stop(remove=True)
-    print()
-    print(_common.machine_line())
-    for text in tables:
-        print()
-        print(text)
+    _common.print_tables(tables)
     return 0
 
 

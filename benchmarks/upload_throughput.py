@@ -271,11 +271,7 @@ def main(argv=None):
         results, title = run_glance(args, image)
         tables.append(report('(b) ' + title, results, args.size, 0.99,
                              args.piece))
-    print()
-    print(_common.machine_line())
-    for text in tables:
-        print()
-        print(text)
+    _common.print_tables(tables)
     return 0
 
 
