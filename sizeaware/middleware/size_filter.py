@@ -169,16 +169,16 @@ class SizeFilter(base.ConfigurableMiddleware):
             close = getattr(response.app_iter, 'close', None)
             if close is not None:
                 close()
-        return self._reject(environ, image_id, reader.error,
-                            received=reader.received)(environ, start_response)
+        return self._reject(environ, image_id, reader.error)(
+            environ, start_response)
 
-    def _reject(self, environ, image_id, error, received=0):
+    def _reject(self, environ, image_id, error):
         """Log one line about a refused upload and build the response."""
         declared = environ.get(EXPECTED_SIZE_KEY)
         if declared is None:
             declared = environ.get(headers.IMAGE_SIZE_ENVIRON)
-        if isinstance(error, exceptions.BodySizeMismatch):
-            received = error.received
+        # Refusals decided by the headers alone read no byte of the body.
+        received = getattr(error, 'received', 0)
         LOG.info('Refused image upload: request_id=%(request_id)s '
                  'image_id=%(image_id)s declared=%(declared)s '
                  'received=%(received)s reason=%(reason)s',
