@@ -285,10 +285,9 @@ def table(headers, rows, title=None):
 
 WITH_PREFIX = '/with'
 WITHOUT_PREFIX = '/without'
-WHATIF_PREFIX = '/with-unwrapped'
 
 
-def dual_paste_ini(venv, whatif=False):
+def dual_paste_ini(venv):
     """A paste ini serving the same Glance with and without the filter.
 
     The release's shipped ini is derived as ``teststack.glance`` derives it
@@ -302,10 +301,6 @@ def dual_paste_ini(venv, whatif=False):
         /...          api           (what teststack polls at startup)
 
     so one uwsgi worker, one configuration and one store serve both.
-
-    With ``whatif``, also ``/with-unwrapped/...``: the pipeline with
-    ``sizeaware`` followed by ``whatif.unwrap`` (``[filter:benchunwrap]``;
-    the server needs ``benchmarks/`` on its Python path).
     """
     from teststack import glance as glance_stack
     shipped = glance_stack.shipped_paste_ini(venv).read_text()
@@ -319,23 +314,10 @@ def dual_paste_ini(venv, whatif=False):
             body = [line for line in lines[1:] if line.strip()]
             lines = [lines[0]] + body + [
                 '%s: api' % WITH_PREFIX,
-                '%s: api-nofilter' % WITHOUT_PREFIX]
-            if whatif:
-                lines.append('%s: api-unwrapped' % WHATIF_PREFIX)
-            lines.append('')
+                '%s: api-nofilter' % WITHOUT_PREFIX, '']
         out.extend(lines)
     out += ['', '# benchmark only: [composite:api] without sizeaware',
             '[composite:api-nofilter]'] + nofilter[1:]
-    if whatif:
-        api = dict(glance_stack._split_sections(with_filter))['composite:api']
-        out += ['', '# benchmark only: sizeaware, then whatif.unwrap',
-                '[composite:api-unwrapped]']
-        for line in api[1:]:
-            out.append(line.replace(' %s ' % glance_stack.FILTER_NAME,
-                                    ' %s benchunwrap ' %
-                                    glance_stack.FILTER_NAME))
-        out += ['', '[filter:benchunwrap]',
-                'paste.filter_factory = whatif:filter_factory', '']
     text = '\n'.join(out).rstrip('\n') + '\n'
     for line in nofilter:
         if glance_stack.FILTER_NAME in line.split('=', 1)[-1].split():

@@ -6,7 +6,6 @@ Served by uwsgi for ``upload_throughput.py`` (part a)::
     PUT /with/v2/images/<id>/file     SizeFilter -> drain
     PUT /without/v2/images/<id>/file  drain
     PUT /raw/v2/images/<id>/file      raw: the server's floor
-    PUT /with-unwrapped/v2/...        SizeFilter -> whatif.unwrap -> drain
 
 The prefix moves to ``SCRIPT_NAME``, so the filter sees the upload path it
 acts on. ``drain`` reads the body through Glance's own request class
@@ -18,13 +17,11 @@ filesystem store asks for), keeps nothing, and answers 200 with the count.
 ``raw`` reads the body straight from the server, with neither webob nor
 Glance: ``uwsgi.chunked_read()`` until ``b''`` for a chunked body,
 ``wsgi.input.read(DRAIN_READ_SIZE)`` up to ``CONTENT_LENGTH`` otherwise;
-what no reader in Python can beat. ``with-unwrapped`` is ``with`` plus the
-change proposed in ``whatif.py``.
+what no reader in Python can beat.
 """
 
 import json
 import os
-import sys
 
 import webob
 
@@ -36,9 +33,6 @@ except ImportError:  # pragma: no cover - outside a Glance venv
     READER = 'copy of Glance 33 _UWSGIChunkFile'
 
 from sizeaware.middleware import size_filter
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import whatif  # noqa: E402
 
 READ_SIZE = int(os.environ.get('DRAIN_READ_SIZE', 64 * 1024))
 
@@ -117,9 +111,7 @@ def raw(environ, start_response):
 
 filtered = size_filter.SizeFilter.factory({})(drain)
 
-ROUTES = {'/with': filtered, '/without': drain, '/raw': raw,
-          '/with-unwrapped': size_filter.SizeFilter.factory({})(
-              whatif.unwrap(drain))}
+ROUTES = {'/with': filtered, '/without': drain, '/raw': raw}
 
 
 def application(environ, start_response):

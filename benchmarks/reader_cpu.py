@@ -6,10 +6,10 @@ uwsgi's ``wsgi.input.read`` and ``uwsgi.chunked_read()`` do) is read to its
 end, ``--read-sizes`` bytes at a time, in five ways:
 
 ``CL, webob``           webob's wrapper around the source (Glance, no filter)
-``CL, filter+webob``    webob's wrapper around the filter's reader (Glance
-                        with the filter, as it is)
-``CL, filter``          the filter's reader read directly (what
-                        ``whatif.py`` proposes)
+``CL, filter+webob``    webob's wrapper around the filter's reader (how
+                        the filter was before it handed webob the reader)
+``CL, filter``          the filter's reader read directly (how Glance
+                        reads it now)
 ``chunked, filter+webob``, ``chunked, filter``
                         the same for a chunked body of ``--chunk`` chunks
 

@@ -61,14 +61,6 @@ CASES = [
     ('Content-Length+header, without filter', False,
      _common.WITHOUT_PREFIX),
 ]
-# --whatif: the filter plus the change benchmarks/whatif.py proposes.
-WHATIF_CASES = [
-    ('chunked+header, what-if unwrapped', True, _common.WHATIF_PREFIX),
-    ('Content-Length+header, what-if unwrapped', False,
-     _common.WHATIF_PREFIX),
-]
-
-
 class Bench:
     def __init__(self, args, rgw, s3, bucket, image):
         self.args = args
@@ -82,9 +74,7 @@ class Bench:
         venv = venvs.glance_venv(release)
         return glance_stack.Glance(
             release,
-            paste_ini=_common.dual_paste_ini(venv, whatif=self.args.whatif),
-            uwsgi_options={'pythonpath': _common.HERE}
-            if self.args.whatif else None,
+            paste_ini=_common.dual_paste_ini(venv),
             default_backend='cloud', processes=1, threads=4,
             extra_conf={'DEFAULT': {'debug': False}},
             backends={'cloud': ('sizeaware_s3', {
@@ -209,9 +199,6 @@ def main(argv=None):
     parser.add_argument('--skip-without-filter-chunked', action='store_true',
                         help='skip the slow chunked upload without the '
                              'filter in part c')
-    parser.add_argument('--whatif', action='store_true',
-                        help='also run the cases of the filter with the '
-                             'change benchmarks/whatif.py proposes')
     parser.add_argument('--reuse-server', action='store_true',
                         help='one Glance per release instead of one per '
                              'upload (peak RSS then depends on history)')
@@ -244,15 +231,13 @@ def main(argv=None):
             cases = list(CASES)
             if args.skip_without_filter_chunked:
                 cases = cases[1:]
-            if args.whatif:
-                cases += WHATIF_CASES
             results = run_part(bench, args.release_c, cases, args.repeat)
             tables.append(report(args.release_c, results, args.size,
                                  'Content-Length+header, with filter',
                                  '(c)', args.piece))
         if 'd' in parts:
-            results = run_part(bench, args.release_d, list(CASES) + (
-                WHATIF_CASES if args.whatif else []), args.repeat)
+            results = run_part(bench, args.release_d, list(CASES),
+                               args.repeat)
             tables.append(report(args.release_d, results, args.size,
                                  'Content-Length+header, with filter',
                                  '(d)', args.piece))

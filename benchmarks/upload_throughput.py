@@ -129,11 +129,9 @@ def _drain_once(url, side, image, size, chunked, headers, piece):
 
 def run_glance(args, image):
     venv = venvs.glance_venv(args.release)
-    whatif = 'with-unwrapped' in args.extra
     glance = glance_stack.Glance(
-        args.release, paste_ini=_common.dual_paste_ini(venv, whatif=whatif),
-        uwsgi_options={'pythonpath': _common.HERE} if whatif else None,
-        processes=1, threads=4, extra_conf={'DEFAULT': {'debug': False}})
+        args.release, paste_ini=_common.dual_paste_ini(venv), processes=1,
+        threads=4, extra_conf={'DEFAULT': {'debug': False}})
     results = {}
     glance.start()
     try:
@@ -143,8 +141,7 @@ def run_glance(args, image):
         for framing in args.framing:
             chunked = framing == 'chunked'
             for round_no in range(args.repeat):
-                for side in _order(round_no, ['with-unwrapped']
-                                   if whatif else []):
+                for side in _order(round_no, []):
                     seconds, cpu = _glance_once(api, worker, side, image,
                                                 args.size, chunked,
                                                 args.piece)
@@ -197,12 +194,10 @@ def report(title, results, size, target, piece):
         paired = _common.median([b[0] / a[0] for a, b in
                                  zip(runs_with, runs_without)])
         ratio = t_without / t_with
-        extra = []
-        for side in ('raw', 'with-unwrapped'):
-            runs = results.get((framing, side))
-            extra.append('%.0f / %.2f' % (
-                size / MiB / _common.median([r[0] for r in runs]),
-                _common.median([r[1] for r in runs])) if runs else '-')
+        runs = results.get((framing, 'raw'))
+        raw = '%.0f / %.2f' % (
+            size / MiB / _common.median([r[0] for r in runs]),
+            _common.median([r[1] for r in runs])) if runs else '-'
         rows.append([
             framing,
             '%.0f' % (size / MiB / t_without),
@@ -212,12 +207,12 @@ def report(title, results, size, target, piece):
             'yes' if min(ratio, paired) >= target else 'NO',
             '%.2f' % cpu_without, '%.2f' % cpu_with,
             '%.3f' % (cpu_without / cpu_with) if cpu_with else '-',
-            len(runs_with),
-        ] + extra)
+            len(runs_with), raw,
+        ])
     return _common.table(
         ['framing', 'MiB/s without', 'MiB/s with', 'ratio', 'paired ratio',
          '>= %.2f' % target, 'CPU s without', 'CPU s with', 'CPU ratio',
-         'runs', 'raw MiB/s, CPU s', 'what-if MiB/s, CPU s'],
+         'runs', 'raw MiB/s, CPU s'],
         rows, title='%s, %s body, chunks of %s, medians; ratio = '
                     'throughput with / without the filter (paired: median '
                     'of the per-round ratios; CPU: the uwsgi worker\'s '
@@ -247,14 +242,10 @@ def main(argv=None):
     parser.add_argument('--raw', action='store_true',
                         help='(a) also time /raw/, the body read straight '
                              'from uwsgi with no Python reader around it')
-    parser.add_argument('--whatif', action='store_true',
-                        help='(a) also time /with-unwrapped/, the filter '
-                             'with the change whatif.py proposes')
     parser.add_argument('--image', help='image file to send (default a '
                                         'random file in /tmp, kept)')
     args = parser.parse_args(argv)
-    args.extra = (['raw'] if args.raw else []) + (
-        ['with-unwrapped'] if args.whatif else [])
+    args.extra = ['raw'] if args.raw else []
     args.framing = [f.strip() for f in args.framing.split(',') if f.strip()]
     for framing in args.framing:
         if framing not in FRAMINGS:
