@@ -59,6 +59,19 @@ def log(msg):
     print('[bench] %s' % msg, file=sys.stderr, flush=True)
 
 
+def add_upload_options(parser, repeat, repeat_help):
+    """The options every upload benchmark takes: body, chunks, rounds."""
+    parser.add_argument('--size', type=parse_size, default='1G',
+                        help='body size (default 1G)')
+    parser.add_argument('--repeat', type=int, default=repeat,
+                        help='%s (default %d)' % (repeat_help, repeat))
+    parser.add_argument('--piece', type=parse_size, default='64K',
+                        help='chunk size of a chunked body (default 64K, '
+                             'about what curl -T and glanceclient send)')
+    parser.add_argument('--image', help='image file to send (default a '
+                                        'random file in /tmp, kept)')
+
+
 def print_tables(tables):
     """The closing output of a script: the machine, then each table."""
     print()

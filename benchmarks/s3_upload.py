@@ -188,10 +188,7 @@ def report(release, results, size, baseline, title, piece):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--size', type=_common.parse_size, default='1G',
-                        help='body size (default 1G)')
-    parser.add_argument('--repeat', type=int, default=3,
-                        help='uploads per case (default 3)')
+    _common.add_upload_options(parser, 3, 'uploads per case')
     parser.add_argument('--parts', default='c,d',
                         help='c (Glance 30), d (Glance 33); default c,d')
     parser.add_argument('--release-c', default='30')
@@ -202,11 +199,6 @@ def main(argv=None):
     parser.add_argument('--reuse-server', action='store_true',
                         help='one Glance per release instead of one per '
                              'upload (peak RSS then depends on history)')
-    parser.add_argument('--piece', type=_common.parse_size, default='64K',
-                        help='chunk size of a chunked body (default 64K, '
-                             'about what curl -T and glanceclient send)')
-    parser.add_argument('--image', help='image file to send (default a '
-                                        'random file in /tmp, kept)')
     args = parser.parse_args(argv)
     parts = [p.strip() for p in args.parts.split(',') if p.strip()]
     image = _common.image_file(args.size, args.image)

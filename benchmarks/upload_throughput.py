@@ -222,10 +222,7 @@ def report(title, results, size, target, piece):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--size', type=_common.parse_size, default='1G',
-                        help='body size (default 1G)')
-    parser.add_argument('--repeat', type=int, default=5,
-                        help='uploads per side and framing (default 5)')
+    _common.add_upload_options(parser, 5, 'uploads per side and framing')
     parser.add_argument('--parts', default='a,b',
                         help='a (drain app), b (Glance filesystem); '
                              'default a,b')
@@ -236,14 +233,9 @@ def main(argv=None):
     parser.add_argument('--read-size', type=_common.parse_size,
                         default='64K', help='drain app read size (default '
                                             '64K, the filesystem store\'s)')
-    parser.add_argument('--piece', type=_common.parse_size, default='64K',
-                        help='chunk size of a chunked body (default 64K, '
-                             'about what curl -T and glanceclient send)')
     parser.add_argument('--raw', action='store_true',
                         help='(a) also time /raw/, the body read straight '
                              'from uwsgi with no Python reader around it')
-    parser.add_argument('--image', help='image file to send (default a '
-                                        'random file in /tmp, kept)')
     args = parser.parse_args(argv)
     args.extra = ['raw'] if args.raw else []
     args.framing = [f.strip() for f in args.framing.split(',') if f.strip()]
