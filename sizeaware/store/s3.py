@@ -50,6 +50,15 @@ class Store(s3.Store):
 
     def _add_multipart(self, s3_client, image_file, image_size, bucket,
                        key, *args, **kwargs):
+        """glance_store's multipart upload, aborted if it fails.
+
+        A private method of glance_store's driver, overridden because it is
+        the one place that knows the client, the bucket and the key when
+        the multipart path fails; ``add()`` calls it with keyword arguments,
+        so the parameter names matter as much as their order (a unit test
+        pins them). The original exception is re-raised unchanged, with
+        its traceback, whatever the cleanup does.
+        """
         try:
             return super()._add_multipart(s3_client, image_file, image_size,
                                           bucket, key, *args, **kwargs)
@@ -61,18 +70,49 @@ class Store(s3.Store):
 def abort_unfinished_uploads(s3_client, bucket, key):
     """Abort every unfinished multipart upload of ``key`` in ``bucket``.
 
-    Failures are logged, not raised: the caller is already handling the
-    error that matters.
+    The listing is paged with botocore's ``list_multipart_uploads``
+    paginator: one answer holds at most ``MaxUploads`` uploads (1000 by
+    default) and says ``IsTruncated`` with ``NextKeyMarker`` and
+    ``NextUploadIdMarker`` when there are more, so reading only the first
+    answer would leave the rest behind. The paginator also stops instead of
+    looping when a server hands back the same markers twice.
+
+    The listing asks for the prefix ``key`` because S3 offers no exact-key
+    filter; uploads of other keys that merely start with it (another image
+    whose id extends this one, an object named ``<key>.bak``) are not ours
+    and are skipped.
+
+    Each page's uploads are aborted before the next page is asked for, and
+    one abort failing does not stop the others: whatever can be cleaned up
+    is. The markers name the last upload listed, so aborting the uploads
+    already listed does not shift the next page.
+
+    Failures are logged, not raised: this runs while the caller handles
+    the error that matters (the upload's own failure), which must reach
+    Glance unchanged.
     """
     try:
-        listing = s3_client.list_multipart_uploads(Bucket=bucket, Prefix=key)
-        for upload in listing.get('Uploads', []):
-            if upload['Key'] != key:
-                continue
-            s3_client.abort_multipart_upload(
-                Bucket=bucket, Key=key, UploadId=upload['UploadId'])
-            LOG.info('Aborted unfinished multipart upload %(upload)s of '
-                     '%(key)s', {'upload': upload['UploadId'], 'key': key})
+        pages = s3_client.get_paginator('list_multipart_uploads').paginate(
+            Bucket=bucket, Prefix=key)
+        for page in pages:
+            for upload in page.get('Uploads', []):
+                if upload['Key'] == key:
+                    _abort(s3_client, bucket, key, upload['UploadId'])
     except Exception:
-        LOG.exception('Could not abort the unfinished multipart uploads of '
-                      '%s in bucket %s', key, bucket)
+        LOG.exception('Could not list the unfinished multipart uploads of '
+                      '%s in bucket %s; those not aborted yet are left '
+                      'behind', key, bucket)
+
+
+def _abort(s3_client, bucket, key, upload_id):
+    """Abort one upload; a failure is logged and the caller goes on."""
+    try:
+        s3_client.abort_multipart_upload(
+            Bucket=bucket, Key=key, UploadId=upload_id)
+    except Exception:
+        LOG.exception('Could not abort the unfinished multipart upload '
+                      '%(upload)s of %(key)s in bucket %(bucket)s',
+                      {'upload': upload_id, 'key': key, 'bucket': bucket})
+    else:
+        LOG.info('Aborted unfinished multipart upload %(upload)s of '
+                 '%(key)s', {'upload': upload_id, 'key': key})
