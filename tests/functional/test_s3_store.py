@@ -6,6 +6,10 @@ image is a three-part multipart upload. Only a store that knows the size up
 front uses multipart, so a multipart ETag (``"<md5>-3"``) on the object of a
 *chunked* upload proves the size reached glance_store, on releases that read
 the header and on those that ignore it.
+
+One test runs the same deployment with the stock ``s3`` driver instead, as
+a negative control: it shows the unfinished multipart upload glance_store
+leaves behind, which is what ``sizeaware_s3`` exists to abort.
 """
 
 import os
@@ -22,14 +26,31 @@ DATA = os.urandom(12 * MIB + 5)
 N = len(DATA)
 
 
-@pytest.fixture(scope='module', params=conftest.RELEASES,
-                ids=['glance%s' % r for r in conftest.RELEASES])
+#: The store type under test, and glance_store's own S3 driver.
+DRIVER = 'sizeaware_s3'
+STOCK_DRIVER = 's3'
+
+
+def deployments(driver, suffix=''):
+    """``glance_s3`` parameters: every release with the store ``driver``."""
+    return [pytest.param((release, driver),
+                         id='glance%s%s' % (release, suffix))
+            for release in conftest.RELEASES]
+
+
+@pytest.fixture(scope='module', params=deployments(DRIVER))
 def glance_s3(request, radosgw, s3):
+    """Glance of each release with its S3 backend on a new radosgw bucket.
+
+    The backend's type is ``sizeaware_s3``; a test gets the stock driver by
+    parametrising this fixture indirectly with :func:`deployments`.
+    """
+    release, driver = request.param
     bucket = 'glance-%s' % uuid.uuid4().hex[:12]
     s3.create_bucket(Bucket=bucket)
     server = glance_stack.Glance(
-        request.param, default_backend='cloud',
-        backends={'cloud': ('sizeaware_s3', {
+        release, default_backend='cloud',
+        backends={'cloud': (driver, {
             's3_store_host': radosgw.endpoint,
             's3_store_access_key': radosgw.access_key,
             's3_store_secret_key': radosgw.secret_key,
@@ -85,3 +106,43 @@ def test_mismatch_leaves_no_object_and_no_multipart_upload(
     assert api.upload(image_id, DATA, size=N, chunked=True,
                       piece=MIB).status == 204
     assert api.get_image(image_id)['status'] == 'active'
+
+
+@pytest.mark.parametrize('glance_s3', deployments(STOCK_DRIVER, '-stock_s3'),
+                         indirect=True)
+def test_upstream_bug_stock_s3_driver_leaves_an_unfinished_upload(
+        api, glance_s3, s3):
+    """Negative control: glance_store's own ``s3`` driver, same refusal.
+
+    The ``under`` case of the test above (one byte more declared than sent,
+    chunked) on a backend of the stock type ``s3``. The filter refuses the
+    body as before (400, image ``queued``, no object), but glance_store's
+    driver lets the error out of its multipart upload without aborting it:
+    the upload and its parts stay in the bucket, unlisted and billed. This
+    documents that upstream bug, the reason ``sizeaware_s3`` exists. The day
+    glance_store aborts the upload itself, this test fails and says so.
+    """
+    image_id = api.create_image()
+    resp = api.upload(image_id, DATA, size=N + 1, chunked=True, piece=MIB)
+    assert resp.status == 400, resp
+    assert 'mismatch' in resp.text
+    image = api.get_image(image_id)
+    assert (image['status'], image['size']) == ('queued', None)
+    objects, uploads = leftovers(s3, glance_s3.bucket, image_id)
+    try:
+        assert objects == []
+        assert uploads, (
+            "glance_store's stock s3 driver (Glance %s) aborted the "
+            'multipart upload of the refused image itself: the upstream bug '
+            'this test documents looks fixed. Find the glance_store release '
+            'that fixed it; sizeaware_s3 may no longer be needed there.'
+            % glance_s3.release)
+        assert len(uploads) == 1, uploads
+        parts = s3.list_parts(Bucket=glance_s3.bucket, Key=image_id,
+                              UploadId=uploads[0]).get('Parts', [])
+        # The 5 MiB parts read before the failing read were sent.
+        assert parts and all(p['Size'] == 5 * MIB for p in parts), parts
+    finally:
+        for upload_id in uploads:
+            s3.abort_multipart_upload(Bucket=glance_s3.bucket, Key=image_id,
+                                      UploadId=upload_id)
