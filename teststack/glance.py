@@ -1,5 +1,6 @@
-"""A real Glance API under uwsgi on 127.0.0.1, for tests, benchmarks and
-the local demo.
+"""A real Glance API on 127.0.0.1, for tests, benchmarks and the local
+demo: under uwsgi, or (releases 29 and 30) under the release's own eventlet
+server ``glance-api``, which many deployments of those releases run instead.
 
 ::
 
@@ -42,6 +43,9 @@ FILTER_NAME = 'sizeaware'
 # The PID of the process that started a Glance; see clean_stale().
 OWNER_FILE = 'owner.pid'
 _CONTEXT_FILTERS = ('context', 'unauthenticated-context')
+# Releases that still ship a working eventlet server (``glance-api``); from
+# 2025.2 on it only prints that it is gone, uwsgi is the one way to run them.
+EVENTLET_RELEASES = ('29', '30')
 
 
 # ---------------------------------------------------------------------------
@@ -169,7 +173,7 @@ def _tail(path, lines=40):
 
 
 class Glance(process.Service):
-    """One Glance API server under uwsgi.
+    """One Glance API server, under uwsgi or eventlet.
 
     :param release: key of :data:`teststack.venvs.GLANCE_RELEASES`.
     :param with_filter: deploy ``sizeaware`` in every pipeline.
@@ -189,11 +193,19 @@ class Glance(process.Service):
     :param workdir: default a fresh directory under ``state_dir()/run``,
         removed by :meth:`stop` unless ``keep_workdir`` (or env
         ``SIZEAWARE_KEEP_WORKDIR=1``).
-    :param processes, threads: uwsgi workers.
+    :param server: ``'uwsgi'``, or ``'eventlet'`` for the release's own
+        ``glance-api`` (releases in :data:`EVENTLET_RELEASES`). The two hand
+        request bodies to the WSGI app differently (uwsgi's chunked input
+        bypasses ``wsgi.input``; eventlet de-chunks into it), so the filter
+        is tested under both.
+    :param processes, threads: uwsgi workers; under eventlet ``processes``
+        is ``workers`` (forked children) and ``threads`` is not used (each
+        worker serves requests from a pool of green threads).
     :param paste_ini: a path to (or the text of) a paste ini used verbatim
         instead of the one derived from the shipped file.
     :param port: default a free port.
-    :param uwsgi_options: extra ``{option: value}`` for the uwsgi ini.
+    :param uwsgi_options: extra ``{option: value}`` for the uwsgi ini
+        (uwsgi only).
     :param venv: run Glance from this venv instead of ``glance-<release>``.
     :param policy: a policy dict written to ``policy.json``; default
         ``{"context_is_admin": ""}`` for flavor ``default``, none otherwise.
@@ -204,10 +216,18 @@ class Glance(process.Service):
                  database_url=None, extra_conf=None, workdir=None,
                  processes=1, threads=4, paste_ini=None, port=None,
                  uwsgi_options=None, venv=None, policy=None,
-                 keep_workdir=None):
+                 keep_workdir=None, server='uwsgi'):
         self.release = str(release)
         if self.release not in venvs.GLANCE_RELEASES:
             raise ValueError('unknown Glance release %r' % release)
+        if server not in ('uwsgi', 'eventlet'):
+            raise ValueError('unknown server %r' % server)
+        if server == 'eventlet' and self.release not in EVENTLET_RELEASES:
+            raise ValueError('Glance %s has no eventlet server'
+                             % self.release)
+        if server == 'eventlet' and uwsgi_options:
+            raise ValueError('uwsgi_options given for an eventlet server')
+        self.wsgi_server = server
         self.with_filter = with_filter
         self.filter_options = dict(filter_options or {})
         self.backends = dict(backends or {'fs': ('file', {})})
@@ -275,8 +295,15 @@ class Glance(process.Service):
             self.port = process.free_port()
         self.write_config(venv)
         self._db_sync(venv)
-        self.server.argv = [str(venvs.venv_bin(venv, 'uwsgi')), '--ini',
-                            str(self.uwsgi_ini)]
+        if self.wsgi_server == 'eventlet':
+            # glance-api stays in the process group Server starts it in (a
+            # session leader cannot make its own) and forks its workers into
+            # it: stopping the group by the parent's PID stops them all.
+            self.server.argv = [str(venvs.venv_bin(venv, 'glance-api')),
+                                '--config-dir', str(self.conf_dir)]
+        else:
+            self.server.argv = [str(venvs.venv_bin(venv, 'uwsgi')), '--ini',
+                                str(self.uwsgi_ini)]
         started = time.monotonic()
         (self.workdir / OWNER_FILE).write_text('%d\n' % os.getpid())
         self.server.start()
@@ -289,9 +316,10 @@ class Glance(process.Service):
                                '---\n%s' % (self.release, exc, self.log_path,
                                             self.server.log_tail(60))) \
                 from None
-        print('[teststack] Glance %s up at %s in %.1f s (%s)'
-              % (self.release, self.url, time.monotonic() - started,
-                 self.workdir), file=sys.stderr, flush=True)
+        print('[teststack] Glance %s (%s) up at %s in %.1f s (%s)'
+              % (self.release, self.wsgi_server, self.url,
+                 time.monotonic() - started, self.workdir),
+              file=sys.stderr, flush=True)
         return self
 
     # -- configuration -------------------------------------------------
@@ -325,6 +353,10 @@ class Glance(process.Service):
                 'filesystem_store_datadir': self.tasks_dir},
             'oslo_concurrency': {'lock_path': self.workdir / 'locks'},
         }
+        if self.wsgi_server == 'eventlet':
+            conf['DEFAULT'].update({'bind_host': '127.0.0.1',
+                                    'bind_port': self.port,
+                                    'workers': self.processes})
         for name, (kind, options) in self.backends.items():
             section = dict(options or {})
             if kind == 'file':
@@ -363,7 +395,8 @@ class Glance(process.Service):
         return {'uwsgi': options}
 
     def write_config(self, venv):
-        """Write glance-api.conf, the paste ini, the policy and uwsgi.ini."""
+        """Write glance-api.conf, the paste ini, the policy and (under
+        uwsgi) uwsgi.ini."""
         for path in [self.conf_dir, self.staging_dir, self.tasks_dir,
                      self.workdir / 'locks', *self.store_dirs.values()]:
             path.mkdir(parents=True, exist_ok=True)
@@ -382,7 +415,8 @@ class Glance(process.Service):
         if policy is not None:
             self.policy_path.write_text(json.dumps(policy, indent=1) + '\n')
         self.conf_path.write_text(config.render_ini(self.glance_conf()))
-        self.uwsgi_ini.write_text(config.render_ini(self.uwsgi_conf(venv)))
+        if self.wsgi_server == 'uwsgi':
+            self.uwsgi_ini.write_text(config.render_ini(self.uwsgi_conf(venv)))
 
     def _db_sync(self, venv):
         log_path = self.workdir / 'glance-manage.log'

@@ -5,7 +5,11 @@ releases every Glance-backed test runs against, with identity taken from
 request headers (Glance's ``context`` filter without ``authtoken``).
 ``SIZEAWARE_KEYSTONE_RELEASES`` (default ``"33"``) lists the releases the
 same tests also run against behind a real keystone, with real tokens of
-users of two projects, and PostgreSQL databases. With
+users of two projects, and PostgreSQL databases.
+``SIZEAWARE_EVENTLET_RELEASES`` (default ``"30 29"``) lists the releases
+they also run against under the release's own eventlet server
+(``glance-api``) instead of uwsgi, identity from headers: the two servers
+hand request bodies to the app differently. With
 ``SIZEAWARE_WITHOUT_FILTER=1`` Glance runs without the filter, which shows
 what each test guards against (most of them then fail).
 """
@@ -23,10 +27,17 @@ from teststack import process
 RELEASES = os.environ.get('SIZEAWARE_GLANCE_RELEASES', '33 30 29').split()
 KEYSTONE_RELEASES = os.environ.get('SIZEAWARE_KEYSTONE_RELEASES',
                                    '33').split()
+EVENTLET_RELEASES = os.environ.get('SIZEAWARE_EVENTLET_RELEASES',
+                                   '30 29').split()
 WITH_FILTER = os.environ.get('SIZEAWARE_WITHOUT_FILTER') != '1'
 
+#: ``(release, auth)`` under uwsgi, ``(release, auth, server)`` otherwise;
+#: the last item names the deployment (``glance33-headers``,
+#: ``glance30-eventlet``).
 DEPLOYMENTS = ([(r, 'headers') for r in RELEASES] +
-               [(r, 'keystone') for r in KEYSTONE_RELEASES])
+               [(r, 'keystone') for r in KEYSTONE_RELEASES] +
+               [(r, 'headers', 'eventlet') for r in EVENTLET_RELEASES])
+DEPLOYMENT_IDS = ['glance%s-%s' % (d[0], d[-1]) for d in DEPLOYMENTS]
 #: Member users of two different projects (see teststack.keystone).
 KEYSTONE_USERS = ('user1', 'user2')
 
@@ -48,13 +59,13 @@ def keystone(postgres):
     server.stop()
 
 
-@pytest.fixture(scope='session', params=DEPLOYMENTS,
-                ids=['glance%s-%s' % d for d in DEPLOYMENTS])
+@pytest.fixture(scope='session', params=DEPLOYMENTS, ids=DEPLOYMENT_IDS)
 def glance(request):
     """A Glance of each release with sizeaware in every pipeline."""
-    release, auth = request.param
+    release, auth, *wsgi_server = request.param
     if auth == 'headers':
-        server = glance_stack.Glance(release, with_filter=WITH_FILTER)
+        server = glance_stack.Glance(release, with_filter=WITH_FILTER,
+                                     server=(wsgi_server or ['uwsgi'])[0])
         server.start()
         yield server
         server.stop()
