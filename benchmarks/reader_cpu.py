@@ -1,6 +1,6 @@
 """CPU time and page faults of reading a body, in process, per GiB.
 
-Isolates the per-read cost of the filter's ``SizedBodyReader`` from
+Isolates the per-read cost of the filter's ``BodyStream`` from
 servers and networks: a source that makes a new ``bytes`` per read (as
 uwsgi's ``wsgi.input.read`` and ``uwsgi.chunked_read()`` do) is read to its
 end, ``--read-sizes`` bytes at a time, in five ways:
@@ -31,7 +31,7 @@ import _common
 from _common import GiB
 import webob.request
 
-from sizeaware import body
+from sizeaware import stream
 
 
 def _length_source(size):
@@ -60,13 +60,13 @@ def _webob(raw, size):
 
 WAYS = {
     'CL, webob': lambda s, c: _webob(_Raw(_length_source(s)), s),
-    'CL, filter+webob': lambda s, c: _webob(body.SizedBodyReader(
+    'CL, filter+webob': lambda s, c: _webob(stream.BodyStream(
         _length_source(s), s, delimited=True), s),
-    'CL, filter': lambda s, c: body.SizedBodyReader(
+    'CL, filter': lambda s, c: stream.BodyStream(
         _length_source(s), s, delimited=True),
-    'chunked, filter+webob': lambda s, c: _webob(body.SizedBodyReader(
+    'chunked, filter+webob': lambda s, c: _webob(stream.BodyStream(
         _chunk_source(s, c), s, delimited=False), s),
-    'chunked, filter': lambda s, c: body.SizedBodyReader(
+    'chunked, filter': lambda s, c: stream.BodyStream(
         _chunk_source(s, c), s, delimited=False),
 }
 

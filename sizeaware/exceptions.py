@@ -34,6 +34,10 @@ class UnsupportedFraming(SizeawareError):
     """The body is framed in a way the filter cannot count reliably."""
 
 
+class UnsupportedTransferCoding(SizeawareError):
+    """A transfer coding other than ``chunked`` (RFC 9112 section 6.1)."""
+
+
 class ImageTooLarge(SizeawareError):
     """The declared size exceeds the configured maximum."""
 
@@ -80,18 +84,51 @@ class BodyTooLong(BodySizeMismatch):
 
 
 class ClientDisconnected(BodySizeMismatch):
-    """The connection broke before the declared size arrived."""
+    """The connection broke before the declared size arrived.
+
+    Nobody is left to read the answer; its status (499, as Swift and nginx
+    log a client that went away) is for the server's request log.
+    """
 
     def __init__(self, declared, received, reason):
         super().__init__(
             declared, received,
-            'Image upload interrupted after %d of %d declared bytes: %s'
-            % (received, declared, reason))
+            'Image upload interrupted after %d of %s bytes: %s'
+            % (received, _of(declared), reason))
+
+
+class ClientTimeout(BodySizeMismatch):
+    """The client stopped sending before the declared size arrived.
+
+    Unlike a disconnect, the client may still be listening: it gets 408, as
+    Swift answers a client that goes quiet mid-body.
+    """
+
+    def __init__(self, declared, received, reason):
+        super().__init__(
+            declared, received,
+            'Image upload timed out after %d of %s bytes: %s'
+            % (received, _of(declared), reason))
+
+
+def _of(declared):
+    return 'an unknown number of' if declared is None else '%d' % declared
+
+
+class HTTPClientDisconnect(webob.exc.HTTPClientError):
+    """499: the status a server logs for a client that went away."""
+
+    code = 499
+    title = 'Client Disconnect'
+    explanation = 'The client went away before the request was complete.'
 
 
 _HTTP_ERRORS = (
     (ImageTooLarge, webob.exc.HTTPRequestEntityTooLarge),
     (SizeRequired, webob.exc.HTTPLengthRequired),
+    (UnsupportedTransferCoding, webob.exc.HTTPNotImplemented),
+    (ClientTimeout, webob.exc.HTTPRequestTimeout),
+    (ClientDisconnected, HTTPClientDisconnect),
     (SizeawareError, webob.exc.HTTPBadRequest),
 )
 
@@ -100,5 +137,7 @@ def http_error(error):
     """The webob HTTP exception (usable as a WSGI app) for ``error``."""
     for error_class, http_class in _HTTP_ERRORS:
         if isinstance(error, error_class):
-            return http_class(explanation=str(error))
+            # The error's text alone, whatever the class's own template.
+            return http_class(explanation=str(error),
+                              body_template='${explanation}')
     raise TypeError('not a sizeaware error: %r' % (error,))

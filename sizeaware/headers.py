@@ -20,10 +20,12 @@ _MAX_DIGITS = 20
 _QUOTE_LIMIT = 40
 
 
-def quote(value):
-    """``value`` made safe for a message: printable ASCII, truncated."""
-    if len(value) > _QUOTE_LIMIT:
-        return ascii(value[:_QUOTE_LIMIT]) + '...'
+def quote(value, limit=_QUOTE_LIMIT):
+    """``value`` made safe for a message or a log line: printable ASCII,
+    quoted (a newline cannot forge a line), truncated to ``limit``
+    characters unless ``limit`` is None."""
+    if limit is not None and len(value) > limit:
+        return ascii(value[:limit]) + '...'
     return ascii(value)
 
 
@@ -74,16 +76,16 @@ def content_length(environ):
 def is_chunked(environ):
     """Whether the body is framed by chunked transfer coding.
 
-    :raises sizeaware.exceptions.UnsupportedFraming: for any transfer coding
-        other than plain ``chunked``: with another coding layered on top the
-        bytes received are not the image's bytes.
+    :raises sizeaware.exceptions.UnsupportedTransferCoding: for any
+        transfer coding other than plain ``chunked``: with another coding
+        layered on top the bytes received are not the image's bytes.
     """
     value = environ.get('HTTP_TRANSFER_ENCODING')
     if value is None:
         return False
     if value.strip(' \t').lower() == 'chunked':
         return True
-    raise exceptions.UnsupportedFraming(
+    raise exceptions.UnsupportedTransferCoding(
         'Unsupported Transfer-Encoding %s: only "chunked" is accepted for '
         'image data.' % quote(value))
 

@@ -17,11 +17,19 @@ same strict behaviour:
 * when the body does not match, it answers 400 whatever the application
   made of the error, after the store driver has removed the partial data.
 
-It acts on ``PUT /v2/images/{image_id}/file`` and ``.../stage`` only; every
-other request passes through after one path check.
+It acts on ``PUT /v2/images/{image_id}/file`` and ``.../stage`` only (any
+``/v2.N/``, so it may also sit before ``versionnegotiation``); every other
+request passes through after one path check, and so does an upload without
+the header, except for what the headers alone refuse (``Content-Range``,
+and a missing size where ``require_image_size`` is set).
+
+The filter answers only for its own errors: an exception the application
+raises for another reason while the body was being refused is logged and
+propagates.
 
 Deploy it in every pipeline of ``glance-api-paste.ini``, after ``context``
-(or ``unauthenticated-context``) and before ``rootapp``::
+(or ``unauthenticated-context``) and before ``rootapp``, so that only
+authenticated requests are answered and the request id is Glance's::
 
     [filter:sizeaware]
     use = egg:sizeaware#sizeaware
@@ -40,24 +48,22 @@ Option                    Default       Meaning
 ========================  ============  ====================================
 """
 
-import re
-
 from oslo_context import context as oslo_context
 from oslo_log import log as logging
 from oslo_middleware import base
 import webob
 
-from sizeaware import body
 from sizeaware import exceptions
+from sizeaware import framing
 from sizeaware import headers
 from sizeaware import opts
+from sizeaware import routes
 
 LOG = logging.getLogger(__name__)
 
-_UPLOAD_PATH = re.compile(r'/v2/images/([^/]+)/(file|stage)/?')
-
 #: Where the declared size is published for middleware further down.
 EXPECTED_SIZE_KEY = 'sizeaware.expected_size'
+_REQUEST_ID_HEADER = 'x-openstack-request-id'
 
 
 class SizeFilter(base.ConfigurableMiddleware):
@@ -82,12 +88,10 @@ class SizeFilter(base.ConfigurableMiddleware):
         return getattr(getattr(self.oslo_conf, opts.GROUP), name)
 
     def __call__(self, environ, start_response):
-        if environ.get('REQUEST_METHOD') != 'PUT':
+        target = routes.upload_target(environ)
+        if target is None:
             return self.application(environ, start_response)
-        match = _UPLOAD_PATH.fullmatch(environ.get('PATH_INFO', ''))
-        if match is None:
-            return self.application(environ, start_response)
-        image_id = match.group(1)
+        image_id = target[0]
         try:
             reader = self._admit(environ)
         except exceptions.SizeawareError as error:
@@ -110,15 +114,17 @@ class SizeFilter(base.ConfigurableMiddleware):
                 'Content-Range is not supported on an image upload: the '
                 'body must be the whole image.')
         declared = headers.image_size(environ)
-        chunked = headers.is_chunked(environ)
-        # RFC 9112 section 6.3: Transfer-Encoding overrides Content-Length.
-        length = None if chunked else headers.content_length(environ)
         if declared is None:
-            if self.require_image_size and length is None:
+            # Not ours to judge: the request goes on exactly as it came,
+            # unless the deployment insists on a size.
+            if self.require_image_size and _unframed_length(environ):
                 raise exceptions.SizeRequired(
                     'This cloud requires the image size up front: send %s '
                     'or Content-Length.' % headers.IMAGE_SIZE_HEADER)
             return None
+        chunked = headers.is_chunked(environ)
+        # RFC 9112 section 6.3: Transfer-Encoding overrides Content-Length.
+        length = None if chunked else headers.content_length(environ)
         if declared > self.max_image_size:
             raise exceptions.ImageTooLarge(
                 'Declared image size %d bytes exceeds the maximum of %d '
@@ -130,11 +136,11 @@ class SizeFilter(base.ConfigurableMiddleware):
         if declared and not chunked and length is None:
             # RFC 9112 section 6.3: no framing at all means an empty body.
             raise exceptions.BodyTooShort(declared, 0)
-        reader = body.open_body(environ, declared, chunked)
+        reader = framing.open_body(environ, declared, chunked)
         if declared == 0:
             # An application told CONTENT_LENGTH 0 never reads: prove the
             # body empty here.
-            reader.read(1)
+            reader.read(0)
         environ['wsgi.input'] = reader
         environ['wsgi.input_terminated'] = True
         environ.pop('HTTP_TRANSFER_ENCODING', None)
@@ -153,47 +159,97 @@ class SizeFilter(base.ConfigurableMiddleware):
     def _forward(self, environ, start_response, image_id, reader):
         """Call the application; the reader's verdict overrides its answer.
 
-        The application may turn the reader's error into a 500, a 503, or
-        nothing at all; the client gets the 400 in every case.
+        The application may turn the reader's error into a 400, a 500 or
+        nothing at all; the client gets the filter's answer in every case.
+        An exception that is neither the reader's error nor raised from it
+        belongs to the application: it is logged and propagates.
         """
         request = webob.Request(environ)
         try:
             response = request.get_response(self.application)
-        except Exception:
-            if reader.error is None:
+        except Exception as exc:
+            if reader.error is None or not _caused_by(exc, reader.error):
+                if reader.error is not None:
+                    LOG.error('Image upload failed for another reason after '
+                              'its body was refused: request_id=%s '
+                              'image_id=%s error=%r',
+                              _request_id(environ), headers.quote(image_id),
+                              exc)
                 raise
-            response = None
+            return self._reject(environ, image_id, reader.error)(
+                environ, start_response)
         if reader.error is None:
             return response(environ, start_response)
-        if response is not None:
-            close = getattr(response.app_iter, 'close', None)
-            if close is not None:
-                close()
-        return self._reject(environ, image_id, reader.error)(
+        close = getattr(response.app_iter, 'close', None)
+        if close is not None:
+            close()
+        return self._reject(environ, image_id, reader.error,
+                            app_status=response.status_int)(
             environ, start_response)
 
-    def _reject(self, environ, image_id, error):
+    def _reject(self, environ, image_id, error, app_status=None):
         """Log one line about a refused upload and build the response."""
         declared = environ.get(EXPECTED_SIZE_KEY)
         if declared is None:
             declared = environ.get(headers.IMAGE_SIZE_ENVIRON)
+            if declared is not None:
+                declared = headers.quote(declared)
         # Refusals decided by the headers alone read no byte of the body.
         received = getattr(error, 'received', 0)
+        response = exceptions.http_error(error)
+        request_id = _request_id(environ)
+        if request_id is None:
+            # The filter sits before Glance's context: nothing downstream
+            # will name this request, so the filter does.
+            request_id = oslo_context.generate_request_id()
+            response.headers[_REQUEST_ID_HEADER] = request_id
         LOG.info('Refused image upload: request_id=%(request_id)s '
                  'image_id=%(image_id)s declared=%(declared)s '
-                 'received=%(received)s reason=%(reason)s',
-                 {'request_id': _request_id(environ), 'image_id': image_id,
+                 'received=%(received)s status=%(status)d%(app)s '
+                 'reason=%(reason)s',
+                 {'request_id': request_id,
+                  'image_id': headers.quote(image_id),
                   'declared': declared, 'received': received,
-                  'reason': error})
-        return exceptions.http_error(error)
+                  'status': response.status_int,
+                  'app': '' if app_status is None
+                  else ' app_status=%d' % app_status,
+                  'reason': headers.quote(str(error), limit=None)})
+        return response
+
+
+def _unframed_length(environ):
+    """Whether the request's size is unknown up front: no Content-Length.
+
+    The value is not judged here: a request without the header is not the
+    filter's to refuse for a malformed Content-Length.
+    """
+    return environ.get('CONTENT_LENGTH') in (None, '')
+
+
+def _caused_by(exc, error):
+    """Whether ``exc`` is ``error`` or was raised from it.
+
+    Only explicit chaining (``raise ... from error``) counts: an exception
+    that merely happened while ``error`` was being handled (the database
+    failing as Glance restores the image) is a failure of its own.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if exc is error:
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__
+    return False
 
 
 def _request_id(environ):
-    """The request id that the pipeline before this filter assigned."""
+    """The request id that the pipeline before this filter assigned.
+
+    Taken from this request's environ only, never from a thread-local
+    context, which under a threaded server may be another request's.
+    """
     request_id = environ.get('openstack.request_id')
     if request_id:
         return request_id
     context = environ.get('webob.adhoc_attrs', {}).get('context')
-    if context is None:
-        context = oslo_context.get_current()
     return getattr(context, 'request_id', None)

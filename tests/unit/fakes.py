@@ -1,63 +1,144 @@
-"""A stand-in for Glance: a WSGI app that reads the body as Glance does."""
+"""A stand-in for Glance, and a WSGI server's part, for unit tests.
 
+:class:`FakeGlance` reads the body as Glance does and records every call;
+its ``app_iter`` tracks being closed. :func:`serve` plays the server:
+it calls the filter, drains and closes what it returns. The ``glance``
+fixture (``conftest.py``) checks in teardown that every ``app_iter`` was
+closed and that no body was left half-read without a verdict.
+"""
+
+import dataclasses
 import io
 
 import webob
-import webob.exc
+
+
+@dataclasses.dataclass
+class Call:
+    """One request as the application saw it."""
+
+    environ: dict
+    body: bytes = b''
+    #: The exception reading raised, if any.
+    error: BaseException = None
+    #: Whether reading went on to the end of the body (a ``b''``).
+    finished: bool = False
+
+
+class LeakTrackingIter:
+    """An ``app_iter`` that records whether the server closed it."""
+
+    def __init__(self, chunks):
+        self.chunks = list(chunks)
+        self.closed = False
+
+    def __iter__(self):
+        return iter(self.chunks)
+
+    def close(self):
+        self.closed = True
 
 
 class FakeGlance:
-    """Reads ``request.body_file`` in ``read_size`` pieces, like Glance.
+    """Reads ``request.body_file`` as Glance does and answers ``status``.
 
-    :param read_size: the size of each read, or ``'line'`` to read with
-        ``readline`` or ``'iter'`` to iterate.
-    :param on_error: what to do when reading raises: ``'raise'`` lets the
-        exception out, ``'500'`` answers 500, ``'swallow'`` answers 204 as
-        if nothing happened.
+    :param read_size: the size of each read, or ``'line'`` (readline),
+        ``'iter'`` (iteration), ``'all'`` (one ``read()``), ``'into'``
+        (``readinto`` a 4099-byte buffer), or None to read nothing.
+    :param on_error: when reading raises: ``'raise'`` lets the exception
+        out, ``'500'`` answers 500, ``'swallow'`` answers ``status`` as if
+        nothing happened, ``'wrap'`` raises a ``RuntimeError`` from it,
+        ``'unrelated'`` raises a ``RuntimeError`` while handling it (the
+        database failing as the image is restored).
     """
 
-    def __init__(self, read_size=65536, on_error='raise'):
+    def __init__(self, read_size=65536, on_error='raise', status=204):
         self.read_size = read_size
         self.on_error = on_error
-        self.calls = 0
-        self.environ = None
-        self.body = None
-        self.error = None
+        self.status = status
+        self.calls = []
+        self.app_iters = []
+
+    @property
+    def last(self):
+        return self.calls[-1]
 
     def __call__(self, environ, start_response):
-        self.calls += 1
-        self.environ = dict(environ)
-        request = webob.Request(environ)
-        try:
-            self.body = self._read(request.body_file)
-        except Exception as exc:
-            self.error = exc
-            if self.on_error == 'raise':
-                raise
-            if self.on_error == '500':
-                return webob.exc.HTTPInternalServerError()(
-                    environ, start_response)
-        return webob.exc.HTTPNoContent()(environ, start_response)
+        call = Call(environ=dict(environ))
+        self.calls.append(call)
+        if self.read_size is not None:
+            pieces = []
+            try:
+                self._read(webob.Request(environ).body_file, pieces)
+                call.finished = True
+            except Exception as exc:
+                call.error = exc
+                if self.on_error == 'raise':
+                    raise
+                if self.on_error == 'wrap':
+                    raise RuntimeError('store failed') from exc
+                if self.on_error == 'unrelated':
+                    raise RuntimeError('database is down')
+                if self.on_error == '500':
+                    return self._answer(start_response, '500 Internal '
+                                                         'Server Error')
+            finally:
+                call.body = b''.join(pieces)
+        return self._answer(start_response, '%d Fake' % self.status)
 
-    def _read(self, stream):
-        pieces = []
-        if self.read_size == 'line':
-            while True:
-                line = stream.readline()
-                if not line:
-                    break
-                pieces.append(line)
-        elif self.read_size == 'iter':
+    def _answer(self, start_response, status):
+        start_response(status, [('Content-Type', 'text/plain')])
+        app_iter = LeakTrackingIter([b'fake glance'])
+        self.app_iters.append(app_iter)
+        return app_iter
+
+    def _read(self, stream, pieces):
+        how = self.read_size
+        if how == 'line':
+            pieces.extend(iter(stream.readline, b''))
+        elif how == 'iter':
             pieces.extend(stream)
-        elif self.read_size == 'all':
+        elif how == 'all':
             pieces.append(stream.read())
+            pieces.append(stream.read())
+        elif how == 'into':
+            buffer = bytearray(4099)
+            while count := stream.readinto(buffer):
+                pieces.append(bytes(buffer[:count]))
         else:
-            while True:
-                piece = stream.read(self.read_size)
-                if not piece:
-                    break
+            while piece := stream.read(how):
                 pieces.append(piece)
-        return b''.join(pieces)
+
+    def check(self):
+        """What the teardown asserts: nothing leaked, nothing half-read."""
+        assert all(i.closed for i in self.app_iters), 'app_iter not closed'
+        for call in self.calls:
+            reader = call.environ.get('wsgi.input')
+            verdict = getattr(reader, 'error', None) is not None
+            assert call.finished or verdict or call.error is not None or (
+                self.read_size is None), 'body half-read without verdict'
+
+
+def serve(app, request):
+    """Run ``request`` through ``app`` as a WSGI server would.
+
+    :returns: ``(status_int, headers dict, body bytes)``; the ``app_iter``
+        is drained and closed, as PEP 3333 requires of a server.
+    """
+    started = []
+
+    def start_response(status, headers, exc_info=None):
+        started.append((status, headers))
+
+    app_iter = app(request.environ, start_response)
+    try:
+        body = b''.join(app_iter)
+    finally:
+        close = getattr(app_iter, 'close', None)
+        if close is not None:
+            close()
+    status, headers = started[-1]
+    return webob.Response(body=body, status=status, headerlist=headers)
 
 
 class UntouchableInput(io.RawIOBase):
@@ -71,7 +152,8 @@ class UntouchableInput(io.RawIOBase):
 
 
 class ChunkSource:
-    """Chunks as a server's chunked reader returns them, then the end."""
+    """Chunks as a server's chunked reader returns them, then the end or
+    an error."""
 
     def __init__(self, chunks, fail_with=None):
         self.chunks = list(chunks)

@@ -73,7 +73,7 @@ def test_chunked_detection():
     assert headers.is_chunked({'HTTP_TRANSFER_ENCODING': 'chunked'})
     assert headers.is_chunked({'HTTP_TRANSFER_ENCODING': ' Chunked '})
     assert not headers.is_chunked({})
-    with pytest.raises(exceptions.UnsupportedFraming):
+    with pytest.raises(exceptions.UnsupportedTransferCoding):
         headers.is_chunked({'HTTP_TRANSFER_ENCODING': 'gzip, chunked'})
 
 

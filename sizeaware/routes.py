@@ -1,0 +1,23 @@
+"""Which requests are image uploads: one matcher for every filter.
+
+A filter may sit anywhere in a deployer's pipeline, also before Glance's
+``versionnegotiation`` (which rewrites ``/v2.1/...`` to ``/v2/...``), so
+every minor version of the v2 API is matched. ``PATH_INFO`` is matched, so
+a ``SCRIPT_NAME`` prefix (Glance served under ``/image``) is no part of it.
+"""
+
+import re
+
+_UPLOAD_PATH = re.compile(
+    r'/v2(?:\.[0-9]+)?/images/(?P<image_id>[^/]+)/(?P<target>file|stage)/?')
+
+
+def upload_target(environ):
+    """``(image_id, 'file' or 'stage')`` for an image data upload, else
+    None."""
+    if environ.get('REQUEST_METHOD') != 'PUT':
+        return None
+    match = _UPLOAD_PATH.fullmatch(environ.get('PATH_INFO', ''))
+    if match is None:
+        return None
+    return match.group('image_id'), match.group('target')
