@@ -92,14 +92,18 @@ class SizeFilter(base.ConfigurableMiddleware):
         if target is None:
             return self.application(environ, start_response)
         image_id = target[0]
+        # Whether a context before this filter named the request; if not,
+        # a refusal must carry its id itself.
+        named = _request_id(environ) is not None
         try:
             reader = self._admit(environ)
         except exceptions.SizeawareError as error:
-            return self._reject(environ, image_id, error)(
+            return self._reject(environ, image_id, error, named)(
                 environ, start_response)
         if reader is None:
             return self.application(environ, start_response)
-        return self._forward(environ, start_response, image_id, reader)
+        return self._forward(environ, start_response, image_id, reader,
+                             named)
 
     def _admit(self, environ):
         """Decide what the headers alone can decide; wrap the body if sized.
@@ -156,7 +160,7 @@ class SizeFilter(base.ConfigurableMiddleware):
         environ[EXPECTED_SIZE_KEY] = declared
         return reader
 
-    def _forward(self, environ, start_response, image_id, reader):
+    def _forward(self, environ, start_response, image_id, reader, named):
         """Call the application; the reader's verdict overrides its answer.
 
         The application may turn the reader's error into a 400, a 500 or
@@ -176,19 +180,23 @@ class SizeFilter(base.ConfigurableMiddleware):
                               _request_id(environ), headers.quote(image_id),
                               exc)
                 raise
-            return self._reject(environ, image_id, reader.error)(
+            return self._reject(environ, image_id, reader.error, named)(
                 environ, start_response)
         if reader.error is None:
             return response(environ, start_response)
         close = getattr(response.app_iter, 'close', None)
         if close is not None:
             close()
-        return self._reject(environ, image_id, reader.error,
+        return self._reject(environ, image_id, reader.error, named,
                             app_status=response.status_int)(
             environ, start_response)
 
-    def _reject(self, environ, image_id, error, app_status=None):
-        """Log one line about a refused upload and build the response."""
+    def _reject(self, environ, image_id, error, named, app_status=None):
+        """Log one line about a refused upload and build the response.
+
+        :param named: whether a context before the filter named the request
+            (and so will name the answer on its way out).
+        """
         declared = environ.get(EXPECTED_SIZE_KEY)
         if declared is None:
             declared = environ.get(headers.IMAGE_SIZE_ENVIRON)
@@ -198,10 +206,11 @@ class SizeFilter(base.ConfigurableMiddleware):
         received = getattr(error, 'received', 0)
         response = exceptions.http_error(error)
         request_id = _request_id(environ)
-        if request_id is None:
-            # The filter sits before Glance's context: nothing downstream
-            # will name this request, so the filter does.
-            request_id = oslo_context.generate_request_id()
+        if not named:
+            # The filter sits before Glance's context, whose answer (if it
+            # named the request at all) this refusal replaces: the filter
+            # names the answer.
+            request_id = request_id or oslo_context.generate_request_id()
             response.headers[_REQUEST_ID_HEADER] = request_id
         LOG.info('Refused image upload: request_id=%(request_id)s '
                  'image_id=%(image_id)s declared=%(declared)s '

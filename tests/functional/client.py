@@ -15,7 +15,9 @@ import urllib.parse
 class Response:
     def __init__(self, status, headers, body):
         self.status = status
-        self.headers = headers
+        #: Header names lower-cased: servers spell them differently
+        #: (eventlet sends ``X-Openstack-Request-Id``).
+        self.headers = {name.lower(): value for name, value in headers}
         self.body = body
 
     @property
@@ -62,8 +64,7 @@ class GlanceClient:
                 # the answer is still there to read.
                 pass
             resp = conn.getresponse()
-            return Response(resp.status, dict(resp.getheaders()),
-                            resp.read())
+            return Response(resp.status, resp.getheaders(), resp.read())
         finally:
             conn.close()
 
@@ -81,7 +82,7 @@ class GlanceClient:
         return resp.json()
 
     def upload(self, image_id, data, size=None, target='file',
-               chunked=False, piece=65536, headers=None):
+               chunked=False, piece=65536, headers=None, version='v2'):
         """PUT ``data`` to ``/file`` or ``/stage``.
 
         :param size: the ``X-OpenStack-Image-Size`` value (a string is sent
@@ -93,7 +94,7 @@ class GlanceClient:
         if size is not None:
             all_headers['X-OpenStack-Image-Size'] = str(size)
         all_headers.update(headers or {})
-        path = '/v2/images/%s/%s' % (image_id, target)
+        path = '/%s/images/%s/%s' % (version, image_id, target)
         if chunked:
             body = [data[i:i + piece] for i in range(0, len(data), piece)]
             return self.request('PUT', path, body=body, headers=all_headers,
@@ -125,6 +126,13 @@ class GlanceClient:
 
         Proves that an answer comes before any body byte is sent.
         """
+        return self.send_partial(path, headers, b'', timeout=timeout)
+
+    def send_partial(self, path, headers, body, then='wait', timeout=30):
+        """Send a PUT's headers and ``body`` (raw bytes, framing included),
+        then either wait for the answer without sending more (``'wait'``:
+        returns the status line) or close the connection (``'close'``:
+        returns None)."""
         lines = ['PUT %s HTTP/1.1' % path, 'Host: %s:%d' % (self.host,
                                                             self.port)]
         for name, value in dict(self.headers, **headers).items():
@@ -132,7 +140,9 @@ class GlanceClient:
         raw = ('\r\n'.join(lines) + '\r\n\r\n').encode('latin-1')
         with socket.create_connection((self.host, self.port),
                                       timeout=timeout) as sock:
-            sock.sendall(raw)
+            sock.sendall(raw + body)
+            if then == 'close':
+                return None
             received = b''
             while b'\r\n' not in received:
                 piece = sock.recv(4096)
