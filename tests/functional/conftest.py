@@ -38,6 +38,8 @@ DEPLOYMENTS = ([(r, 'headers') for r in RELEASES] +
                [(r, 'keystone') for r in KEYSTONE_RELEASES] +
                [(r, 'headers', 'eventlet') for r in EVENTLET_RELEASES])
 DEPLOYMENT_IDS = ['glance%s-%s' % (d[0], d[-1]) for d in DEPLOYMENTS]
+#: Seconds a server waits for a silent client (eventlet's is set to it).
+STALL_TIMEOUT = 4
 #: Member users of two different projects (see teststack.keystone).
 KEYSTONE_USERS = ('user1', 'user2')
 
@@ -64,8 +66,16 @@ def glance(request):
     """A Glance of each release with sizeaware in every pipeline."""
     release, auth, *wsgi_server = request.param
     if auth == 'headers':
+        wsgi_server = (wsgi_server or ['uwsgi'])[0]
+        extra_conf = None
+        if wsgi_server == 'eventlet':
+            # A client that goes quiet is cut off after this, as uwsgi's
+            # socket-timeout (4 s) does; Glance's default is 900 s.
+            extra_conf = {'DEFAULT': {'client_socket_timeout':
+                                      STALL_TIMEOUT}}
         server = glance_stack.Glance(release, with_filter=WITH_FILTER,
-                                     server=(wsgi_server or ['uwsgi'])[0])
+                                     server=wsgi_server,
+                                     extra_conf=extra_conf)
         server.start()
         yield server
         server.stop()
