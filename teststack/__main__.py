@@ -2,7 +2,9 @@
 
 ``python -m teststack up [--release 33] [--port N] [--no-filter]``
     Glance with the sizeaware filter, the unauthenticated ``default``
-    flavor, sqlite and a filesystem store; stays up until SIGINT/SIGTERM.
+    flavor, a private PostgreSQL (``--database sqlite`` for a quick look)
+    and a filesystem store, under uwsgi with 2 processes of 4 threads as
+    deployments run it; stays up until SIGINT/SIGTERM.
 
 ``python -m teststack venvs [tests|33|30|29 ...]``
     Build (or check) the virtualenvs.
@@ -45,21 +47,43 @@ def cmd_up(args):
     if not args.no_tests_venv:
         tests = venvs.tests_venv()
     filter_options = dict(args.filter_option or ())
+    database = None
+    if args.database == 'sqlite':
+        print('warning: SQLite answers "database is locked" (500) under '
+              'concurrent uploads; use it for a quick look only',
+              file=sys.stderr)
+    else:
+        from teststack import postgres
+        database = postgres.Postgres(keep_workdir=args.keep)
     stack = glance_mod.Glance(
         args.release, with_filter=not args.no_filter,
         filter_options=filter_options, flavor=args.flavor, port=args.port,
         workdir=args.workdir, processes=args.processes, threads=args.threads,
-        keep_workdir=args.keep)
+        keep_workdir=args.keep, server=args.server)
     # Signals stop the stack in the finally below, also while starting.
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
     try:
+        if database is not None:
+            database.start()
+            stack.database_url = database.create_database('glance')
         stack.start(timeout=args.timeout)
         out = sys.stdout
         print('Glance %s is up%s, flavor %s' % (
             args.release,
             '' if args.no_filter else ' with the sizeaware filter',
             args.flavor), file=out)
+        if args.server == 'uwsgi':
+            served = 'uwsgi, %d processes x %d threads' % (args.processes,
+                                                           args.threads)
+        else:
+            served = 'eventlet glance-api, %d workers' % args.processes
+        print('  served by:     %s' % served, file=out)
+        print('  database:      %s' % (
+            'SQLite (not for concurrent uploads)' if database is None
+            else 'PostgreSQL %s (pid file %s)' % (stack.database_url,
+                                                  database.server.pid_path)),
+            file=out)
         print('  endpoint:      %s' % stack.url, file=out)
         for name, path in stack.store_dirs.items():
             print('  store %-8s %s' % (name + ':', path), file=out)
@@ -87,6 +111,8 @@ def cmd_up(args):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         stack.stop()
+        if database is not None:
+            database.stop()
 
 
 def cmd_venvs(args):
@@ -126,7 +152,15 @@ def main(argv=None):
                          % (paths.state_dir() / 'run'))
     up.add_argument('--keep', action='store_true', default=None,
                     help='keep the work directory on exit')
-    up.add_argument('--processes', type=int, default=1)
+    up.add_argument('--database', choices=('postgres', 'sqlite'),
+                    default='postgres',
+                    help='postgres (default): a private cluster, stopped '
+                         'with Glance; sqlite fails under concurrent '
+                         'uploads')
+    up.add_argument('--server', choices=('uwsgi', 'eventlet'),
+                    default='uwsgi',
+                    help='eventlet: the glance-api of releases 30 and 29')
+    up.add_argument('--processes', type=int, default=2)
     up.add_argument('--threads', type=int, default=4)
     up.add_argument('--timeout', type=float, default=120)
     up.add_argument('--no-tests-venv', action='store_true',
