@@ -119,59 +119,33 @@ class BodyStream(io.RawIOBase):
             return count
 
     def read(self, size=-1):
-        """Up to ``size`` bytes; fewer only at the end of the body.
+        """Up to ``size`` bytes (all, if negative); fewer only at the end of
+        the body.
 
         A short read means the end of the body to most consumers (webob
         takes one for a client disconnect), so pieces are pulled until
         ``size`` is met. A piece that alone satisfies the read is returned
         as it came, uncopied.
         """
-        if size is None or size < 0:
-            return self.readall()
+        unlimited = size is None or size < 0
+        wanted = DEFAULT_READ_SIZE if unlimited else size
         pieces = []
-        wanted = size
-        while True:
-            try:
-                available = self._available(wanted)
-            except Exception:
-                if pieces:
-                    break  # deliver what was taken; the error comes next
-                raise
-            if not available:
-                break
+        while available := self._available_after(wanted, pieces):
             pieces.append(self._take(available))
-            wanted -= len(pieces[-1])
+            if not unlimited:
+                wanted -= available
         if len(pieces) == 1:
             return pieces[0]
         return b''.join(pieces)
 
     def readall(self):
-        pieces = []
-        while True:
-            try:
-                piece = self.read(DEFAULT_READ_SIZE)
-            except Exception:
-                if pieces:
-                    break  # deliver what was taken; the error comes next
-                raise
-            if not piece:
-                break
-            pieces.append(piece)
-        return b''.join(pieces)
+        return self.read()
 
     def readline(self, size=-1):
-        pieces = []
         wanted = None if size is None or size < 0 else size
-        while True:
-            try:
-                available = self._available(
-                    DEFAULT_READ_SIZE if wanted is None else wanted)
-            except Exception:
-                if pieces:
-                    break  # deliver what was taken; the error comes next
-                raise
-            if not available:
-                break
+        pieces = []
+        while available := self._available_after(
+                DEFAULT_READ_SIZE if wanted is None else wanted, pieces):
             newline = self._chunk.find(b'\n', self._offset,
                                        self._offset + available)
             take = available if newline < 0 else newline + 1 - self._offset
@@ -225,6 +199,16 @@ class BodyStream(io.RawIOBase):
             # This read reaches the expected length: the body must end here.
             self._prove_end(extra=pending - remaining)
         return min(pending, remaining, size)
+
+    def _available_after(self, size, taken):
+        """:meth:`_available`, for a call that has already ``taken`` pieces:
+        those are delivered first, and an error waits for the next call."""
+        try:
+            return self._available(size)
+        except Exception:
+            if taken:
+                return 0
+            raise
 
     def _take(self, count):
         """Deliver ``count`` pending bytes as bytes, uncopied if whole."""
