@@ -319,10 +319,10 @@ def dual_paste_ini(venv):
     shipped = glance_stack.shipped_paste_ini(venv).read_text()
     with_filter = glance_stack.build_paste_ini(shipped, with_filter=True)
     without = glance_stack.build_paste_ini(shipped, with_filter=False)
-    nofilter = dict(glance_stack._split_sections(without))['composite:api']
+    nofilter = dict(glance_stack.split_sections(without))['composite:api']
     root = 'composite:glance-api-%s' % glance_stack.TEST_FLAVOR
     out = []
-    for name, lines in glance_stack._split_sections(with_filter):
+    for name, lines in glance_stack.split_sections(with_filter):
         if name == root:
             body = [line for line in lines[1:] if line.strip()]
             lines = [lines[0]] + body + [

@@ -239,7 +239,7 @@ def main(argv=None):
     finally:
         if bench is not None:
             bench.close()
-        rgw.stop(remove=True)
+        rgw.stop()
     _common.print_tables(tables)
     return 0
 

@@ -22,17 +22,13 @@ Not a test: nothing is asserted about timings.
 
 import argparse
 import json
-import pathlib
-import shutil
 import sys
-import tempfile
 
 import _common
 from _common import MiB
 
 from teststack import config
 from teststack import glance as glance_stack
-from teststack import paths
 from teststack import process
 from teststack import venvs
 
@@ -64,21 +60,17 @@ def uwsgi_options(venv, port, workdir, read_size):
 
 def run_drain(args, image):
     venv = venvs.glance_venv(args.release)
-    run = paths.state_dir() / 'run'
-    run.mkdir(parents=True, exist_ok=True)
-    workdir = pathlib.Path(tempfile.mkdtemp(prefix='bench-drain-', dir=run))
+    server = process.Service('uwsgi', prefix='bench-drain')
+    workdir = server.workdir
     port = process.free_port()
     ini = workdir / 'uwsgi.ini'
     ini.write_text(config.render_ini(
         uwsgi_options(venv, port, workdir, args.read_size)))
-    server = process.Server('uwsgi', [venvs.venv_bin(venv, 'uwsgi'),
-                                      '--ini', ini], workdir)
     url = 'http://127.0.0.1:%d' % port
     results = {}
-    server.start()
     try:
-        process.wait_for_http(url + '/', timeout=60, proc=server.proc,
-                              ok=(404,))
+        server.spawn([venvs.venv_bin(venv, 'uwsgi'), '--ini', ini])
+        server.wait_for_http(url + '/', timeout=60, ok=(404,))
         headers = {'Content-Type': 'application/octet-stream',
                    'X-OpenStack-Image-Size': str(args.size)}
         worker = _common.uwsgi_worker(_common.read_pid(workdir / 'uwsgi.pid'))
@@ -104,8 +96,6 @@ def run_drain(args, image):
                                    body['body_file']))
     finally:
         server.stop()
-        process.stop_pidfile(workdir / 'uwsgi.pid')
-        shutil.rmtree(workdir, ignore_errors=True)
     return results, 'drain app (reads %d B at a time via %s)' % (
         args.read_size, reader)
 

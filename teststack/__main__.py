@@ -81,8 +81,8 @@ def cmd_up(args):
         print('  served by:     %s' % served, file=out)
         print('  database:      %s' % (
             'SQLite (not for concurrent uploads)' if database is None
-            else 'PostgreSQL %s (pid file %s)' % (stack.database_url,
-                                                  database.server.pid_path)),
+            else 'PostgreSQL %s (pid file %s)' % (
+                stack.database_url, database.workdir / 'postgres.pid')),
             file=out)
         print('  endpoint:      %s' % stack.url, file=out)
         for name, path in stack.store_dirs.items():

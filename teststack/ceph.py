@@ -8,23 +8,21 @@ Used by the functional tests and the benchmarks of Glance's S3 store::
                           aws_secret_access_key=rgw.secret_key,
                           region_name='us-east-1')
 
-Four daemons, each started in the foreground by :class:`process.Server` in
-its own session, with its PID in ``<workdir>/<name>.pid``, and stopped by
-that PID: ``ceph-mon`` (``mon.a``), ``ceph-mgr`` (``mgr.x``), ``ceph-osd``
-(``osd.0``, BlueStore on a sparse file) and ``radosgw`` (``client.rgw.x``,
-beast on ``127.0.0.1:<port>``). Authentication is cephx; every key is made
-here and handed to ``ceph-mon --mkfs``, so no ``ceph auth`` round trip is
-needed. Every path a daemon or a client writes (data, keyrings, logs, admin
+Four daemons, each in the foreground as a process of the service:
+``ceph-mon`` (``mon.a``), ``ceph-osd`` (``osd.0``, BlueStore on a sparse
+file), ``ceph-mgr`` (``mgr.x``) and ``radosgw`` (``client.rgw.x``, beast on
+``127.0.0.1:<port>``). Authentication is cephx; every key is made here and
+handed to ``ceph-mon --mkfs``, so no ``ceph auth`` round trip is needed.
+Every path a daemon or a client writes (data, keyrings, logs, admin
 sockets, pid files, crash dumps) is under the work directory and every
 command gets ``--conf`` explicitly, so clusters never collide with one
 another or with a system-wide ``/etc/ceph``.
 
 Needs the Debian packages ``ceph-mon ceph-osd ceph-mgr radosgw ceph-common``
-(see ``bindep.txt``); this module itself uses the standard library only.
+(see ``bindep.txt``).
 """
 
 import base64
-import contextlib
 import json
 import os
 import pathlib
@@ -33,12 +31,10 @@ import struct
 import subprocess
 import tempfile
 import time
-import urllib.error
 import urllib.request
 import uuid
 
-from . import paths
-from . import process
+from teststack import process
 
 GiB = 1024 ** 3
 
@@ -49,10 +45,6 @@ RGW = 'rgw.x'
 
 # Longest admin socket path we let a daemon create (sun_path is 108 bytes).
 _MAX_SOCKET_PATH = 100
-
-
-class CephError(RuntimeError):
-    """A Ceph command failed or the cluster did not become ready."""
 
 
 def make_key() -> str:
@@ -66,217 +58,133 @@ def make_key() -> str:
     return base64.b64encode(header + secret).decode('ascii')
 
 
-def _keyring_text(name, key, caps=None) -> str:
+def _keyring(path, name, key, caps=None):
     lines = ['[%s]' % name, '\tkey = %s' % key]
     for service, cap in (caps or {}).items():
         lines.append('\tcaps %s = "%s"' % (service, cap))
-    return '\n'.join(lines) + '\n'
+    text = '\n'.join(lines) + '\n'
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        path.chmod(0o600)
+    return text
 
 
-def _write(path, text, mode=0o600):
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    os.chmod(path, mode)
-
-
-def pid_alive(pid) -> bool:
-    """True if ``pid`` runs and is no zombie."""
-    try:
-        with open('/proc/%d/stat' % pid) as stat:
-            return stat.read().rsplit(')', 1)[1].split()[0] != 'Z'
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-
-
-class RadosGW:
+class RadosGW(process.Service):
     """A one-node Ceph cluster serving S3 on ``127.0.0.1:<port>``.
 
-    :param workdir: where everything goes; a fresh directory under
-        ``<state dir>/run`` by default. A work directory left by an earlier
-        cluster is reused: its daemons are stopped (by their pid files) and
-        its cluster data is made anew.
+    :param workdir: where everything goes; default a fresh directory under
+        ``state_dir()/run``, removed by :meth:`stop` unless ``keep_workdir``
+        (or env ``SIZEAWARE_KEEP_WORKDIR=1``).
     :param port: the radosgw port; a free one by default.
     :param osd_size: the size of the OSD's sparse block file.
     :param uid: the S3 user created by :meth:`start`.
     """
 
     def __init__(self, workdir=None, port=None, osd_size=20 * GiB,
-                 uid='sizeaware'):
-        if workdir is None:
-            run = paths.state_dir() / 'run'
-            run.mkdir(parents=True, exist_ok=True)
-            workdir = tempfile.mkdtemp(prefix='ceph-', dir=run)
-        self.workdir = pathlib.Path(workdir).resolve()
+                 uid='sizeaware', keep_workdir=None):
+        super().__init__('ceph', workdir, keep_workdir)
         self.port = port or process.free_port()
         self.osd_size = int(osd_size)
         self.uid = uid
         self.endpoint = 'http://127.0.0.1:%d' % self.port
-        self.access_key = None
-        self.secret_key = None
-        self.fsid = None
-        self.mon_ports = None
+        self.access_key = self.secret_key = None
+        self.fsid = str(uuid.uuid4())
+        self.osd_uuid = str(uuid.uuid4())
+        self.mon_ports = (process.free_port(), process.free_port())
         self.conf_path = self.workdir / 'ceph.conf'
         self.admin_keyring = self.workdir / 'ceph.client.admin.keyring'
-        self.timings = {}
-        self._servers = {}
-        self._run_dir = self.workdir / 'run'
-        self.env = None
-        self.health = None
-        self.osd_uuid = None
+        # Admin sockets are UNIX sockets: their path must stay short.
+        # radosgw's is <run>/ceph-client.rgw.x.<pid>.<cctid>.asok.
+        self.run_dir = self.workdir / 'run'
+        if len(str(self.run_dir / ('ceph-client.%s.4194304.140000000000000'
+                                   '.asok' % RGW))) > _MAX_SOCKET_PATH:
+            self.run_dir = pathlib.Path(tempfile.mkdtemp(prefix='ceph-run-'))
+        # Nothing from the caller's environment may redirect the daemons,
+        # the ceph CLI or ceph-mgr's embedded Python.
+        self.env = {k: v for k, v in os.environ.items()
+                    if k not in ('CEPH_ARGS', 'PYTHONPATH', 'PYTHONHOME')}
+        self.env['CEPH_CONF'] = str(self.conf_path)
 
-    # -- public API -------------------------------------------------------
+    def stop(self, timeout=30.0):
+        super().stop(timeout)
+        if self.run_dir.parent != self.workdir:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
 
-    def start(self, timeout=120) -> 'RadosGW':
-        """Make the cluster and wait until S3 answers; returns ``self``."""
-        deadline = time.monotonic() + timeout
-        t0 = time.monotonic()
-        try:
-            self._prepare()
-            self._mark('prepare', t0)
-            self._start_mon(deadline)
-            self._mark('mon', t0)
-            self._start_osd_mgr(deadline)
-            self._mark('osd_mgr', t0)
-            self._start_rgw(deadline)
-            self._mark('rgw', t0)
-            self._wait_osd_up(deadline)
-            self._wait_http(deadline)
-            self._mark('rgw_http', t0)
-            self._create_user()
-            self._mark('user', t0)
-            self._wait_health(deadline)
-            self._mark('ready', t0)
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def stop(self, remove=False, timeout=30.0):
-        """Stop every daemon by its own PID (rgw, mgr, osd, then mon).
-
-        Data and logs stay unless ``remove`` is true.
-        """
-        for name in ('rgw', 'mgr', 'osd', 'mon'):
-            server = self._servers.pop(name, None)
-            if server is not None:
-                server.stop(timeout)
-            else:
-                # A daemon of an earlier run of this work directory.
-                process.stop_pidfile(self.workdir / ('%s.pid' % name),
-                                     timeout)
-        if remove:
-            run = self.workdir / 'run'
-            if run.is_symlink():
-                shutil.rmtree(run.resolve(), ignore_errors=True)
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc_info):
-        self.stop()
-
-    @property
-    def pids(self) -> dict:
-        """PID of each running daemon, by name (mon, mgr, osd, rgw)."""
-        return {name: server.proc.pid
-                for name, server in self._servers.items()
-                if server.proc is not None}
-
-    def leftover_pids(self) -> list:
-        """PIDs of live processes whose command line names this cluster."""
-        found = []
-        needle = str(self.conf_path).encode()
-        for entry in pathlib.Path('/proc').iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                cmdline = (entry / 'cmdline').read_bytes()
-            except OSError:
-                continue
-            if needle in cmdline and pid_alive(int(entry.name)):
-                found.append(int(entry.name))
-        return found
+    def logs(self) -> list:
+        return super().logs() + sorted((self.workdir / 'log').glob('*.log'))
 
     def gc(self):
         """Collect deleted RADOS objects now, whatever their age."""
         self.radosgw_admin('gc', 'process', '--include-all')
 
-    def ceph(self, *args, timeout=60, fmt='json'):
-        """Run ``ceph <args>``; the parsed JSON (or text) it prints."""
-        argv = ['ceph', '--conf', self.conf_path, '--name', 'client.admin',
-                '--connect-timeout', str(max(1, int(timeout)))]
-        if fmt:
-            argv += ['--format', fmt]
-        out = self._run(argv + list(args), timeout=timeout)
-        return json.loads(out) if fmt == 'json' and out.strip() else out
+    def ceph(self, *args, timeout=60):
+        """Run ``ceph <args>``; the JSON it prints, parsed."""
+        out = self._cli(['ceph', '--conf', self.conf_path, '--name',
+                         'client.admin', '--connect-timeout', str(timeout),
+                         '--format', 'json', *args], timeout)
+        return json.loads(out) if out.strip() else None
 
     def radosgw_admin(self, *args, timeout=60):
         """Run ``radosgw-admin <args>``; the parsed JSON it prints, if any."""
-        out = self._run(['radosgw-admin', '--conf', self.conf_path,
-                         '--name', 'client.admin'] + list(args),
-                        timeout=timeout)
+        out = self._cli(['radosgw-admin', '--conf', self.conf_path,
+                         '--name', 'client.admin', *args], timeout)
         try:
             return json.loads(out)
         except ValueError:
             return out
 
-    def log_tails(self, lines=20) -> str:
-        """The end of every daemon's log, for error messages."""
-        parts = []
-        logs = sorted((self.workdir / 'log').glob('*.log'))
-        logs += sorted(self.workdir.glob('*.log'))
-        for log in logs:
-            with contextlib.suppress(OSError):
-                tail = log.read_text(errors='replace').splitlines()[-lines:]
-                parts.append('--- %s\n%s' % (log, '\n'.join(tail)))
-        return '\n'.join(parts)
-
     # -- steps --------------------------------------------------------------
 
-    def _mark(self, step, t0):
-        self.timings[step] = round(time.monotonic() - t0, 2)
+    def _start(self, timeout):
+        deadline = time.monotonic() + timeout
+        wd = self.workdir
+        self._prepare()
+        v2, v1 = self.mon_ports
+        self._cli(['monmaptool', '--create', '--clobber', '--fsid', self.fsid,
+                   '--addv', MON,
+                   '[v2:127.0.0.1:%d,v1:127.0.0.1:%d]' % (v2, v1),
+                   '--enable-all-features', '--set-min-mon-release', 'pacific',
+                   wd / 'monmap'])
+        self.run({
+            'mon-mkfs': ['ceph-mon', '--conf', self.conf_path, '--id', MON,
+                         '--mkfs', '--monmap', wd / 'monmap',
+                         '--keyring', wd / 'mon.keyring'],
+            'osd-mkfs': ['ceph-osd', '--conf', self.conf_path, '--id', OSD,
+                         '--mkfs', '--osd-uuid', self.osd_uuid,
+                         '--no-mon-config', '--monmap', wd / 'monmap'],
+        }, env=self.env)
+        self._daemon('mon', 'ceph-mon', '--id', MON)
+        self.wait_for_port(v2, self._left(deadline))
+        # Needs a quorum: creates osd.0 (its key is known from mon --mkfs).
+        self._cli(['ceph', '--conf', self.conf_path, 'osd', 'new',
+                   self.osd_uuid, str(OSD)], self._left(deadline))
+        self._daemon('osd', 'ceph-osd', '--id', OSD)
+        self._daemon('mgr', 'ceph-mgr', '--id', MGR)
+        self._daemon('rgw', 'radosgw', '--name', 'client.%s' % RGW)
+        self.wait_until(lambda: self.ceph('osd', 'stat').get(
+            'num_up_osds', 0) >= 1, self._left(deadline), 'osd.%d up' % OSD)
+
+        def rgw_ready():   # an anonymous GET / answers 200 with XML
+            with urllib.request.urlopen(self.endpoint + '/',
+                                        timeout=5) as resp:
+                return resp.read().lstrip().startswith(b'<')
+        self.wait_until(rgw_ready, self._left(deadline), self.endpoint)
+        key = self.radosgw_admin('user', 'create', '--uid', self.uid,
+                                 '--display-name', 'sizeaware tests')
+        self.access_key = key['keys'][0]['access_key']
+        self.secret_key = key['keys'][0]['secret_key']
 
     def _prepare(self):
         wd = self.workdir
-        wd.mkdir(parents=True, exist_ok=True)
-        for name in ('rgw', 'mgr', 'osd', 'mon'):
-            process.stop_pidfile(wd / ('%s.pid' % name))
-        run = wd / 'run'
-        if run.is_symlink():  # a short run dir made by an earlier start
-            shutil.rmtree(run.resolve(), ignore_errors=True)
-            run.unlink()
         for sub in ('mon.%s' % MON, 'mgr.%s' % MGR, 'osd.%d' % OSD,
-                    RGW, 'log', 'crash', 'run'):
+                    RGW, 'log', 'crash'):
             shutil.rmtree(wd / sub, ignore_errors=True)
             (wd / sub).mkdir(parents=True)
-        for name in ('osd.%d.block' % OSD, 'monmap', 'mon.keyring',
-                     'osd-mkfs.log'):
-            with contextlib.suppress(FileNotFoundError):
-                (wd / name).unlink()
-        # Admin sockets are UNIX sockets: their path must stay short. Under
-        # a long work directory they go to a short directory in /tmp, linked
-        # as <workdir>/run.
-        self._run_dir = run
-        # radosgw's is <run>/ceph-client.rgw.x.<pid>.<cctid>.asok.
-        probe = run / ('ceph-client.%s.4194304.140000000000000.asok' % RGW)
-        if len(str(probe)) > _MAX_SOCKET_PATH:
-            self._run_dir = pathlib.Path(tempfile.mkdtemp(prefix='ceph-run-'))
-            run.rmdir()
-            run.symlink_to(self._run_dir)
-
-        self.fsid = str(uuid.uuid4())
-        self.osd_uuid = str(uuid.uuid4())
-        self.mon_ports = (process.free_port(), process.free_port())
-        self.env = dict(os.environ, CEPH_CONF=str(self.conf_path))
-        # Nothing from the caller's environment may redirect the daemons,
-        # the ceph CLI or ceph-mgr's embedded Python.
-        for var in ('CEPH_ARGS', 'PYTHONPATH', 'PYTHONHOME'):
-            self.env.pop(var, None)
-        _write(self.conf_path, self._conf_text(), mode=0o644)
-
-        keys = {
+        (wd / ('osd.%d.block' % OSD)).unlink(missing_ok=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.conf_path.write_text(self._conf_text())
+        caps = {
             'mon.': ('mon.%s' % MON, {'mon': 'allow *'}),
             'client.admin': (None, {'mon': 'allow *', 'osd': 'allow *',
                                     'mds': 'allow *', 'mgr': 'allow *'}),
@@ -290,14 +198,14 @@ class RadosGW:
                                       'mgr': 'allow rw'}),
         }
         mon_keyring = []
-        for entity, (subdir, caps) in keys.items():
+        for entity, (subdir, entity_caps) in caps.items():
             key = make_key()
-            mon_keyring.append(_keyring_text(entity, key, caps))
+            mon_keyring.append(_keyring(None, entity, key, entity_caps))
             if entity == 'client.admin':
-                _write(self.admin_keyring, _keyring_text(entity, key, caps))
+                _keyring(self.admin_keyring, entity, key, entity_caps)
             elif entity != 'mon.':
-                _write(wd / subdir / 'keyring', _keyring_text(entity, key))
-        _write(wd / 'mon.keyring', ''.join(mon_keyring))
+                _keyring(wd / subdir / 'keyring', entity, key)
+        (wd / 'mon.keyring').write_text(''.join(mon_keyring))
 
     def _conf_text(self) -> str:
         wd = self.workdir
@@ -316,7 +224,7 @@ class RadosGW:
             'auth_client_required = cephx',
             'auth_allow_insecure_global_id_reclaim = false',
             'keyring = %s' % self.admin_keyring,
-            'run_dir = %s' % self._run_dir,
+            'run_dir = %s' % self.run_dir,
             'pid_file = $run_dir/$cluster-$name.pid',
             'crash_dir = %s/crash' % wd,
             'log_file = %s/log/$cluster-$name.log' % wd,
@@ -370,135 +278,28 @@ class RadosGW:
             '',
         ])
 
-    def _server(self, name, argv):
-        server = process.Server(name, argv, self.workdir, env=self.env,
-                                cwd=self.workdir)
-        self._servers[name] = server
-        return server.start()
+    def _daemon(self, name, *argv):
+        self.spawn([*argv, '-f', '--conf', self.conf_path], name=name,
+                   env=self.env)
 
-    def _run(self, argv, timeout=60):
+    def _cli(self, argv, timeout=60) -> str:
         argv = [str(a) for a in argv]
         try:
-            res = subprocess.run(argv, env=self.env or None, cwd=self.workdir,
+            res = subprocess.run(argv, env=self.env, cwd=self.workdir,
                                  stdin=subprocess.DEVNULL,
                                  capture_output=True, text=True,
                                  timeout=timeout)
-        except subprocess.TimeoutExpired as exc:
-            raise CephError('%s timed out after %ss' % (' '.join(argv),
-                                                        timeout)) from exc
+        except subprocess.TimeoutExpired:
+            raise RuntimeError('%s timed out after %ss'
+                               % (' '.join(argv), timeout)) from None
         if res.returncode:
-            raise CephError('%s failed (%d): %s%s' % (
+            raise RuntimeError('%s failed (%d): %s%s' % (
                 ' '.join(argv), res.returncode, res.stdout, res.stderr))
         return res.stdout
-
-    def _start_mon(self, deadline):
-        wd = self.workdir
-        v2, v1 = self.mon_ports
-        self._run(['monmaptool', '--create', '--clobber', '--fsid', self.fsid,
-                   '--addv', MON,
-                   '[v2:127.0.0.1:%d,v1:127.0.0.1:%d]' % (v2, v1),
-                   '--enable-all-features', '--set-min-mon-release', 'pacific',
-                   wd / 'monmap'])
-        # The OSD's mkfs needs no monitor; let it run while the mon starts.
-        with open(wd / 'osd-mkfs.log', 'wb') as log:
-            mkfs = subprocess.Popen(
-                [str(a) for a in (
-                    'ceph-osd', '--conf', self.conf_path, '--id', OSD,
-                    '--mkfs', '--osd-uuid', self.osd_uuid, '--no-mon-config',
-                    '--monmap', wd / 'monmap')],
-                env=self.env, cwd=wd, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT)
-        try:
-            self._run(['ceph-mon', '--conf', self.conf_path, '--id', MON,
-                       '--mkfs', '--monmap', wd / 'monmap',
-                       '--keyring', wd / 'mon.keyring'])
-            self._server('mon', ['ceph-mon', '-f', '--conf', self.conf_path,
-                                 '--id', MON])
-            process.wait_for_port(v2, self._left(deadline),
-                                  self._servers['mon'].proc)
-            # One call that needs a quorum: creates osd.0 (its key is
-            # already known from mon --mkfs).
-            self.ceph('osd', 'new', self.osd_uuid, str(OSD), fmt=None,
-                      timeout=self._left(deadline))
-        finally:
-            rc = mkfs.wait(timeout=self._left(deadline))
-        if rc:
-            raise CephError('ceph-osd --mkfs failed (%d):\n%s' % (
-                rc, (wd / 'osd-mkfs.log').read_text(errors='replace')))
-
-    def _start_osd_mgr(self, deadline):
-        self._server('osd', ['ceph-osd', '-f', '--conf', self.conf_path,
-                             '--id', OSD])
-        self._server('mgr', ['ceph-mgr', '-f', '--conf', self.conf_path,
-                             '--id', MGR])
-
-    def _start_rgw(self, deadline):
-        self._server('rgw', ['radosgw', '-f', '--conf', self.conf_path,
-                             '--name', 'client.%s' % RGW])
-
-    def _wait_osd_up(self, deadline):
-        while True:
-            self._check_alive()
-            stat = self.ceph('osd', 'stat', timeout=self._left(deadline))
-            if stat.get('num_up_osds', 0) >= 1:
-                return
-            if time.monotonic() > deadline:
-                raise CephError('osd.%d not up: %r\n%s' % (
-                    OSD, stat, self.log_tails()))
-            time.sleep(0.5)
-
-    def _wait_http(self, deadline):
-        """Until an anonymous ``GET /`` answers 200 with XML."""
-        last = None
-        while time.monotonic() < deadline:
-            self._check_alive()
-            try:
-                with urllib.request.urlopen(self.endpoint + '/',
-                                            timeout=5) as resp:
-                    body = resp.read()
-                    if resp.status == 200 and body.lstrip().startswith(b'<'):
-                        return
-                    last = resp.status
-            except urllib.error.HTTPError as exc:
-                last = exc.code
-            except OSError as exc:
-                last = exc
-            time.sleep(0.2)
-        raise CephError('radosgw on %s did not answer: %r\n%s' % (
-            self.endpoint, last, self.log_tails()))
-
-    def _create_user(self):
-        info = self.radosgw_admin('user', 'create', '--uid', self.uid,
-                                  '--display-name', 'sizeaware tests')
-        key = info['keys'][0]
-        self.access_key = key['access_key']
-        self.secret_key = key['secret_key']
-
-    def _wait_health(self, deadline):
-        while True:
-            self._check_alive()
-            status = self.ceph('status', timeout=self._left(deadline))
-            health = status['health']['status']
-            up = status['osdmap'].get('num_up_osds',
-                                      status['osdmap'].get('osdmap', {})
-                                      .get('num_up_osds', 0))
-            if health in ('HEALTH_OK', 'HEALTH_WARN') and up >= 1:
-                self.health = status['health']
-                return
-            if time.monotonic() > deadline:
-                raise CephError('cluster not healthy: %s' % json.dumps(
-                    status['health'], indent=1))
-            time.sleep(0.5)
-
-    def _check_alive(self):
-        for name, server in self._servers.items():
-            if server.proc is not None and server.proc.poll() is not None:
-                raise CephError('%s exited with %s\n%s' % (
-                    name, server.proc.returncode, self.log_tails()))
 
     @staticmethod
     def _left(deadline) -> float:
         left = deadline - time.monotonic()
         if left <= 0:
-            raise CephError('timed out')
+            raise RuntimeError('timed out')
         return left

@@ -22,14 +22,11 @@ Only the standard library is used: Glance runs from its venv, driven by
 path.
 """
 
-import contextlib
 import json
 import os
 import pathlib
 import re
 import shutil
-import subprocess
-import sys
 import time
 
 from teststack import config
@@ -56,7 +53,7 @@ _SECTION_RE = re.compile(r'^\s*\[([^\]]+)\]\s*$')
 _OPTION_RE = re.compile(r'^([^\s#;][^=:]*?)\s*[=:]\s*(.*?)\s*$')
 
 
-def _split_sections(text):
+def split_sections(text):
     """The ini as ``[(section or None, [lines])]`` in file order."""
     sections = [(None, [])]
     for line in text.splitlines():
@@ -89,7 +86,7 @@ def build_paste_ini(shipped: str, *, with_filter=True, filter_options=None,
       (the ``keystone`` one without ``authtoken``) and its
       ``[composite:glance-api-<flavor>]``, a copy of the keystone one.
     """
-    sections = _split_sections(shipped)
+    sections = split_sections(shipped)
     names = [name for name, _ in sections]
     if 'composite:api' not in names:
         raise ValueError('paste ini has no [composite:api]')
@@ -165,13 +162,6 @@ def shipped_paste_ini(venv) -> pathlib.Path:
 # The server
 
 
-def _tail(path, lines=40):
-    with contextlib.suppress(FileNotFoundError):
-        return '\n'.join(pathlib.Path(path).read_text(
-            errors='replace').splitlines()[-lines:])
-    return ''
-
-
 class Glance(process.Service):
     """One Glance API server, under uwsgi or eventlet.
 
@@ -244,8 +234,9 @@ class Glance(process.Service):
         self.uwsgi_options = dict(uwsgi_options or {})
         self.venv = pathlib.Path(venv) if venv else None
         self.policy = policy
-        self._init_workdir('glance-%s-' % self.release, workdir, keep_workdir)
-        if self._own_workdir:
+        super().__init__('glance', workdir, keep_workdir,
+                         prefix='glance-%s' % self.release)
+        if self.own_workdir:
             (self.workdir / OWNER_FILE).write_text('%d\n' % os.getpid())
         self.conf_dir = self.workdir / 'etc'
         self.conf_path = self.conf_dir / 'glance-api.conf'
@@ -261,8 +252,6 @@ class Glance(process.Service):
                 self.store_dirs[name] = pathlib.Path(
                     datadir or self.workdir / 'images' / name)
         self.port = port
-        self.server = process.Server('glance', [], self.workdir)
-        self.log_path = self.server.log_path
 
     # -- public --------------------------------------------------------
 
@@ -287,40 +276,25 @@ class Glance(process.Service):
             'X-Roles': ','.join(roles),
         }
 
-    def start(self, timeout=120) -> 'Glance':
-        if self.running:
-            return self
+    def _start(self, timeout):
         venv = self.venv or venvs.glance_venv(self.release)
         if self.port is None:
             self.port = process.free_port()
         self.write_config(venv)
-        self._db_sync(venv)
+        self.run({'glance-manage': [venvs.venv_bin(venv, 'glance-manage'),
+                                    '--config-dir', self.conf_dir,
+                                    'db_sync']})
         if self.wsgi_server == 'eventlet':
-            # glance-api stays in the process group Server starts it in (a
-            # session leader cannot make its own) and forks its workers into
-            # it: stopping the group by the parent's PID stops them all.
-            self.server.argv = [str(venvs.venv_bin(venv, 'glance-api')),
-                                '--config-dir', str(self.conf_dir)]
+            # glance-api stays in the process group the service starts it in
+            # (a session leader cannot make its own) and forks its workers
+            # into it: stopping the group by the parent's PID stops them all.
+            argv = [venvs.venv_bin(venv, 'glance-api'), '--config-dir',
+                    self.conf_dir]
         else:
-            self.server.argv = [str(venvs.venv_bin(venv, 'uwsgi')), '--ini',
-                                str(self.uwsgi_ini)]
-        started = time.monotonic()
+            argv = [venvs.venv_bin(venv, 'uwsgi'), '--ini', self.uwsgi_ini]
         (self.workdir / OWNER_FILE).write_text('%d\n' % os.getpid())
-        self.server.start()
-        try:
-            process.wait_for_http(self.url + '/versions', timeout=timeout,
-                                  proc=self.server.proc, ok=(200, 300))
-        except RuntimeError as exc:
-            self.server.stop()
-            raise RuntimeError('Glance %s did not start: %s\n--- %s (tail) '
-                               '---\n%s' % (self.release, exc, self.log_path,
-                                            self.server.log_tail(60))) \
-                from None
-        print('[teststack] Glance %s (%s) up at %s in %.1f s (%s)'
-              % (self.release, self.wsgi_server, self.url,
-                 time.monotonic() - started, self.workdir),
-              file=sys.stderr, flush=True)
-        return self
+        self.spawn(argv)
+        self.wait_for_http(self.url + '/versions', timeout, ok=(200, 300))
 
     # -- configuration -------------------------------------------------
 
@@ -418,32 +392,6 @@ class Glance(process.Service):
         if self.wsgi_server == 'uwsgi':
             self.uwsgi_ini.write_text(config.render_ini(self.uwsgi_conf(venv)))
 
-    def _db_sync(self, venv):
-        log_path = self.workdir / 'glance-manage.log'
-        argv = [str(venvs.venv_bin(venv, 'glance-manage')), '--config-dir',
-                str(self.conf_dir), 'db_sync']
-        with open(log_path, 'ab') as log:
-            proc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL, timeout=300,
-                                  cwd=self.workdir)
-        if proc.returncode:
-            raise RuntimeError('glance-manage db_sync failed (exit %d):\n%s'
-                               % (proc.returncode, _tail(log_path)))
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie is dead too (PID 1 here does not always reap orphans).
-    with contextlib.suppress(OSError, IndexError):
-        stat = pathlib.Path('/proc/%d/stat' % pid).read_text()
-        return stat.rsplit(')', 1)[1].split()[0] != 'Z'
-    return True
-
 
 def clean_stale(run_dir=None) -> list:
     """Stop the Glances under ``state_dir()/run`` whose starting process is
@@ -461,7 +409,7 @@ def clean_stale(run_dir=None) -> list:
             owner = int((workdir / OWNER_FILE).read_text().strip())
         except (FileNotFoundError, ValueError):
             owner = None
-        if owner is not None and _alive(owner):
+        if owner is not None and process.alive(owner):
             continue
         if owner is None and time.time() - workdir.stat().st_mtime < 3600:
             continue  # being set up right now, or predates owner files

@@ -1,8 +1,10 @@
-"""Start a server in the background, wait until it answers, stop it by PID.
+"""The one base of every server of the stack: :class:`Service`.
 
-Each server runs in its own session (process group), logs to one file and
-records its PID in a pid file beside the log, so a server left behind by a
-crashed run can still be found and stopped.
+A service owns a work directory and the processes it starts in it, each in
+its own session (process group), logging to ``<name>.log`` and with its PID
+in ``<name>.pid`` beside the log, so a server left behind by a crashed run
+can still be found and stopped. A failed start stops what it started and
+raises with the tails of the service's logs.
 """
 
 import contextlib
@@ -12,10 +14,17 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
+
+from teststack import paths
+
+
+def log(msg):
+    print('[teststack] %s' % msg, file=sys.stderr, flush=True)
 
 
 def free_port() -> int:
@@ -25,176 +34,113 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for_port(port: int, timeout: float = 60.0, proc=None) -> None:
-    """Block until 127.0.0.1:port accepts connections.
+def alive(pid) -> bool:
+    """Whether ``pid`` runs; a zombie does not (PID 1 here does not always
+    reap orphans)."""
+    try:
+        with open('/proc/%d/stat' % pid) as stat:
+            return stat.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except (OSError, IndexError):
+        return False
 
-    :raises RuntimeError: when ``proc`` exits first or time runs out.
-    """
+
+def stop_group(pid, timeout=20.0, sig=signal.SIGTERM) -> None:
+    """Send ``sig`` to ``pid``, wait up to ``timeout`` for it to end, then
+    SIGKILL what is left of the process group it leads."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError('process exited with %s before listening on '
-                               '%d' % (proc.returncode, port))
-        with contextlib.closing(socket.socket()) as sock:
-            sock.settimeout(1)
-            if sock.connect_ex(('127.0.0.1', port)) == 0:
-                return
+    while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    raise RuntimeError('nothing listens on 127.0.0.1:%d after %ss'
-                       % (port, timeout))
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
 
 
-def wait_for_http(url: str, timeout: float = 60.0, proc=None,
-                  ok=(200, 300, 401)) -> None:
-    """Block until ``url`` answers with a status in ``ok``."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError('process exited with %s before %s answered'
-                               % (proc.returncode, url))
-        try:
-            with urllib.request.urlopen(url, timeout=5) as resp:
-                last = resp.status
-        except urllib.error.HTTPError as exc:
-            last = exc.code
-        except OSError as exc:
-            last = exc
-        if last in ok:
-            return
-        time.sleep(0.2)
-    raise RuntimeError('%s did not answer in %ss (last: %r)'
-                       % (url, timeout, last))
-
-
-class Server:
-    """One background server process.
-
-    :param name: used for the log and pid file names.
-    :param argv: the command line.
-    :param workdir: directory for ``<name>.log`` and ``<name>.pid``.
-    :param env: extra environment variables.
-    """
-
-    def __init__(self, name, argv, workdir, env=None, cwd=None):
-        self.name = name
-        self.argv = [str(a) for a in argv]
-        self.workdir = pathlib.Path(workdir)
-        self.env = dict(os.environ, **(env or {}))
-        self.cwd = cwd
-        self.log_path = self.workdir / ('%s.log' % name)
-        self.pid_path = self.workdir / ('%s.pid' % name)
-        self.proc = None
-
-    def start(self):
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        stop_pidfile(self.pid_path)
-        log = open(self.log_path, 'ab')
-        try:
-            self.proc = subprocess.Popen(
-                self.argv, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, env=self.env, cwd=self.cwd,
-                start_new_session=True)
-        finally:
-            log.close()
-        self.pid_path.write_text('%d\n' % self.proc.pid)
-        return self
-
-    def stop(self, timeout: float = 20.0):
-        if self.proc is None:
-            return
-        _stop_group(self.proc.pid, timeout, self.proc)
-        self.proc = None
-        with contextlib.suppress(FileNotFoundError):
-            self.pid_path.unlink()
-
-    def log_tail(self, lines: int = 40) -> str:
-        with contextlib.suppress(FileNotFoundError):
-            return '\n'.join(
-                self.log_path.read_text(errors='replace').splitlines()[-lines:])
-        return ''
-
-
-def stop_pidfile(pid_path, timeout: float = 20.0) -> None:
+def stop_pidfile(pid_path, timeout=20.0, sig=signal.SIGTERM) -> None:
     """Stop the process group whose leader's PID is in ``pid_path``."""
     pid_path = pathlib.Path(pid_path)
-    try:
-        pid = int(pid_path.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return
-    _stop_group(pid, timeout)
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        stop_group(int(pid_path.read_text()), timeout, sig)
     with contextlib.suppress(FileNotFoundError):
         pid_path.unlink()
 
 
-def _stop_group(pid, timeout, proc=None):
-    """TERM the process group led by ``pid``, KILL it if it lingers."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            return
-        except PermissionError:
-            return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc is not None:
-                if proc.poll() is not None:
-                    break
-            else:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
-            time.sleep(0.1)
-        else:
-            continue
-        # The leader is gone; make sure no child of the group lingers.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-        return
+def tail(path, lines=30) -> str:
+    with contextlib.suppress(OSError):
+        text = pathlib.Path(path).read_text(errors='replace')
+        return '--- %s\n%s' % (path, '\n'.join(text.splitlines()[-lines:]))
+    return ''
 
 
 class Service:
-    """A server of the stack: one main process and a work directory.
+    """A server of the stack: a work directory and the processes in it.
 
-    Subclasses call :meth:`_init_workdir` from ``__init__``, set
-    ``self.server`` (a :class:`Server`) and implement ``start``. A work
-    directory made here (under ``state_dir()/run``) is removed by
-    :meth:`stop` unless it is to be kept (``keep_workdir``, or env
-    ``SIZEAWARE_KEEP_WORKDIR=1``); one given by the caller never is.
+    :param name: names the main process's log and pid file, and the work
+        directory made when none is given (``<prefix or name>-XXXX`` under
+        ``state_dir()/run``), which :meth:`stop` removes unless it is to be
+        kept (``keep_workdir``, or env ``SIZEAWARE_KEEP_WORKDIR=1``); a
+        ``workdir`` given by the caller is never removed.
+
+    Subclasses implement ``_start(timeout)`` with :meth:`spawn`, :meth:`run`
+    and the ``wait_*`` methods.
     """
 
-    server = None
+    #: The signal that asks a process to stop (SIGKILL follows).
+    STOP_SIGNAL = signal.SIGTERM
 
-    def _init_workdir(self, prefix, workdir=None, keep_workdir=None):
-        from teststack import paths
+    def __init__(self, name, workdir=None, keep_workdir=None, prefix=None):
+        self.name = name
+        self.own_workdir = workdir is None
         if workdir is None:
             run = paths.state_dir() / 'run'
             run.mkdir(parents=True, exist_ok=True)
-            self.workdir = pathlib.Path(tempfile.mkdtemp(prefix=prefix,
-                                                         dir=run))
-            self._own_workdir = True
-        else:
-            self.workdir = pathlib.Path(workdir).resolve()
-            self.workdir.mkdir(parents=True, exist_ok=True)
-            self._own_workdir = False
+            workdir = tempfile.mkdtemp(prefix=(prefix or name) + '-', dir=run)
+        self.workdir = pathlib.Path(workdir).resolve()
+        self.workdir.mkdir(parents=True, exist_ok=True)
         if keep_workdir is None:
             keep_workdir = os.environ.get('SIZEAWARE_KEEP_WORKDIR') == '1'
         self.keep_workdir = keep_workdir
+        self.log_path = self.workdir / ('%s.log' % name)
+        self.pids = {}      # process name -> PID, in start order
+        self._procs = {}
 
-    @property
-    def running(self) -> bool:
-        proc = self.server.proc if self.server is not None else None
-        return proc is not None and proc.poll() is None
+    # -- lifecycle -----------------------------------------------------
 
-    def stop(self):
-        if self.server is not None:
-            self.server.stop()
-        self._remove_workdir()
+    def start(self, timeout=120):
+        """Start the service unless it runs. On failure, stop what was
+        started and raise with the tails of the service's logs."""
+        if self.running:
+            return self
+        started = time.monotonic()
+        try:
+            self._start(timeout)
+        except Exception as exc:
+            tails = self.log_tail()
+            self.stop()
+            raise RuntimeError('%s did not start: %s\n%s'
+                               % (self.name, exc, tails)) from exc
+        except BaseException:
+            self.stop()
+            raise
+        log('%s up in %.1f s (%s)' % (self.name, time.monotonic() - started,
+                                      self.workdir))
+        return self
 
-    def _remove_workdir(self):
-        if self._own_workdir and not self.keep_workdir:
+    def _start(self, timeout):
+        raise NotImplementedError
+
+    def stop(self, timeout=20.0):
+        """Stop every process by its PID, the last started first, and
+        remove the work directory unless it is kept."""
+        for name, pid in reversed(list(self.pids.items())):
+            stop_group(pid, timeout, self.STOP_SIGNAL)
+            proc = self._procs.pop(name, None)
+            if proc is not None:
+                proc.wait()
+            with contextlib.suppress(FileNotFoundError):
+                (self.workdir / ('%s.pid' % name)).unlink()
+        self.pids.clear()
+        if self.own_workdir and not self.keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self):
@@ -203,5 +149,96 @@ class Service:
     def __exit__(self, *exc_info):
         self.stop()
 
-    def log_tail(self, lines: int = 60) -> str:
-        return self.server.log_tail(lines)
+    @property
+    def running(self) -> bool:
+        return bool(self.pids) and all(map(alive, self.pids.values()))
+
+    # -- processes -----------------------------------------------------
+
+    def spawn(self, argv, name=None, env=None, cwd=None):
+        """Start ``argv`` in the background, in its own session, logging to
+        ``<name>.log``; its PID goes to ``<name>.pid``."""
+        name = name or self.name
+        pid_path = self.workdir / ('%s.pid' % name)
+        stop_pidfile(pid_path)  # left by a crashed run in this work dir
+        with open(self.workdir / ('%s.log' % name), 'ab') as out:
+            proc = subprocess.Popen(
+                [str(a) for a in argv], stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, env=env, cwd=cwd or self.workdir,
+                start_new_session=True)
+        pid_path.write_text('%d\n' % proc.pid)
+        self._procs[name] = proc
+        self.pids[name] = proc.pid
+        return proc
+
+    def run(self, commands, timeout=300, env=None):
+        """Run one-shot commands side by side, ``{name: argv}``, each
+        logging to ``<name>.log``; raise with the log tail of each one that
+        failed."""
+        running = {}
+        for name, argv in commands.items():
+            with open(self.workdir / ('%s.log' % name), 'ab') as out:
+                running[name] = subprocess.Popen(
+                    [str(a) for a in argv], stdout=out,
+                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    cwd=self.workdir, env=env)
+        failed = []
+        for name, proc in running.items():
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.returncode:
+                failed.append('%s failed (exit %s)\n%s' % (
+                    name, proc.returncode,
+                    tail(self.workdir / ('%s.log' % name))))
+        if failed:
+            raise RuntimeError('\n'.join(failed))
+
+    def wait_until(self, ready, timeout, what):
+        """Call ``ready()`` until it returns true; raise when one of the
+        service's processes exits first, or after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while True:
+            for name, proc in self._procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError('%s exited with %s while waiting for '
+                                       '%s' % (name, proc.returncode, what))
+            try:
+                if ready():
+                    return
+            except (OSError, RuntimeError) as exc:
+                last = exc
+            if time.monotonic() > deadline:
+                raise RuntimeError('%s not ready after %ss (last: %s)'
+                                   % (what, timeout, last))
+            time.sleep(0.2)
+
+    def wait_for_http(self, url, timeout=60, ok=(200, 300, 401)):
+        """Wait until ``url`` answers with a status in ``ok``."""
+        def ready():
+            try:
+                with urllib.request.urlopen(url, timeout=5) as resp:
+                    status = resp.status
+            except urllib.error.HTTPError as exc:
+                status = exc.code
+            if status not in ok:
+                raise RuntimeError('status %s' % status)
+            return True
+        self.wait_until(ready, timeout, url)
+
+    def wait_for_port(self, port, timeout=60):
+        """Wait until 127.0.0.1:``port`` accepts connections."""
+        def ready():
+            with socket.create_connection(('127.0.0.1', port), timeout=1):
+                return True
+        self.wait_until(ready, timeout, '127.0.0.1:%d' % port)
+
+    def logs(self) -> list:
+        """The log files whose tails explain a failure."""
+        return [self.workdir / ('%s.log' % name) for name in self.pids]
+
+    def log_tail(self, lines=30) -> str:
+        return '\n'.join(filter(None, (tail(p, lines) for p in self.logs())))

@@ -9,21 +9,18 @@
                     backends=extras['backends'],
                     extra_conf=merge(ks.glance_conf(), extras['extra_conf']))
     glance.start()
-    load_metadefs(glance_venv, glance.conf_dir)
+    load_metadefs(glance, glance_venv)
     tempest = Tempest(ks, images)
-    result = tempest.run(r'^tempest\\.api\\.image')
+    result = tempest.run_tests(r'^tempest\\.api\\.image')
     result.counts    # {'passed': 56, 'skipped': 19, 'failed': 0}
 
 Tempest runs from its own venv (``tempest``: tempest, glance-tempest-plugin
 and, once this repo ships a ``tempest.test_plugins`` entry point, this repo
 installed editable). Results are read from ``stestr last --subunit``, parsed
-by python-subunit inside that venv: one outcome per test id, with the skip
-reason or the traceback.
-
-Only the standard library is used here.
+by ``scripts/subunit_to_json.py`` inside that venv: one outcome per test id,
+with the skip reason or the traceback.
 """
 
-import contextlib
 import json
 import os
 import pathlib
@@ -31,7 +28,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 from teststack import config
@@ -42,10 +38,8 @@ from teststack import venvs
 REQUIREMENTS = ['tempest==47.0.0', 'glance-tempest-plugin']
 IMAGE_QCOW2 = 'cirros-like.qcow2'
 IMAGE_RAW = 'cirros-like.raw'
-
-
-def _log(msg):
-    print('[teststack] %s' % msg, file=sys.stderr, flush=True)
+SUBUNIT_SCRIPT = (pathlib.Path(__file__).parent / 'scripts'
+                  / 'subunit_to_json.py')
 
 
 def repo_has_tempest_plugin(repo=paths.REPO) -> bool:
@@ -95,44 +89,29 @@ def make_images(directory, size_mib=1) -> dict:
     return {'raw': raw, 'qcow2': qcow2}
 
 
-class ImageServer:
-    """A static HTTP server for the test images on 127.0.0.1.
-
-    Runs ``python -m http.server`` as a :class:`teststack.process.Server`
-    (its own PID, stopped by it)."""
+class ImageServer(process.Service):
+    """A static HTTP server for the test images on 127.0.0.1
+    (``python -m http.server``); the images are kept between runs in
+    ``state_dir()/images-http``."""
 
     def __init__(self, workdir=None, port=None):
-        self.workdir = pathlib.Path(
-            workdir or paths.state_dir() / 'images-http').resolve()
-        self.docroot = self.workdir / 'www'
+        super().__init__('image-http',
+                         workdir or paths.state_dir() / 'images-http')
         self.port = port
-        self.server = process.Server('image-http', [], self.workdir)
         self.images = {}
 
     def url(self, kind='qcow2') -> str:
         return 'http://127.0.0.1:%d/%s' % (self.port,
                                            self.images[kind].name)
 
-    def start(self) -> 'ImageServer':
-        self.images = make_images(self.docroot)
+    def _start(self, timeout):
+        self.images = make_images(self.workdir / 'www')
         if self.port is None:
             self.port = process.free_port()
-        self.server.argv = [sys.executable, '-m', 'http.server', '--bind',
-                            '127.0.0.1', '--directory', str(self.docroot),
-                            str(self.port)]
-        self.server.start()
-        process.wait_for_http(self.url('raw'), timeout=30,
-                              proc=self.server.proc, ok=(200,))
-        return self
-
-    def stop(self):
-        self.server.stop()
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc_info):
-        self.stop()
+        self.spawn([sys.executable, '-m', 'http.server', '--bind',
+                    '127.0.0.1', '--directory', self.workdir / 'www',
+                    self.port])
+        self.wait_for_http(self.url('raw'), timeout, ok=(200,))
 
 
 # ---------------------------------------------------------------------------
@@ -160,69 +139,23 @@ def glance_extras(image_port, allowed_ports=(80, 443)) -> dict:
     }
 
 
-def load_metadefs(glance_venv, conf_dir):
+def load_metadefs(glance, glance_venv):
     """``glance-manage db_load_metadefs`` with the release's shipped
     metadefs (the metadef tests list namespaces such as OS::Compute::*)."""
     glance_venv = pathlib.Path(glance_venv)
-    metadefs = glance_venv / 'etc' / 'glance' / 'metadefs'
-    if not metadefs.is_dir():
-        found = sorted(glance_venv.glob(
-            'lib/python3*/site-packages/etc/glance/metadefs'))
-        if not found:
-            raise FileNotFoundError('no metadefs in %s' % glance_venv)
-        metadefs = found[0]
-    proc = subprocess.run(
-        [str(venvs.venv_bin(glance_venv, 'glance-manage')), '--config-dir',
-         str(conf_dir), 'db_load_metadefs', str(metadefs)],
-        capture_output=True, text=True, timeout=300)
-    if proc.returncode:
-        raise RuntimeError('glance-manage db_load_metadefs failed (exit '
-                           '%d):\n%s' % (proc.returncode,
-                                         proc.stdout[-2000:] +
-                                         proc.stderr[-3000:]))
+    found = [glance_venv / 'etc' / 'glance' / 'metadefs'] + sorted(
+        glance_venv.glob('lib/python3*/site-packages/etc/glance/metadefs'))
+    metadefs = next((p for p in found if p.is_dir()), None)
+    if metadefs is None:
+        raise FileNotFoundError('no metadefs in %s' % glance_venv)
+    glance.run({'glance-manage-metadefs': [
+        venvs.venv_bin(glance_venv, 'glance-manage'), '--config-dir',
+        glance.conf_dir, 'db_load_metadefs', metadefs]})
 
 
 # ---------------------------------------------------------------------------
 # Tempest itself
 
-
-# Run inside the tempest venv: subunit v2 on stdin, JSON on stdout.
-_PARSE_SUBUNIT = r'''
-import json
-import sys
-
-import subunit
-import testtools
-
-tests = {}
-
-
-def on_test(test):
-    details = {}
-    for name, content in test['details'].items():
-        try:
-            details[name] = ''.join(content.iter_text())
-        except Exception:
-            pass
-    start, stop = (test['timestamps'] + [None, None])[:2]
-    tests[test['id']] = {
-        'status': test['status'],
-        'details': details,
-        'duration': ((stop - start).total_seconds()
-                     if start and stop else None),
-    }
-
-
-stream = subunit.ByteStreamToStreamResult(sys.stdin.buffer,
-                                          non_subunit_name='stdout')
-result = testtools.StreamToDict(on_test)
-result.startTestRun()
-try:
-    stream.run(result)
-finally:
-    result.stopTestRun()
-json.dump(tests, sys.stdout)
-'''
 
 _STATUS = {'success': 'passed', 'skip': 'skipped', 'fail': 'failed',
            'xfail': 'passed', 'uxsuccess': 'failed'}
@@ -322,47 +255,33 @@ def _reason(status, details):
     return ''
 
 
-class Tempest:
-    """A tempest workspace configured for the keystone stack.
+class Tempest(process.Service):
+    """A tempest workspace configured for the keystone stack; :meth:`start`
+    makes it, :meth:`stop` removes it unless it is to be kept.
 
     :param keystone: a started :class:`teststack.keystone.Keystone`.
     :param images: a started :class:`ImageServer`.
-    :param workdir: the workspace; default a fresh directory under
-        ``state_dir()/run``.
     :param extra_conf: ``{section: {option: value}}`` merged last into
         tempest.conf.
     :param plugins: passed to :func:`tempest_venv`.
     """
 
     def __init__(self, keystone, images, workdir=None, extra_conf=None,
-                 plugins=None, venv=None):
+                 plugins=None, venv=None, keep_workdir=None):
+        super().__init__('tempest', workdir, keep_workdir)
         self.keystone = keystone
         self.images = images
         self.extra_conf = extra_conf or {}
         self.plugins = plugins
         self.venv = pathlib.Path(venv) if venv else None
-        if workdir is None:
-            run = paths.state_dir() / 'run'
-            run.mkdir(parents=True, exist_ok=True)
-            workdir = tempfile.mkdtemp(prefix='tempest-', dir=run)
-        self.workdir = pathlib.Path(workdir).resolve()
-        self.conf_path = self.workdir / 'etc' / 'tempest.conf'
-        # tempest init records workspaces in a yaml file: one per workspace.
-        self.workspaces_yaml = self.workdir.with_name(
-            self.workdir.name + '.workspaces.yaml')
-        self._initialised = False
-
-    def remove(self):
-        """Delete the workspace (logs, stestr repository)."""
-        shutil.rmtree(self.workdir, ignore_errors=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.workspaces_yaml.unlink()
+        self.workspace = self.workdir / 'workspace'
+        self.conf_path = self.workspace / 'etc' / 'tempest.conf'
 
     def tempest_conf(self) -> dict:
         admin = self.keystone.admin
         conf = {
             'DEFAULT': {
-                'log_dir': self.workdir / 'logs',
+                'log_dir': self.workspace / 'logs',
                 'log_file': 'tempest.log',
                 'debug': True,
             },
@@ -410,41 +329,32 @@ class Tempest:
         }
         return config.merge_conf(conf, self.extra_conf)
 
-    def init(self) -> 'Tempest':
+    def _start(self, timeout):
         """``tempest init`` the workspace and write tempest.conf."""
-        venv = self.venv or tempest_venv(self.plugins)
-        self.venv = venv
-        if not (self.workdir / '.stestr.conf').is_file():
-            if self.workdir.exists() and not any(self.workdir.iterdir()):
-                self.workdir.rmdir()
-            subprocess.run(
-                [str(venvs.venv_bin(venv, 'tempest')), 'init',
-                 '--workspace-path', str(self.workspaces_yaml),
-                 str(self.workdir)],
-                check=True, capture_output=True, text=True,
-                cwd=str(self.workdir.parent))
-        (self.workdir / 'logs').mkdir(exist_ok=True)
+        self.venv = self.venv or tempest_venv(self.plugins)
+        if not (self.workspace / '.stestr.conf').is_file():
+            self.run({'tempest-init': [
+                venvs.venv_bin(self.venv, 'tempest'), 'init',
+                '--workspace-path', self.workdir / 'workspaces.yaml',
+                self.workspace]}, timeout=timeout)
+        (self.workspace / 'logs').mkdir(exist_ok=True)
         self.write_conf()
-        self._initialised = True
-        return self
 
     def configure(self, extra_conf) -> 'Tempest':
         """Merge ``extra_conf`` into the tempest.conf of later runs (e.g.
         ``{'sizeaware': {'enabled': True}}`` for this repo's plugin)."""
         self.extra_conf = config.merge_conf(self.extra_conf, extra_conf)
-        if self._initialised:
+        if self.conf_path.parent.is_dir():
             self.write_conf()
         return self
 
     def write_conf(self):
         self.conf_path.write_text(config.render_ini(self.tempest_conf()))
 
-    def run(self, regex, concurrency=2, name=None, timeout=3600,
-            exclude_regex=None) -> Result:
+    def run_tests(self, regex, concurrency=2, name=None, timeout=3600,
+                  exclude_regex=None) -> Result:
         """``tempest run --regex REGEX --concurrency N`` in the workspace;
         the per-test outcomes come from ``stestr last --subunit``."""
-        if not self._initialised:
-            self.init()
         name = name or 'run-%d' % int(time.time())
         log_path = self.workdir / ('%s.log' % name)
         argv = [str(venvs.venv_bin(self.venv, 'tempest')), 'run',
@@ -461,12 +371,12 @@ class Tempest:
             proc = subprocess.Popen(argv, stdout=log,
                                     stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL,
-                                    cwd=self.workdir, env=env,
+                                    cwd=self.workspace, env=env,
                                     start_new_session=True)
             try:
                 returncode = proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                process._stop_group(proc.pid, 10, proc)
+                process.stop_group(proc.pid, 10)
                 returncode = proc.wait()
         elapsed = time.monotonic() - started
         subunit_path = self.workdir / ('%s.subunit' % name)
@@ -474,7 +384,7 @@ class Tempest:
         result = Result(tests, returncode, elapsed, log_path)
         (self.workdir / ('%s.json' % name)).write_text(
             json.dumps(result.to_dict(), indent=1, sort_keys=True))
-        _log('tempest %s: %s in %.0f s (%s)' % (regex, result.summary(),
+        process.log('tempest %s: %s in %.0f s (%s)' % (regex, result.summary(),
                                                 elapsed, subunit_path))
         return result
 
@@ -483,14 +393,14 @@ class Tempest:
             proc = subprocess.run(
                 [str(venvs.venv_bin(self.venv, 'stestr')), 'last',
                  '--subunit'], stdout=out, stderr=subprocess.PIPE,
-                cwd=self.workdir, env=env, timeout=300)
+                cwd=self.workspace, env=env, timeout=300)
         # stestr last exits non-zero when the run had failures.
         if subunit_path.stat().st_size == 0:
             raise RuntimeError('stestr last gave no subunit stream: %s'
                                % proc.stderr.decode(errors='replace'))
         with open(subunit_path, 'rb') as stream:
             parsed = subprocess.run(
-                [str(venvs.venv_python(self.venv)), '-c', _PARSE_SUBUNIT],
+                [str(venvs.venv_python(self.venv)), str(SUBUNIT_SCRIPT)],
                 stdin=stream, capture_output=True, timeout=300)
         if parsed.returncode:
             raise RuntimeError('parsing subunit failed:\n%s'

@@ -27,6 +27,7 @@ import sys
 import time
 
 from teststack import paths
+from teststack import process
 
 MARKER = '.sizeaware-venv.json'
 
@@ -47,16 +48,9 @@ _PACKAGING_FILES = ('setup.cfg', 'setup.py', 'pyproject.toml',
                     'requirements.txt')
 
 
-def _log(msg):
-    print('[teststack] %s' % msg, file=sys.stderr, flush=True)
-
-
 def default_python() -> str:
     """The interpreter new venvs are made from (``python3`` on PATH)."""
-    found = shutil.which('python3')
-    if found:
-        return found
-    return getattr(sys, '_base_executable', None) or sys.executable
+    return shutil.which('python3') or sys.executable
 
 
 def venv_python(venv) -> pathlib.Path:
@@ -126,20 +120,6 @@ def _run(argv, log_path):
                               log_path, tail))
 
 
-def is_current(name, requirements, *, editable=(),
-               system_site_packages=False, python=None) -> bool:
-    """Whether ``ensure_venv`` with these inputs would do nothing."""
-    python = python or default_python()
-    venv = paths.venvs_dir() / name
-    digest = _digest(_inputs(name, requirements, editable,
-                             system_site_packages, python))
-    try:
-        marker = json.loads((venv / MARKER).read_text())
-    except (FileNotFoundError, ValueError):
-        return False
-    return marker.get('digest') == digest and venv_python(venv).exists()
-
-
 def ensure_venv(name: str, requirements, *, editable=(),
                 system_site_packages=False, python=None) -> pathlib.Path:
     """Make sure venv ``name`` exists, built from these inputs.
@@ -179,21 +159,21 @@ def ensure_venv(name: str, requirements, *, editable=(),
         if same_base:
             # Only requirements or packaging changed: update in place, so
             # a server running from this venv is not pulled from under it.
-            _log('venv %s: inputs changed, updating in place' % name)
+            process.log('venv %s: inputs changed, updating in place' % name)
             (venv / MARKER).unlink()
         else:
             if venv.exists():
-                _log('venv %s: rebuilding from scratch' % name)
+                process.log('venv %s: rebuilding from scratch' % name)
                 shutil.rmtree(venv)
             else:
-                _log('venv %s: creating' % name)
+                process.log('venv %s: creating' % name)
             with contextlib.suppress(FileNotFoundError):
                 log_path.unlink()
             argv = [python, '-m', 'venv']
             if system_site_packages:
                 argv.append('--system-site-packages')
             _run(argv + [venv], log_path)
-            _log('venv %s: upgrading pip' % name)
+            process.log('venv %s: upgrading pip' % name)
             _run([py, '-m', 'pip', 'install', '--upgrade', 'pip'], log_path)
         req_file = venv / 'sizeaware-requirements.txt'
         req_file.write_text(''.join('%s\n' % r for r in requirements))
@@ -202,7 +182,7 @@ def ensure_venv(name: str, requirements, *, editable=(),
             pip += ['-r', req_file, '-c', req_file]
         for repo in editable:
             pip += ['-e', repo]
-        _log('venv %s: installing %s%s' % (
+        process.log('venv %s: installing %s%s' % (
             name, ' '.join(requirements),
             ''.join(' -e %s' % r for r in editable)))
         _run(pip, log_path)  # no marker until this succeeded
@@ -210,7 +190,7 @@ def ensure_venv(name: str, requirements, *, editable=(),
         marker = dict(inputs, digest=digest, built_in_s=round(elapsed, 1),
                       built_at=time.strftime('%Y-%m-%dT%H:%M:%S'))
         (venv / MARKER).write_text(json.dumps(marker, indent=1) + '\n')
-        _log('venv %s: ready in %.1f s (log: %s)' % (name, elapsed,
+        process.log('venv %s: ready in %.1f s (log: %s)' % (name, elapsed,
                                                       log_path))
     return venv
 
@@ -244,10 +224,3 @@ def tests_venv() -> pathlib.Path:
     return ensure_venv('tests', _test_requirements() + ['boto3', 'requests'],
                        editable=[paths.REPO])
 
-
-if __name__ == '__main__':  # pragma: no cover - manual use
-    for arg in sys.argv[1:] or ['tests']:
-        if arg == 'tests':
-            print(tests_venv())
-        else:
-            print(glance_venv(arg))

@@ -120,10 +120,8 @@ def api(glance):
 def radosgw():
     """A one-node Ceph cluster with radosgw: a real S3 on 127.0.0.1."""
     from teststack import ceph
-    server = ceph.RadosGW()
-    server.start()
-    yield server
-    server.stop(remove=True)
+    with ceph.RadosGW() as server:
+        yield server
 
 
 @pytest.fixture(scope='session')

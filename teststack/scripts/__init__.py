@@ -1,0 +1,1 @@
+"""Scripts the stack runs by path with another venv's interpreter."""
