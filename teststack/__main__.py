@@ -9,18 +9,28 @@
 ``python -m teststack venvs [tests|33|30|29 ...]``
     Build (or check) the virtualenvs.
 
+``python -m teststack services start|stop FILE``
+    Start the servers one test run shares (PostgreSQL, Keystone) and
+    describe them in FILE, for ``SIZEAWARE_SERVICES=FILE``; or stop those
+    FILE describes, by their PIDs.
+
 ``python -m teststack clean``
     Stop Glances whose starting process died; remove their work dirs.
 """
 
 import argparse
+import json
 import os
+import pathlib
 import signal
 import sys
 import time
 
 from teststack import glance as glance_mod
+from teststack import keystone
 from teststack import paths
+from teststack import postgres
+from teststack import process
 from teststack import venvs
 
 
@@ -53,7 +63,6 @@ def cmd_up(args):
               'concurrent uploads; use it for a quick look only',
               file=sys.stderr)
     else:
-        from teststack import postgres
         database = postgres.Postgres(keep_workdir=args.keep)
     stack = glance_mod.Glance(
         args.release, with_filter=not args.no_filter,
@@ -123,6 +132,29 @@ def cmd_venvs(args):
     return 0
 
 
+def cmd_services(args):
+    path = pathlib.Path(args.file)
+    if args.action == 'stop':
+        if path.is_file():
+            for desc in reversed(json.loads(path.read_text()).values()):
+                process.Service.attach(desc, own=True).stop()
+            path.unlink()
+        return 0
+    started = {}
+    try:
+        started['postgres'] = postgres.Postgres().start()
+        started['keystone'] = keystone.Keystone(
+            started['postgres'].create_database('keystone')).start()
+    except BaseException:
+        for service in reversed(started.values()):
+            service.stop()
+        raise
+    path.write_text(json.dumps({name: service.describe()
+                                for name, service in started.items()},
+                               indent=1, default=str) + '\n')
+    return 0
+
+
 def cmd_clean(args):
     for workdir in glance_mod.clean_stale():
         print('removed %s' % workdir)
@@ -172,6 +204,12 @@ def main(argv=None):
                     help='tests and/or Glance releases (%s)'
                          % ', '.join(sorted(venvs.GLANCE_RELEASES)))
     vv.set_defaults(func=cmd_venvs)
+
+    sv = sub.add_parser('services', help='start or stop the servers a '
+                                         'test run shares')
+    sv.add_argument('action', choices=('start', 'stop'))
+    sv.add_argument('file', help='the JSON file describing them')
+    sv.set_defaults(func=cmd_services)
 
     cl = sub.add_parser('clean', help='stop Glances left by crashed runs '
                                       'and remove their work directories')

@@ -108,7 +108,7 @@ class RadosGW(process.Service):
 
     def stop(self, timeout=30.0):
         super().stop(timeout)
-        if self.run_dir.parent != self.workdir:
+        if not self.attached and self.run_dir.parent != self.workdir:
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def logs(self) -> list:

@@ -72,6 +72,7 @@ class Keystone(process.Service):
     :param venv: run Keystone from this venv instead of ``keystone``.
     """
 
+    SHARED = ('port', 'users', 'venv')
 
     def __init__(self, database_url, workdir=None, *, port=None, venv=None,
                  keep_workdir=None):

@@ -75,6 +75,8 @@ class Postgres(process.Service):
 
     # Fast shutdown: open sessions are cut, not waited for.
     STOP_SIGNAL = signal.SIGINT
+    SHARED = ('port',)
+
     def __init__(self, workdir=None, port=None, keep_workdir=None):
         super().__init__('postgres',
                          workdir or tempfile.mkdtemp(prefix='sizeaware-pg-'),

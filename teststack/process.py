@@ -5,9 +5,16 @@ its own session (process group), logging to ``<name>.log`` and with its PID
 in ``<name>.pid`` beside the log, so a server left behind by a crashed run
 can still be found and stopped. A failed start stops what it started and
 raises with the tails of the service's logs.
+
+One run shares servers between processes: ``tools/run-tests`` starts
+PostgreSQL and Keystone once (``python -m teststack services start FILE``),
+exports ``SIZEAWARE_SERVICES=FILE``, and :func:`shared` attaches to them
+instead of starting new ones.
 """
 
 import contextlib
+import importlib
+import json
 import os
 import pathlib
 import shutil
@@ -21,6 +28,8 @@ import urllib.error
 import urllib.request
 
 from teststack import paths
+
+SERVICES_ENV = 'SIZEAWARE_SERVICES'
 
 
 def log(msg):
@@ -87,6 +96,8 @@ class Service:
 
     #: The signal that asks a process to stop (SIGKILL follows).
     STOP_SIGNAL = signal.SIGTERM
+    #: Attributes :meth:`describe` hands to another process's :meth:`attach`.
+    SHARED = ()
 
     def __init__(self, name, workdir=None, keep_workdir=None, prefix=None):
         self.name = name
@@ -102,6 +113,7 @@ class Service:
         self.keep_workdir = keep_workdir
         self.log_path = self.workdir / ('%s.log' % name)
         self.pids = {}      # process name -> PID, in start order
+        self.attached = False
         self._procs = {}
 
     # -- lifecycle -----------------------------------------------------
@@ -131,7 +143,10 @@ class Service:
 
     def stop(self, timeout=20.0):
         """Stop every process by its PID, the last started first, and
-        remove the work directory unless it is kept."""
+        remove the work directory unless it is kept. An attached service
+        (see :meth:`attach`) is left alone."""
+        if self.attached:
+            return
         for name, pid in reversed(list(self.pids.items())):
             stop_group(pid, timeout, self.STOP_SIGNAL)
             proc = self._procs.pop(name, None)
@@ -242,3 +257,43 @@ class Service:
 
     def log_tail(self, lines=30) -> str:
         return '\n'.join(filter(None, (tail(p, lines) for p in self.logs())))
+
+    # -- sharing between processes -------------------------------------
+
+    def describe(self) -> dict:
+        """What another process needs to :meth:`attach` to this service."""
+        cls = type(self)
+        return {'class': '%s:%s' % (cls.__module__, cls.__qualname__),
+                'name': self.name, 'workdir': str(self.workdir),
+                'pids': self.pids,
+                'shared': {k: getattr(self, k) for k in self.SHARED}}
+
+    @staticmethod
+    def attach(desc, own=False) -> 'Service':
+        """The running service ``desc`` describes (see :meth:`describe`),
+        used but not stopped, unless ``own``."""
+        module, _, name = desc['class'].partition(':')
+        cls = getattr(importlib.import_module(module), name)
+        self = cls.__new__(cls)
+        Service.__init__(self, desc['name'], desc['workdir'])
+        self.__dict__.update(desc['shared'])
+        self.pids = desc['pids']
+        self.own_workdir = own
+        self.attached = not own
+        return self
+
+
+@contextlib.contextmanager
+def shared(name, make):
+    """Service ``name`` of the run, from the file ``$SIZEAWARE_SERVICES``
+    names (see ``python -m teststack services``); without that variable,
+    ``make()`` started here and stopped on exit."""
+    path = os.environ.get(SERVICES_ENV)
+    if path:
+        yield Service.attach(json.loads(pathlib.Path(path).read_text())[name])
+        return
+    service = make()
+    try:
+        yield service.start()
+    finally:
+        service.stop()

@@ -46,19 +46,19 @@ KEYSTONE_USERS = ('user1', 'user2')
 
 @pytest.fixture(scope='session')
 def postgres():
+    """The run's PostgreSQL (see ``teststack.process.shared``)."""
     from teststack import postgres as postgres_stack
-    server = postgres_stack.Postgres().start()
-    yield server
-    server.stop()
+    with process.shared('postgres', postgres_stack.Postgres) as server:
+        yield server
 
 
 @pytest.fixture(scope='session')
 def keystone(postgres):
+    """The run's Keystone (see ``teststack.process.shared``)."""
     from teststack import keystone as keystone_stack
-    server = keystone_stack.Keystone(postgres.create_database('keystone'))
-    server.start()
-    yield server
-    server.stop()
+    with process.shared('keystone', lambda: keystone_stack.Keystone(
+            postgres.create_database('keystone'))) as server:
+        yield server
 
 
 @pytest.fixture(scope='session', params=DEPLOYMENTS, ids=DEPLOYMENT_IDS)
