@@ -224,3 +224,7 @@ def tests_venv() -> pathlib.Path:
     return ensure_venv('tests', _test_requirements() + ['boto3', 'requests'],
                        editable=[paths.REPO])
 
+
+if __name__ == '__main__':  # the same as python3 -m teststack venvs ...
+    from teststack import __main__ as cli
+    sys.exit(cli.main(['venvs', *sys.argv[1:]]))
