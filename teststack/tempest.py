@@ -12,7 +12,7 @@
     load_metadefs(glance, glance_venv)
     tempest = Tempest(ks, images)
     result = tempest.run_tests(r'^tempest\\.api\\.image')
-    result.counts    # {'passed': 56, 'skipped': 19, 'failed': 0}
+    result.counts    # {'passed': 56, 'skipped': 19, 'failed': 0, 'flaky': 0}
 
 Tempest runs from its own venv (``tempest``: tempest, glance-tempest-plugin
 and, once this repo ships a ``tempest.test_plugins`` entry point, this repo
@@ -179,10 +179,10 @@ def _failed_name(test_id) -> str:
 class Result:
     """Outcome of one ``tempest run``.
 
-    :ivar tests: ``{test_id: {'outcome': passed|skipped|failed,
+    :ivar tests: ``{test_id: {'outcome': passed|skipped|failed|flaky,
         'status': subunit status, 'reason': skip reason or the last lines
         of the traceback, 'duration': s}}``.
-    :ivar counts: ``{'passed', 'skipped', 'failed'}``.
+    :ivar counts: ``{'passed', 'skipped', 'failed', 'flaky'}``.
     """
 
     def __init__(self, tests, returncode, elapsed, log_path):
@@ -193,7 +193,7 @@ class Result:
         self._count()
 
     def _count(self):
-        self.counts = {'passed': 0, 'skipped': 0, 'failed': 0}
+        self.counts = {'passed': 0, 'skipped': 0, 'failed': 0, 'flaky': 0}
         for test in self.tests.values():
             self.counts[test['outcome']] += 1
 
@@ -209,7 +209,8 @@ class Result:
         return '^(%s)' % '|'.join(names) if names else ''
 
     def absorb_retry(self, retry):
-        """Count a failed test as passed when its retry passed.
+        """Mark a failed test whose retry passed as ``flaky``: neither
+        passed nor failed.
 
         Some tempest tests time out on a loaded 2-core machine (glance
         imports to several stores); one retry tells that from a test the
@@ -226,8 +227,8 @@ class Result:
                         if key == name or key.startswith(name + '.')
                         for i in infos]
             if outcomes and 'failed' not in outcomes:
-                info['outcome'] = 'passed'
-                info['reason'] = 'passed on retry after: %s' % (
+                info['outcome'] = 'flaky'
+                info['reason'] = 'passed when run again alone, after: %s' % (
                     info.get('reason') or 'a failure')
         self._count()
 
@@ -236,8 +237,8 @@ class Result:
                       if v['outcome'] == outcome)
 
     def summary(self) -> str:
-        return '%(passed)d passed, %(failed)d failed, %(skipped)d skipped' \
-            % self.counts
+        return ('%(passed)d passed, %(failed)d failed, %(skipped)d skipped, '
+                '%(flaky)d flaky' % self.counts)
 
     def to_dict(self) -> dict:
         return {'counts': self.counts, 'returncode': self.returncode,
@@ -427,11 +428,12 @@ class Tempest(process.Service):
 def compare(without, with_filter) -> dict:
     """Compare the run without the filter with the run with it.
 
-    ``regressions`` are the tests that passed without the filter and do
-    not pass with it (failed, skipped or missing); ``new_failures`` the
-    tests that fail with the filter and did not run or were skipped
-    without it (such as this repo's own plugin's, which run only with the
-    filter).
+    ``regressions`` are the tests that passed without the filter and
+    failed, were skipped or are missing with it; ``new_failures`` the tests
+    that fail with the filter and did not run or were skipped without it
+    (such as this repo's own plugin's, which run only with the filter). A
+    flaky test (see :meth:`Result.absorb_retry`) is neither: it is listed
+    under ``flaky``.
     """
     def by_base(result):
         return {base_test_id(t): v for t, v in result.tests.items()}
@@ -441,7 +443,7 @@ def compare(without, with_filter) -> dict:
         if info['outcome'] != 'passed':
             continue
         other = after.get(test_id)
-        if other is None or other['outcome'] != 'passed':
+        if other is None or other['outcome'] not in ('passed', 'flaky'):
             regressions[test_id] = {
                 'outcome': other['outcome'] if other else 'missing',
                 'reason': other['reason'] if other else ''}
@@ -474,5 +476,6 @@ def compare(without, with_filter) -> dict:
         'new_failures': new_failures,
         'skipped': listing('skipped'),
         'failed': listing('failed'),
+        'flaky': listing('flaky'),
     }
 
