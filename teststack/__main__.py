@@ -6,8 +6,9 @@
     and a filesystem store, under uwsgi with 2 processes of 4 threads as
     deployments run it; stays up until SIGINT/SIGTERM.
 
-``python -m teststack venvs [tests|33|30|29 ...]``
-    Build (or check) the virtualenvs.
+``python -m teststack venvs [tests|keystone|tempest|33|30|29 ...]``
+    Build (or check) the virtualenvs, side by side; print their paths in
+    the order asked.
 
 ``python -m teststack services start|stop FILE``
     Start the servers one test run shares (PostgreSQL, Keystone) and
@@ -19,6 +20,7 @@
 """
 
 import argparse
+from concurrent import futures
 import json
 import os
 import pathlib
@@ -31,7 +33,11 @@ from teststack import keystone
 from teststack import paths
 from teststack import postgres
 from teststack import process
+from teststack import tempest
 from teststack import venvs
+
+VENVS = {'tests': venvs.tests_venv, 'keystone': keystone.keystone_venv,
+         'tempest': tempest.tempest_venv}
 
 
 class _Stop(Exception):
@@ -125,10 +131,11 @@ def cmd_up(args):
 
 
 def cmd_venvs(args):
-    for name in args.names or ['tests'] + sorted(venvs.GLANCE_RELEASES):
-        path = (venvs.tests_venv() if name == 'tests'
-                else venvs.glance_venv(name))
-        print(path)
+    names = args.names or ['tests'] + sorted(venvs.GLANCE_RELEASES)
+    with futures.ThreadPoolExecutor(len(names)) as pool:
+        for path in pool.map(lambda name: VENVS.get(
+                name, lambda: venvs.glance_venv(name))(), names):
+            print(path, flush=True)
     return 0
 
 
@@ -201,8 +208,9 @@ def main(argv=None):
 
     vv = sub.add_parser('venvs', help='build the virtualenvs')
     vv.add_argument('names', nargs='*',
-                    help='tests and/or Glance releases (%s)'
-                         % ', '.join(sorted(venvs.GLANCE_RELEASES)))
+                    help='%s and/or Glance releases (%s)'
+                         % (', '.join(VENVS),
+                            ', '.join(sorted(venvs.GLANCE_RELEASES))))
     vv.set_defaults(func=cmd_venvs)
 
     sv = sub.add_parser('services', help='start or stop the servers a '

@@ -9,11 +9,12 @@ lines, the packaging files of the editable checkouts). A second call with
 the same inputs returns at once. A call with different requirement lines or
 packaging files re-runs the pip install in place (a server running from the
 venv keeps running); a different interpreter, a failed or missing build
-recreates the venv from scratch. Requirements and editable checkouts are
-installed by one pip command with the requirement lines also given as
-constraints, so installing ``sizeaware`` never moves a pinned dependency of
-Glance. pip's cache is used, so a rebuild mostly reuses wheels (uwsgi only
-compiles once).
+recreates the venv from scratch. Requirements are installed first, then
+the editable checkouts with the requirement lines as constraints, so
+installing ``sizeaware`` never moves a pinned dependency of Glance; venvs
+are built side by side, but the editable installs one at a time (pbr
+writes its metadata into the checkout). pip's cache is used, so a rebuild
+mostly reuses wheels (uwsgi only compiles once).
 """
 
 import contextlib
@@ -177,15 +178,17 @@ def ensure_venv(name: str, requirements, *, editable=(),
             _run([py, '-m', 'pip', 'install', '--upgrade', 'pip'], log_path)
         req_file = venv / 'sizeaware-requirements.txt'
         req_file.write_text(''.join('%s\n' % r for r in requirements))
-        pip = [py, '-m', 'pip', 'install', '--disable-pip-version-check']
-        if requirements:
-            pip += ['-r', req_file, '-c', req_file]
-        for repo in editable:
-            pip += ['-e', repo]
+        pip = [py, '-m', 'pip', 'install', '--disable-pip-version-check',
+               '-c', req_file]
         process.log('venv %s: installing %s%s' % (
             name, ' '.join(requirements),
             ''.join(' -e %s' % r for r in editable)))
-        _run(pip, log_path)  # no marker until this succeeded
+        # No marker until these succeeded.
+        if requirements:
+            _run(pip + ['-r', req_file], log_path)
+        if editable:
+            with _locked(venvs / 'editable.lock'):
+                _run(pip + [a for r in editable for a in ('-e', r)], log_path)
         elapsed = time.monotonic() - started
         marker = dict(inputs, digest=digest, built_in_s=round(elapsed, 1),
                       built_at=time.strftime('%Y-%m-%dT%H:%M:%S'))
