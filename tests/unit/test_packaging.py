@@ -65,3 +65,11 @@ def test_tempest_plugin_entry_point():
                 if e.name == 'sizeaware_tests']
     assert entry.value == (
         'sizeaware_tempest_plugin.plugin:SizeawareTempestPlugin')
+
+
+def test_swift_driver_entry_point_is_the_factory():
+    from sizeaware.store import swift
+    factory = driver.DriverManager('glance_store.drivers',
+                                   'sizeaware_swift').driver
+    assert factory is swift.Store
+    assert factory.OPTIONS
