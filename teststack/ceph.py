@@ -1,12 +1,17 @@
-"""A throwaway one-node Ceph cluster with radosgw (S3) on 127.0.0.1.
+"""A throwaway one-node Ceph cluster with radosgw (S3) on 127.0.0.1, and
+RBD pools on the same cluster.
 
-Used by the functional tests and the benchmarks of Glance's S3 store::
+Used by the functional tests and the benchmarks of Glance's S3 and RBD
+stores::
 
     with RadosGW() as rgw:
         s3 = boto3.client('s3', endpoint_url=rgw.endpoint,
                           aws_access_key_id=rgw.access_key,
                           aws_secret_access_key=rgw.secret_key,
                           region_name='us-east-1')
+        pool = rgw.add_rbd_pool('images', user='glance')
+        # Glance: rbd_store_pool = pool.name, rbd_store_user = pool.user,
+        # rbd_store_ceph_conf = pool.conf_path
 
 Four daemons, each in the foreground as a process of the service:
 ``ceph-mon`` (``mon.a``), ``ceph-osd`` (``osd.0``, BlueStore on a sparse
@@ -18,8 +23,15 @@ sockets, pid files, crash dumps) is under the work directory and every
 command gets ``--conf`` explicitly, so clusters never collide with one
 another or with a system-wide ``/etc/ceph``.
 
+An RBD pool (:meth:`RadosGW.add_rbd_pool`) comes with a cephx client that
+may use only that pool, and a ``[client.<user>]`` section in the cluster's
+``ceph.conf`` with its keyring, ``debug_rbd = 5`` and a log file of its
+own: librbd then logs every operation the client makes, each resize
+included.
+
 Needs the Debian packages ``ceph-mon ceph-osd ceph-mgr radosgw ceph-common``
-(see ``bindep.txt``).
+(see ``bindep.txt``); a Python using RBD pools also needs ``python3-rados``
+and ``python3-rbd`` (see :func:`teststack.venvs.link_system_modules`).
 """
 
 import base64
@@ -68,6 +80,30 @@ def _keyring(path, name, key, caps=None):
         path.write_text(text)
         path.chmod(0o600)
     return text
+
+
+class RBDPool:
+    """An RBD pool and the cephx client allowed to use it; made by
+    :meth:`RadosGW.add_rbd_pool`.
+
+    :ivar name: the pool.
+    :ivar user: the client's id (``client.<user>``).
+    :ivar conf_path: the cluster's ``ceph.conf``, which has the client's
+        section.
+    :ivar log_path: where librbd logs what the client does, at level 5.
+    """
+
+    def __init__(self, cluster, name, user, log_path):
+        self.cluster = cluster
+        self.name = name
+        self.user = user
+        self.conf_path = cluster.conf_path
+        self.log_path = log_path
+
+    def images(self) -> list:
+        """The names of the images in the pool (``rbd ls``, as admin)."""
+        return json.loads(self.cluster.rbd('ls', '--pool', self.name,
+                                           '--format', 'json'))
 
 
 class RadosGW(process.Service):
@@ -124,6 +160,38 @@ class RadosGW(process.Service):
                          'client.admin', '--connect-timeout', str(timeout),
                          '--format', 'json', *args], timeout)
         return json.loads(out) if out.strip() else None
+
+    def rbd(self, *args, timeout=60) -> str:
+        """Run ``rbd <args>`` as admin; what it prints."""
+        return self._cli(['rbd', '--conf', self.conf_path, '--name',
+                          'client.admin', *args], timeout)
+
+    def add_rbd_pool(self, name='images', user='glance') -> RBDPool:
+        """Create the RBD pool ``name`` and the cephx client ``user`` that
+        may use it and nothing else (the caps the Ceph documentation gives
+        Glance); add the client's section to ``ceph.conf``, with librbd
+        logging at level 5 to a file of its own. Calling it again for the
+        same pool and user changes nothing."""
+        entity = 'client.%s' % user
+        self.ceph('osd', 'pool', 'create', name)
+        self.rbd('pool', 'init', name)
+        keyring = self.workdir / entity / 'keyring'
+        key = self.ceph('auth', 'get-or-create-key', entity,
+                        'mon', 'profile rbd',
+                        'osd', 'profile rbd pool=%s' % name)['key']
+        _keyring(keyring, entity, key)
+        log_path = self.workdir / 'log' / ('rbd-%s.log' % user)
+        section = '[%s]' % entity
+        conf = self.conf_path.read_text()
+        if section not in conf.splitlines():
+            self.conf_path.write_text(conf + '\n'.join([
+                section,
+                'keyring = %s' % keyring,
+                'log_file = %s' % log_path,
+                'debug_rbd = 5',
+                '',
+            ]))
+        return RBDPool(self, name, user, log_path)
 
     def radosgw_admin(self, *args, timeout=60):
         """Run ``radosgw-admin <args>``; the parsed JSON it prints, if any."""

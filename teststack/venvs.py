@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import os
 import pathlib
 import shutil
 import subprocess
@@ -42,6 +43,13 @@ GLANCE_RELEASES = {
     '29': ['glance==29.2.1', 'glance-store<4.9', 'oslo.db<18',
            'oslo.utils<9'] + _GLANCE_EXTRAS,
 }
+
+# Extension modules Debian builds for its /usr/bin/python3 only (packages
+# python3-rados and python3-rbd, see bindep.txt), linked into every Glance
+# venv: glance_store's rbd driver imports them. They are not on PyPI.
+SYSTEM_MODULES = ('rados', 'rbd')
+SYSTEM_SITE_PACKAGES = pathlib.Path('/usr/lib/python3/dist-packages')
+_SYSTEM_PTH = 'sizeaware-system-modules.pth'
 
 # Files of an editable checkout whose content decides what pip installs
 # (dependencies, entry points): a change to them rebuilds the venv.
@@ -198,16 +206,62 @@ def ensure_venv(name: str, requirements, *, editable=(),
     return venv
 
 
+def link_system_modules(venv, names=SYSTEM_MODULES,
+                        source=SYSTEM_SITE_PACKAGES) -> list:
+    """Make the extension modules ``names`` of ``source`` importable in
+    ``venv``, and nothing else of ``source``.
+
+    Each module built for the venv's Python version is linked into
+    ``<venv>/system-modules/``, which a ``.pth`` file puts on the venv's
+    path. Modules missing from ``source`` are left out (a Glance without
+    them only lacks its rbd store). Safe to call again and from several
+    processes at once.
+
+    :returns: the names linked.
+    """
+    venv = pathlib.Path(venv)
+    site = sorted(venv.glob('lib/python3.*/site-packages'))
+    if not site:
+        raise RuntimeError('%s has no site-packages' % venv)
+    # lib/python3.11/site-packages -> cpython-311
+    tag = 'cpython-%s' % site[-1].parent.name[len('python'):].replace('.', '')
+    target = venv / 'system-modules'
+    target.mkdir(exist_ok=True)
+    linked = []
+    for name in names:
+        found = sorted(pathlib.Path(source).glob('%s.%s-*.so' % (name, tag)))
+        if not found:
+            process.log('venv %s: no module %s for %s in %s' % (
+                venv.name, name, tag, source))
+            continue
+        link = target / found[0].name
+        if not (link.is_symlink() and link.resolve() == found[0].resolve()):
+            tmp = target / ('.%s.%d' % (found[0].name, os.getpid()))
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(found[0])
+            os.replace(tmp, link)
+        linked.append(name)
+    pth = site[-1] / _SYSTEM_PTH
+    if not pth.is_file() or pth.read_text() != '%s\n' % target:
+        tmp = target / ('.pth.%d' % os.getpid())
+        tmp.write_text('%s\n' % target)
+        os.replace(tmp, pth)
+    return linked
+
+
 def glance_venv(release: str) -> pathlib.Path:
     """The venv ``glance-<release>``: Glance, uwsgi, boto3 and this repo
-    installed editable."""
+    installed editable, and Debian's ``rados`` and ``rbd`` modules linked
+    in (see :func:`link_system_modules`)."""
     try:
         requirements = GLANCE_RELEASES[str(release)]
     except KeyError:
         raise ValueError('unknown Glance release %r (known: %s)'
                          % (release, ', '.join(GLANCE_RELEASES))) from None
-    return ensure_venv('glance-%s' % release, requirements,
+    venv = ensure_venv('glance-%s' % release, requirements,
                        editable=[paths.REPO])
+    link_system_modules(venv)
+    return venv
 
 
 def _test_requirements():

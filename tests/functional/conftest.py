@@ -118,10 +118,18 @@ def api(glance):
 
 @pytest.fixture(scope='session')
 def radosgw():
-    """A one-node Ceph cluster with radosgw: a real S3 on 127.0.0.1."""
+    """A one-node Ceph cluster with radosgw: a real S3 on 127.0.0.1, and
+    the run's only Ceph cluster (see ``ceph_rbd``)."""
     from teststack import ceph
     with ceph.RadosGW() as server:
         yield server
+
+
+@pytest.fixture(scope='session')
+def ceph_rbd(radosgw):
+    """RBD pool ``images`` and its cephx client ``glance``, on the cluster
+    of ``radosgw`` (see ``teststack.ceph.RBDPool``)."""
+    return radosgw.add_rbd_pool('images', user='glance')
 
 
 @pytest.fixture(scope='session')
