@@ -6,7 +6,7 @@
     and a filesystem store, under uwsgi with 2 processes of 4 threads as
     deployments run it; stays up until SIGINT/SIGTERM.
 
-``python -m teststack venvs [tests|keystone|tempest|33|30|29 ...]``
+``python -m teststack venvs [tests|keystone|swift|tempest|33|30|29 ...]``
     Build (or check) the virtualenvs, side by side; print their paths in
     the order asked.
 
@@ -33,11 +33,12 @@ from teststack import keystone
 from teststack import paths
 from teststack import postgres
 from teststack import process
+from teststack import swift
 from teststack import tempest
 from teststack import venvs
 
 VENVS = {'tests': venvs.tests_venv, 'keystone': keystone.keystone_venv,
-         'tempest': tempest.tempest_venv}
+         'swift': swift.swift_venv, 'tempest': tempest.tempest_venv}
 
 
 class _Stop(Exception):

@@ -22,8 +22,9 @@ venv) creates:
   (``user1``, ``user2``) holding ``member`` (and so ``reader``) on it, for
   cross-project tests.
 
-:meth:`Keystone.register_glance` creates (or moves) the ``image`` service's
-public/internal/admin endpoints.
+:meth:`Keystone.register_service` creates (or moves) a service's
+public/internal/admin endpoints (:meth:`Keystone.register_glance` those of
+``image``).
 """
 
 import grp
@@ -144,32 +145,43 @@ class Keystone(process.Service):
     def register_glance(self, glance_url):
         """Create (or move) the ``image`` service's endpoints to
         ``glance_url``."""
-        self._setup(glance_url=glance_url.rstrip('/'))
+        self.register_service('image', 'glance', glance_url.rstrip('/'))
+
+    def register_service(self, service_type, name, url):
+        """Create the service ``service_type`` (named ``name``) unless it
+        exists, and its public, internal and admin endpoints at ``url``
+        (moved there if they exist)."""
+        self._setup(service={'type': service_type, 'name': name, 'url': url})
 
     def glance_conf(self) -> dict:
         """glance-api.conf sections for flavor ``keystone`` against this
         Keystone (merge into Glance's ``extra_conf``)."""
         return {
-            'keystone_authtoken': {
-                'www_authenticate_uri': self.auth_url,
-                'auth_url': self.auth_url,
-                'auth_type': 'password',
-                'username': GLANCE_USER,
-                'password': self.users[GLANCE_USER]['password'],
-                'project_name': SERVICE_PROJECT,
-                'user_domain_name': DOMAIN,
-                'project_domain_name': DOMAIN,
-                'region_name': REGION,
-                'interface': 'public',
-                'service_token_roles_required': True,
-                'service_token_roles': 'service',
-                # No memcached: keystonemiddleware caches in process.
-                'memcached_servers': None,
-            },
+            'keystone_authtoken': self.authtoken_conf(),
             'oslo_policy': {
                 'enforce_new_defaults': True,
                 'enforce_scope': True,
             },
+        }
+
+    def authtoken_conf(self) -> dict:
+        """keystonemiddleware's ``authtoken`` options for a service of this
+        Keystone, validating tokens as the ``glance`` service user."""
+        return {
+            'www_authenticate_uri': self.auth_url,
+            'auth_url': self.auth_url,
+            'auth_type': 'password',
+            'username': GLANCE_USER,
+            'password': self.users[GLANCE_USER]['password'],
+            'project_name': SERVICE_PROJECT,
+            'user_domain_name': DOMAIN,
+            'project_domain_name': DOMAIN,
+            'region_name': REGION,
+            'interface': 'public',
+            'service_token_roles_required': True,
+            'service_token_roles': 'service',
+            # No memcached: keystonemiddleware caches in process.
+            'memcached_servers': None,
         }
 
     def token(self, user) -> str:
@@ -215,11 +227,11 @@ class Keystone(process.Service):
         (self.workdir / 'uwsgi.ini').write_text(
             config.render_ini({'uwsgi': options}))
 
-    def _setup(self, users=None, glance_url=None):
+    def _setup(self, users=None, service=None):
         """Run ``scripts/keystone_setup.py`` in the Keystone venv."""
         cfg = {'auth_url': self.auth_url, 'region': REGION,
                'admin': dict(self.users[ADMIN], username=ADMIN),
-               'users': users, 'glance_url': glance_url}
+               'users': users, 'service': service}
         env = {k: v for k, v in os.environ.items()
                if not k.startswith('OS_')}
         proc = subprocess.run(

@@ -34,9 +34,9 @@ from teststack import process
 MARKER = '.sizeaware-venv.json'
 
 # pip requirement lines per Glance release. Every release also gets
-# _GLANCE_EXTRAS: uwsgi serves Glance, boto3 lets the S3 store be used,
-# psycopg2 lets its database be PostgreSQL.
-_GLANCE_EXTRAS = ['uwsgi', 'boto3', 'psycopg2-binary']
+# _GLANCE_EXTRAS: uwsgi serves Glance, boto3 and python-swiftclient let the
+# S3 and Swift stores be used, psycopg2 lets its database be PostgreSQL.
+_GLANCE_EXTRAS = ['uwsgi', 'boto3', 'python-swiftclient', 'psycopg2-binary']
 GLANCE_RELEASES = {
     '33': ['glance==33.0.0'] + _GLANCE_EXTRAS,
     '30': ['glance==30.2.0', 'glance-store<5', 'oslo.db<18'] + _GLANCE_EXTRAS,

@@ -1,11 +1,11 @@
-"""Create the stack's Keystone users, projects and image endpoints.
+"""Create the stack's Keystone users, projects and service endpoints.
 
 Run by :mod:`teststack.keystone` with the Keystone venv's interpreter (it
 needs openstacksdk), by path; the settings come as JSON on stdin::
 
     {"auth_url": ..., "region": ..., "admin": {"username", "password",
      "project_name"}, "users": {name: {"password", "project_name",
-     "roles"}}, "glance_url": ... or null}
+     "roles"}}, "service": {"type", "name", "url"} or null}
 
 Keystone answers each request in ~0.2 s: projects, users and roles are
 listed by name (one request) rather than found (a GET by id first), and
@@ -50,15 +50,18 @@ def main():
                 roles[role] = (next(iter(ident.roles(name=role)), None)
                                or ident.create_role(name=role))
             ident.assign_project_role_to_user(project, user, roles[role])
-    if cfg.get('glance_url'):
-        register_image_service(ident, cfg['glance_url'], cfg['region'])
+    spec = cfg.get('service')
+    if spec:
+        register_service(ident, spec['type'], spec['name'], spec['url'],
+                         cfg['region'])
 
 
-def register_image_service(ident, url, region):
-    """Create the image service's endpoints, or move them to ``url``."""
-    service = next((s for s in ident.services() if s.type == 'image'), None)
+def register_service(ident, service_type, name, url, region):
+    """Create a service and its endpoints, or move them to ``url``."""
+    service = next((s for s in ident.services() if s.type == service_type),
+                   None)
     if service is None:
-        service = ident.create_service(name='glance', type='image')
+        service = ident.create_service(name=name, type=service_type)
     existing = {e.interface: e
                 for e in ident.endpoints(service_id=service.id)}
     for interface in ('public', 'internal', 'admin'):
