@@ -139,3 +139,12 @@ def s3(radosgw):
                         aws_access_key_id=radosgw.access_key,
                         aws_secret_access_key=radosgw.secret_key,
                         region_name='us-east-1')
+
+
+@pytest.fixture(scope='session')
+def swift(keystone):
+    """A one-node Swift behind the run's Keystone (``object-store`` in its
+    catalog)."""
+    from teststack import swift as swift_stack
+    with swift_stack.Swift(keystone) as server:
+        yield server
