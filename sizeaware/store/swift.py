@@ -32,6 +32,7 @@ Enable it by giving the backend the type ``sizeaware_swift`` instead of
 
 import functools
 
+from glance_store import exceptions
 from glance_store._drivers.swift import store as swift_store
 
 # glance_store finds a driver's location class by name, in the driver's own
@@ -47,15 +48,32 @@ _LENGTH_ATTR = 'sizeaware_length'
 
 
 class _CountedImage:
-    """The image as the store reads it, counting what has been read."""
+    """The image as the store reads it, counting what has been read.
+
+    Held to its size: once segments announce their true length, an image
+    longer than its size would lose its tail quietly (swiftclient stops at
+    the length, and glance_store's own check never sees the rest), and one
+    shorter would leave Swift waiting for the rest of the last segment. Both
+    are refused as glance_store refuses a mismatch, with ``Invalid``, on
+    which it removes the segments already written.
+    """
 
     def __init__(self, image_file, size):
         self._file = image_file
+        self.size = size
         self.remaining = size
 
     def read(self, size=-1):
         data = self._file.read(size)
         self.remaining -= len(data)
+        if self.remaining < 0:
+            raise exceptions.Invalid(
+                message='Size exceeds: expected %d bytes, got more'
+                % self.size)
+        if not data and size != 0 and self.remaining:
+            raise exceptions.Invalid(
+                message='Size mismatch: expected %d bytes, got %d bytes'
+                % (self.size, self.size - self.remaining))
         return data
 
 

@@ -11,6 +11,7 @@ import hashlib
 import inspect
 import io
 
+from glance_store import exceptions
 from glance_store._drivers.swift import buffered
 from glance_store._drivers.swift import store as swift_store
 import pytest
@@ -35,10 +36,11 @@ class RecordingConnection:
         return {'name': obj}
 
 
-def _segments(reader_class, image_size):
+def _segments(reader_class, image_size, body=None):
     """Segments written the way glance_store 5.x writes them: every one
     announced with the full segment size."""
-    image = swift._CountedImage(io.BytesIO(IMAGE[:image_size]), image_size)
+    body = IMAGE[:image_size] if body is None else body
+    image = swift._CountedImage(io.BytesIO(body), image_size)
     connection = swift._SegmentConnection(RecordingConnection())
     while True:
         reader = swift._sized_reader(
@@ -92,3 +94,13 @@ def test_driver_classes_keep_the_stock_locations_and_claim_their_name():
     assert swift.Store.OPTIONS == swift_store.Store.OPTIONS
     for ours, stock in swift._OURS.items():
         assert issubclass(stock, ours)
+
+
+@pytest.mark.parametrize('delta, words', [(-1, 'Size exceeds'),
+                                          (+1, 'Size mismatch')])
+def test_an_image_not_of_its_size_is_invalid_not_cut(delta, words):
+    """Without the size filter in front, a body longer than its declared
+    size must not lose its tail to the shortened announcement, and a
+    shorter one must fail at once rather than leave Swift waiting."""
+    with pytest.raises(exceptions.Invalid, match=words):
+        _segments(swift_store.ChunkReader, len(IMAGE) + delta, body=IMAGE)
