@@ -17,23 +17,29 @@ from tests.unit import fakes
 DATA = os.urandom(200_000) + b'\nline two\nthree'
 
 
-def _drain(reader, how):
+def _drain(reader, how, delivered=None):
+    """Read ``reader`` to its end the ``how`` way and return the bytes;
+    each piece also goes into ``delivered`` as it comes, so a test sees
+    what arrived before an error."""
+    delivered = bytearray() if delivered is None else delivered
+    for piece in _pieces(reader, how):
+        delivered += piece
+    return bytes(delivered)
+
+
+def _pieces(reader, how):
     if how == 'line':
-        return b''.join(iter(reader.readline, b''))
-    if how == 'iter':
-        return b''.join(reader)
-    if how == 'all':
-        return b''.join(iter(reader.read, b''))
-    if how == 'into':
-        out = bytearray()
+        yield from iter(reader.readline, b'')
+    elif how == 'iter':
+        yield from reader
+    elif how == 'all':
+        yield from iter(reader.read, b'')
+    elif how == 'into':
         buffer = bytearray(4099)
         while count := reader.readinto(buffer):
-            out += buffer[:count]
-        return bytes(out)
-    out = []
-    while piece := reader.read(how):
-        out.append(piece)
-    return b''.join(out)
+            yield bytes(buffer[:count])
+    else:
+        yield from iter(lambda: reader.read(how), b'')
 
 
 HOWS = [1, 7, 65536, 'line', 'iter', 'all', 'into']
@@ -77,6 +83,21 @@ def test_one_byte_short_raises(make, how):
     assert info.value.received == len(DATA) - 1
     assert 'declared %d bytes, received %d bytes' % (
         len(DATA), len(DATA) - 1) in str(info.value)
+
+
+@pytest.mark.parametrize('how', HOWS)
+@pytest.mark.parametrize('make', READERS)
+def test_one_byte_long_raises_before_the_last_byte_goes_out(make, how):
+    expected = len(DATA) - 1
+    reader = make(DATA, expected)
+    delivered = bytearray()
+    with pytest.raises(exceptions.BodyTooLong) as info:
+        _drain(reader, how, delivered)
+    assert bytes(delivered) == DATA[:len(delivered)]
+    assert len(delivered) < expected
+    assert reader.received == len(delivered)
+    assert reader.error is info.value
+    assert 'more than %d' % expected in str(info.value)
 
 
 def test_length_framed_source_ending_early_is_a_disconnect():
