@@ -111,6 +111,51 @@ class ClientTimeout(BodySizeMismatch):
             % (received, _of(declared), reason))
 
 
+class RangeNotSatisfiable(SizeawareError):
+    """A ``Content-Range`` whose range lies outside its own total size.
+
+    :param size: the total size, for the ``Content-Range: bytes */N`` that
+        RFC 9110 section 15.5.17 asks the answer to carry.
+    """
+
+    def __init__(self, message, size):
+        super().__init__(message)
+        self.size = size
+
+
+class UploadConflict(SizeawareError):
+    """The request contradicts the transfer session's state: bytes that
+    differ from those already held, another request writing the same
+    bytes, another total size, a session already finalizing or failed, an
+    image no longer ``queued``."""
+
+
+class SessionNotFound(SizeawareError):
+    """No transfer session, or one the caller does not own: the two are
+    answered alike, so a session's existence leaks to nobody."""
+
+
+class ImageNotFound(SizeawareError):
+    """The image does not exist or is not visible to the caller."""
+
+
+class TooManySessions(SizeawareError):
+    """The project already has as many sessions as it may have."""
+
+
+class SpoolFull(SizeawareError):
+    """The spool cannot reserve room for another session's image."""
+
+
+class SpoolUnavailable(SizeawareError):
+    """The spool directory cannot be used (missing, not writable)."""
+
+
+class ImageRefused(SizeawareError):
+    """The assembled image failed a check at finalize: its checksum, its
+    disk format, or a safety check of that format (a qcow2 backing file)."""
+
+
 def _of(declared):
     return 'an unknown number of' if declared is None else '%d' % declared
 
@@ -123,8 +168,23 @@ class HTTPClientDisconnect(webob.exc.HTTPClientError):
     explanation = 'The client went away before the request was complete.'
 
 
+class HTTPInsufficientStorage(webob.exc.HTTPServerError):
+    """507 (RFC 4918 section 11.5): the spool has no room for the upload."""
+
+    code = 507
+    title = 'Insufficient Storage'
+    explanation = 'There is not enough room to hold the upload.'
+
+
 _HTTP_ERRORS = (
     (ImageTooLarge, webob.exc.HTTPRequestEntityTooLarge),
+    (RangeNotSatisfiable, webob.exc.HTTPRequestRangeNotSatisfiable),
+    (UploadConflict, webob.exc.HTTPConflict),
+    (SessionNotFound, webob.exc.HTTPNotFound),
+    (ImageNotFound, webob.exc.HTTPNotFound),
+    (TooManySessions, webob.exc.HTTPTooManyRequests),
+    (SpoolFull, HTTPInsufficientStorage),
+    (SpoolUnavailable, webob.exc.HTTPServiceUnavailable),
     (SizeRequired, webob.exc.HTTPLengthRequired),
     (UnsupportedTransferCoding, webob.exc.HTTPNotImplemented),
     (ClientTimeout, webob.exc.HTTPRequestTimeout),
@@ -138,6 +198,9 @@ def http_error(error):
     for error_class, http_class in _HTTP_ERRORS:
         if isinstance(error, error_class):
             # The error's text alone, whatever the class's own template.
-            return http_class(explanation=str(error),
-                              body_template='${explanation}')
+            response = http_class(explanation=str(error),
+                                  body_template='${explanation}')
+            if isinstance(error, RangeNotSatisfiable):
+                response.headers['Content-Range'] = 'bytes */%d' % error.size
+            return response
     raise TypeError('not a sizeaware error: %r' % (error,))

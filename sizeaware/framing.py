@@ -25,24 +25,28 @@ from sizeaware import exceptions
 from sizeaware import stream
 
 
-def open_body(environ, declared, chunked):
+def open_body(environ, declared, chunked, stream_class=stream.BodyStream):
     """A :class:`~sizeaware.stream.BodyStream` over this request's body.
 
     :param declared: the size the body must have.
     :param chunked: whether the body uses chunked transfer coding.
+    :param stream_class: called as ``stream_class(pull, declared,
+        delimited=...)``: a subclass of the stream base (or a partial of
+        one) whose hook does something with each piece, such as writing it
+        to a spool.
     :raises sizeaware.exceptions.UnsupportedFraming: for a chunked body on a
         server that offers no way to read it to its end.
     """
     if not chunked:
-        return stream.BodyStream(environ['wsgi.input'].read, declared,
-                                 delimited=True)
+        return stream_class(environ['wsgi.input'].read, declared,
+                            delimited=True)
     pull = (_uwsgi_chunks(environ) or _eventlet_chunks(environ) or
             _terminated_input(environ))
     if pull is None:
         raise exceptions.UnsupportedFraming(
             'This server cannot read a chunked image upload to its end; '
             'send the image with a Content-Length.')
-    return stream.BodyStream(pull, declared, delimited=False)
+    return stream_class(pull, declared, delimited=False)
 
 
 def _uwsgi_chunks(environ):

@@ -92,3 +92,60 @@ def is_chunked(environ):
 
 def has_content_range(environ):
     return 'HTTP_CONTENT_RANGE' in environ
+
+
+#: ``bytes a-b/N`` (RFC 9110 section 14.4), each number a byte count of the
+#: grammar above; the unit is case-insensitive, as range units are. The
+#: unsatisfied form ``bytes */N`` and an unknown total ``/*`` say nothing a
+#: write can use and are malformed here.
+_CONTENT_RANGE = re.compile(
+    r'[ \t]*[Bb][Yy][Tt][Ee][Ss] ([0-9]{1,20})-([0-9]{1,20})/([0-9]{1,20})'
+    r'[ \t]*')
+
+
+def content_range(environ):
+    """``(first, last, total)`` of the request's ``Content-Range``, or None
+    when it has none. ``last`` is inclusive, as in the header.
+
+    :raises sizeaware.exceptions.MalformedHeader: for a value outside the
+        grammar.
+    :raises sizeaware.exceptions.RangeNotSatisfiable: for a range that is
+        backwards or ends at or past its total.
+    """
+    value = environ.get('HTTP_CONTENT_RANGE')
+    if value is None:
+        return None
+    match = _CONTENT_RANGE.fullmatch(value)
+    if match is None:
+        raise exceptions.MalformedHeader(
+            'Invalid Content-Range header %s: expected "bytes '
+            'first-last/size" with ASCII digits only.' % quote(value))
+    first, last, total = (int(g) for g in match.groups())
+    if first > last:
+        raise exceptions.RangeNotSatisfiable(
+            'Content-Range %s is backwards: its first byte comes after its '
+            'last.' % quote(value), total)
+    if last >= total:
+        raise exceptions.RangeNotSatisfiable(
+            'Content-Range %s ends past the image: its last byte must be '
+            'below the size %d.' % (quote(value), total), total)
+    return first, last, total
+
+
+#: A whole-image sha256 a client may declare when a transfer session is
+#: created, checked at finalize.
+IMAGE_SHA256_HEADER = 'X-Image-Sha256'
+_SHA256 = re.compile(r'[ \t]*([0-9a-fA-F]{64})[ \t]*')
+
+
+def image_sha256(environ):
+    """The declared sha256 as 64 lower-case hex digits, or None."""
+    value = environ.get('HTTP_X_IMAGE_SHA256')
+    if value is None:
+        return None
+    match = _SHA256.fullmatch(value)
+    if match is None:
+        raise exceptions.MalformedHeader(
+            'Invalid %s header %s: expected 64 hexadecimal digits.'
+            % (IMAGE_SHA256_HEADER, quote(value)))
+    return match.group(1).lower()

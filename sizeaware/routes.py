@@ -12,6 +12,22 @@ _UPLOAD_PATH = re.compile(
     r'/v2(?:\.[0-9]+)?/images/(?P<image_id>[^/]+)/(?P<target>file|stage)/?')
 
 
+#: The status document of a transfer session (``GET``) and its
+#: cancellation (``DELETE``): ``session`` under the upload's own URL.
+_SESSION_PATH = re.compile(
+    r'/v2(?:\.[0-9]+)?/images/(?P<image_id>[^/]+)/(?P<target>file|stage)'
+    r'/session/?')
+
+
+def session_target(environ):
+    """``(image_id, 'file' or 'stage')`` for a request to a transfer
+    session's own URL (any method), else None."""
+    match = _SESSION_PATH.fullmatch(environ.get('PATH_INFO', ''))
+    if match is None:
+        return None
+    return match.group('image_id'), match.group('target')
+
+
 def upload_target(environ):
     """``(image_id, 'file' or 'stage')`` for an image data upload, else
     None."""

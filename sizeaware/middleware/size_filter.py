@@ -48,7 +48,6 @@ Option                    Default       Meaning
 ========================  ============  ====================================
 """
 
-from oslo_context import context as oslo_context
 from oslo_log import log as logging
 from oslo_middleware import base
 import webob
@@ -57,13 +56,13 @@ from sizeaware import exceptions
 from sizeaware import framing
 from sizeaware import headers
 from sizeaware import opts
+from sizeaware import refusals
 from sizeaware import routes
 
 LOG = logging.getLogger(__name__)
 
 #: Where the declared size is published for middleware further down.
 EXPECTED_SIZE_KEY = 'sizeaware.expected_size'
-_REQUEST_ID_HEADER = 'x-openstack-request-id'
 
 
 class SizeFilter(base.ConfigurableMiddleware):
@@ -94,7 +93,7 @@ class SizeFilter(base.ConfigurableMiddleware):
         image_id = target[0]
         # Whether a context before this filter named the request; if not,
         # a refusal must carry its id itself.
-        named = _request_id(environ) is not None
+        named = refusals.request_id(environ) is not None
         try:
             reader = self._admit(environ)
         except exceptions.SizeawareError as error:
@@ -177,8 +176,8 @@ class SizeFilter(base.ConfigurableMiddleware):
                     LOG.error('Image upload failed for another reason after '
                               'its body was refused: request_id=%s '
                               'image_id=%s error=%r',
-                              _request_id(environ), headers.quote(image_id),
-                              exc)
+                              refusals.request_id(environ),
+                              headers.quote(image_id), exc)
                 raise
             return self._reject(environ, image_id, reader.error, named)(
                 environ, start_response)
@@ -204,26 +203,11 @@ class SizeFilter(base.ConfigurableMiddleware):
                 declared = headers.quote(declared)
         # Refusals decided by the headers alone read no byte of the body.
         received = getattr(error, 'received', 0)
-        response = exceptions.http_error(error)
-        request_id = _request_id(environ)
-        if not named:
-            # The filter sits before Glance's context, whose answer (if it
-            # named the request at all) this refusal replaces: the filter
-            # names the answer.
-            request_id = request_id or oslo_context.generate_request_id()
-            response.headers[_REQUEST_ID_HEADER] = request_id
-        LOG.info('Refused image upload: request_id=%(request_id)s '
-                 'image_id=%(image_id)s declared=%(declared)s '
-                 'received=%(received)s status=%(status)d%(app)s '
-                 'reason=%(reason)s',
-                 {'request_id': request_id,
-                  'image_id': headers.quote(image_id),
-                  'declared': declared, 'received': received,
-                  'status': response.status_int,
-                  'app': '' if app_status is None
-                  else ' app_status=%d' % app_status,
-                  'reason': headers.quote(str(error), limit=None)})
-        return response
+        return refusals.refuse(
+            LOG, environ, error, named=named, what='image upload',
+            fields=[('image_id', headers.quote(image_id)),
+                    ('declared', declared), ('received', received)],
+            after=[] if app_status is None else [('app_status', app_status)])
 
 
 def _unframed_length(environ):
@@ -249,16 +233,3 @@ def _caused_by(exc, error):
         seen.add(id(exc))
         exc = exc.__cause__
     return False
-
-
-def _request_id(environ):
-    """The request id that the pipeline before this filter assigned.
-
-    Taken from this request's environ only, never from a thread-local
-    context, which under a threaded server may be another request's.
-    """
-    request_id = environ.get('openstack.request_id')
-    if request_id:
-        return request_id
-    context = environ.get('webob.adhoc_attrs', {}).get('context')
-    return getattr(context, 'request_id', None)

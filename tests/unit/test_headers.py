@@ -83,3 +83,51 @@ def test_empty_content_length_means_absent():
     assert headers.content_length({'CONTENT_LENGTH': '12'}) == 12
     with pytest.raises(exceptions.MalformedHeader):
         headers.content_length({'CONTENT_LENGTH': '1_2'})
+
+
+@pytest.mark.parametrize('value, expected', [
+    ('bytes 0-0/1', (0, 0, 1)),
+    ('bytes 5-9/10', (5, 9, 10)),
+    (' BYTES 0-4/5\t', (0, 4, 5)),
+    ('bytes 00-04/005', (0, 4, 5)),
+])
+def test_content_range(value, expected):
+    assert headers.content_range({'HTTP_CONTENT_RANGE': value}) == expected
+
+
+@pytest.mark.parametrize('value', [
+    '', 'bytes', 'bytes */10', 'bytes 0-4/*', 'bytes 0-4', 'bytes=0-4/5',
+    'bytes  0-4/5', 'bytes +0-4/5', 'bytes 0-4/5_0', 'bytes 0-4/5, 0-4/5',
+    'items 0-4/5', 'bytes 0x0-4/5', 'bytes 0-%s/5' % ('9' * 21),
+    'bytes \u0661-4/5',
+])
+def test_malformed_content_range_is_400(value):
+    with pytest.raises(exceptions.MalformedHeader) as info:
+        headers.content_range({'HTTP_CONTENT_RANGE': value})
+    assert 'Content-Range' in str(info.value)
+    assert exceptions.http_error(info.value).status_int == 400
+
+
+@pytest.mark.parametrize('value', ['bytes 5-4/10', 'bytes 0-10/10',
+                                   'bytes 10-10/10', 'bytes 0-0/0'])
+def test_unsatisfiable_content_range_is_416_with_the_size(value):
+    with pytest.raises(exceptions.RangeNotSatisfiable) as info:
+        headers.content_range({'HTTP_CONTENT_RANGE': value})
+    response = exceptions.http_error(info.value)
+    assert response.status_int == 416
+    assert response.headers['Content-Range'] == 'bytes */%s' % (
+        value.rsplit('/', 1)[1])
+
+
+def test_no_content_range():
+    assert headers.content_range({}) is None
+
+
+def test_image_sha256():
+    digest = 'AB' * 32
+    assert headers.image_sha256({'HTTP_X_IMAGE_SHA256': digest}) == (
+        digest.lower())
+    assert headers.image_sha256({}) is None
+    for bad in ('ab' * 31, 'zz' * 32, '', 'sha256:' + 'ab' * 32):
+        with pytest.raises(exceptions.MalformedHeader):
+            headers.image_sha256({'HTTP_X_IMAGE_SHA256': bad})
