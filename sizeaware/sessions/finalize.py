@@ -1,0 +1,57 @@
+"""Turning a complete session into an image: the same for every protocol.
+
+Runs in the request that completed the data, so its client gets the
+verdict: the image is asked for again with that request's credentials (a
+session can outlive the token that created it) and must still be
+``queued``; the assembled image is checked (:mod:`verify`); then the spool
+goes into Glance as one ordinary upload with its size declared, through
+the size filter, read through the stream base. Any failure leaves the
+image ``queued`` with nothing stored, and the session ``failed`` with the
+reason; success removes the spool.
+"""
+
+from oslo_utils import excutils
+
+from sizeaware import exceptions
+from sizeaware.sessions import downstream
+from sizeaware.sessions import record as records
+from sizeaware.sessions import verify
+
+
+def finalize(app, environ, session, path):
+    """Hand the session's image to Glance at ``path`` (the upload URL).
+
+    :returns: Glance's answer to the upload, a webob response.
+    :raises sizeaware.exceptions.SizeawareError: a check failed.
+    :raises downstream.GlanceAnswer: Glance refused to show the image.
+    """
+    rec = session.record
+    try:
+        image = downstream.get_image(app, environ, rec.image_id)
+        if image.get('status') != 'queued':
+            raise exceptions.UploadConflict(
+                'The image is %s, no longer queued: the upload cannot be '
+                'finished.' % image.get('status'))
+        verify.check(session, image.get('disk_format'))
+    except exceptions.SizeawareError as error:
+        session.fail(str(error))
+        raise
+    except downstream.GlanceAnswer as answer:
+        session.fail('Glance answered %s when asked for the image.'
+                     % answer.response.status)
+        raise
+    reader = session.reader()
+    try:
+        response = downstream.put_image(app, environ, path, reader, rec.size)
+    except Exception as exc:
+        with excutils.save_and_reraise_exception():
+            session.fail('Glance failed to store the image: %r' % (exc,))
+    finally:
+        reader.close()
+    if response.status_int < 300 and reader.received == rec.size:
+        session.set_phase(records.FINISHED)
+        session.remove()
+    else:
+        session.fail('Glance answered %s: %s' % (
+            response.status, response.text[:300].strip()))
+    return response

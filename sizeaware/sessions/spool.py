@@ -1,0 +1,527 @@
+"""The spool: one directory per transfer session, written at offsets.
+
+Layout of ``<spool_dir>/<image_id>.<target>/``:
+
+``record.json``
+    the :class:`~sizeaware.sessions.record.Record`;
+``data``
+    the image's bytes, each written at its own offset (``os.pwrite``), so
+    ranges arrive in any order and in parallel;
+``ranges.json``
+    the ranges held, rewritten atomically only after the bytes it adds were
+    synced (``fsync`` of ``data``, then of this file, then of the record),
+    so it never claims a byte that is not on disk; a crash at any moment
+    loses at most bytes not yet claimed, never claims lost ones;
+``lock``
+    the session's locks (:mod:`~sizeaware.sessions.locks`): byte 0 guards
+    the record and the ranges file for the moment they are read or
+    rewritten; bytes ``1 + a`` to ``1 + b`` are held by the request writing
+    image bytes ``a`` to ``b``, so two requests never write the same bytes
+    at once, on any process sharing the directory.
+
+Writes go through the stream base: :class:`SpoolWriter` is a
+:class:`~sizeaware.stream.BodyStream` whose hook writes each piece at its
+offset, and :meth:`Session.reader` reads the spool back through the same
+base. A spool-wide ``.lock`` serialises creating sessions (so the limits
+hold across processes) and the reaper.
+"""
+
+import contextlib
+import functools
+import json
+import os
+import random
+import re
+import shutil
+import time
+import uuid
+
+from sizeaware import exceptions
+from sizeaware import stream
+from sizeaware.sessions import locks
+from sizeaware.sessions import ranges
+from sizeaware.sessions import record as records
+
+#: Image ids are UUIDs; anything else names no image (and no directory).
+_IMAGE_ID = re.compile(r'[A-Za-z0-9_-]{1,64}')
+#: A long write is made durable and claimed every this many bytes, so a
+#: killed worker loses at most this much of what it had received.
+CHECKPOINT_BYTES = 16 * 1024 * 1024
+#: The reaper sweeps at most once per this many seconds (all processes),
+#: examines at most this many entries and removes at most this many.
+REAP_INTERVAL = 60
+REAP_EXAMINE = 256
+REAP_REMOVE = 16
+_RECORD_LOCK = (0, 1)
+
+
+def _write_all(fd, data, offset):
+    with memoryview(data) as view:
+        while view:
+            written = os.pwrite(fd, view, offset)
+            view, offset = view[written:], offset + written
+
+
+class SpoolWriter(stream.BodyStream):
+    """The stream base, writing each piece of a request body into a
+    session's data file at its offset.
+
+    Bytes the session already holds are compared rather than trusted: a
+    piece that differs from them raises
+    :class:`~sizeaware.exceptions.UploadConflict` before it is written.
+    Every :data:`CHECKPOINT_BYTES` the bytes written so far are synced and
+    claimed through ``checkpoint(start, end)``.
+    """
+
+    def __init__(self, pull, expected=None, delimited=False, *, fd, start,
+                 held, checkpoint=None):
+        super().__init__(pull, expected, delimited)
+        self.fd = fd
+        self.start = start
+        self.held = held
+        self._checkpoint = checkpoint
+        self._claimed = 0
+
+    def chunk_update(self, data):
+        position = self.start + self.received
+        with memoryview(data) as view:
+            for first, end in ranges.overlaps(self.held, position,
+                                              position + len(view)):
+                have = os.pread(self.fd, end - first, first)
+                if have != view[first - position:end - position]:
+                    raise exceptions.UploadConflict(
+                        'Bytes %d-%d differ from the bytes already received '
+                        'for this image.' % (first, end - 1))
+            _write_all(self.fd, view, position)
+        written = self.received + len(data)
+        if (self._checkpoint is not None
+                and written - self._claimed >= CHECKPOINT_BYTES):
+            os.fsync(self.fd)
+            self._checkpoint(self.start + self._claimed, self.start + written)
+            self._claimed = written
+
+
+
+class Limits:
+    """What the spool may hold; see the options of the same names."""
+
+    def __init__(self, max_sessions_per_project=10,
+                 max_bytes=100 * 1024 ** 3, inactivity_timeout=86400,
+                 max_age=7 * 86400):
+        self.max_sessions_per_project = max_sessions_per_project
+        self.max_bytes = max_bytes
+        self.inactivity_timeout = inactivity_timeout
+        self.max_age = max_age
+
+    def expiry(self, created_at, now):
+        return min(now + self.inactivity_timeout, created_at + self.max_age)
+
+
+class Spool:
+    """The spool directory and the sessions in it.
+
+    :param directory: created (mode 0700) if missing.
+    :param clock: ``time.time`` in production; tests move time on.
+    """
+
+    def __init__(self, directory, limits=None, clock=time.time):
+        self.directory = os.path.abspath(directory)
+        self.limits = limits or Limits()
+        self.clock = clock
+
+    # -- sessions ---------------------------------------------------------
+
+    def session(self, image_id, target):
+        """The live session of this image and target, or None.
+
+        An expired session is removed on sight and reported as None.
+        """
+        path = self._path(image_id, target)
+        try:
+            session = Session(self, path)
+        except exceptions.SessionNotFound:
+            return None
+        if session.record.expires_at <= self.clock():
+            session.remove(only_if_idle=True)
+            session.close()
+            return None
+        return session
+
+    def create(self, image_id, target, owner, size, sha256=None):
+        """The session of this image and target, created if there is none
+        (two first requests racing get the same one).
+
+        :raises sizeaware.exceptions.TooManySessions:
+        :raises sizeaware.exceptions.SpoolFull:
+        """
+        path = self._path(image_id, target)
+        with self._spool_locked():
+            existing = self.session(image_id, target)
+            if existing is not None:
+                return existing
+            self._check_limits(owner[0], size)
+            now = self.clock()
+            rec = records.Record(
+                image_id=image_id, target=target, project_id=owner[0],
+                user_id=owner[1], size=size, created_at=now,
+                updated_at=now, expires_at=self.limits.expiry(now, now),
+                sha256=sha256)
+            tmp = os.path.join(self.directory, '.new.%s' % uuid.uuid4().hex)
+            os.mkdir(tmp, 0o700)
+            for name in ('data', 'lock'):
+                os.close(os.open(os.path.join(tmp, name),
+                                 os.O_WRONLY | os.O_CREAT, 0o600))
+            records.write_atomically(os.path.join(tmp, 'ranges.json'), '[]')
+            records.write_atomically(os.path.join(tmp, 'record.json'),
+                                     rec.to_json())
+            shutil.rmtree(path, ignore_errors=True)
+            os.rename(tmp, path)
+            records.fsync_dir(self.directory)
+        return Session(self, path)
+
+    def records(self, limit=None):
+        """``(path, record)`` of every session, unreadable ones skipped."""
+        try:
+            names = [n for n in os.listdir(self.directory)
+                     if not n.startswith('.')]
+        except FileNotFoundError:
+            return
+        if limit is not None and len(names) > limit:
+            start = random.randrange(len(names))
+            names = (names[start:] + names[:start])[:limit]
+        for name in names:
+            path = os.path.join(self.directory, name)
+            try:
+                with open(os.path.join(path, 'record.json')) as f:
+                    yield path, records.Record.from_json(f.read())
+            except (OSError, ValueError, TypeError):
+                continue
+
+    # -- the reaper ---------------------------------------------------------
+
+    def reap(self, force=False):
+        """Remove expired sessions and leftovers, at most once per
+        :data:`REAP_INTERVAL` across processes, and a bounded amount of
+        work each time, so any request can afford to trigger it.
+
+        :returns: how many sessions were removed.
+        """
+        stamp = os.path.join(self.directory, '.reaped')
+        now = self.clock()
+        try:
+            if not force and os.stat(stamp).st_mtime > now - REAP_INTERVAL:
+                return 0
+        except FileNotFoundError:
+            pass
+        try:
+            with open(stamp, 'a'):
+                pass
+            os.utime(stamp, (now, now))
+        except OSError:
+            return 0
+        removed = 0
+        for name in os.listdir(self.directory)[:REAP_EXAMINE]:
+            if name.startswith('.dead.') or (
+                    name.startswith('.new.') and os.stat(os.path.join(
+                        self.directory, name)).st_mtime < now - 3600):
+                shutil.rmtree(os.path.join(self.directory, name),
+                              ignore_errors=True)
+        for path, rec in self.records(limit=REAP_EXAMINE):
+            if removed >= REAP_REMOVE:
+                break
+            if rec.expires_at > now:
+                continue
+            try:
+                session = Session(self, path)
+            except exceptions.SessionNotFound:
+                continue
+            try:
+                removed += session.remove(only_if_idle=True)
+            finally:
+                session.close()
+        return removed
+
+    # -- internals ----------------------------------------------------------
+
+    def _path(self, image_id, target):
+        if not _IMAGE_ID.fullmatch(image_id) or target not in ('file',
+                                                                'stage'):
+            raise exceptions.ImageNotFound('No image with id %s.' % (
+                ascii(image_id[:64]),))
+        return os.path.join(self.directory, '%s.%s' % (image_id, target))
+
+    @contextlib.contextmanager
+    def _spool_locked(self):
+        try:
+            os.makedirs(self.directory, 0o700, exist_ok=True)
+            fd = os.open(os.path.join(self.directory, '.lock'),
+                         os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise exceptions.SpoolUnavailable(
+                'Resumable uploads are unavailable: the spool directory '
+                'cannot be used (%s).' % exc.strerror) from exc
+        try:
+            locks.acquire(fd, *_RECORD_LOCK)
+            yield
+        finally:
+            os.close(fd)
+
+    def _check_limits(self, project_id, size):
+        now = self.clock()
+        live = [rec for _, rec in self.records()
+                if rec.phase in records.LIVE_PHASES and rec.expires_at > now]
+        mine = sum(1 for rec in live if rec.project_id == project_id)
+        if mine >= self.limits.max_sessions_per_project:
+            raise exceptions.TooManySessions(
+                'This project already has %d resumable uploads in progress, '
+                'the most it may have; finish or cancel one first.' % mine)
+        reserved = sum(rec.size for rec in live)
+        if reserved + size > self.limits.max_bytes:
+            raise exceptions.SpoolFull(
+                'The upload spool cannot hold another %d bytes: %d of its '
+                '%d bytes are reserved by uploads in progress.'
+                % (size, reserved, self.limits.max_bytes))
+        stat = os.statvfs(self.directory)
+        if stat.f_bavail * stat.f_frsize < size:
+            raise exceptions.SpoolFull(
+                'The upload spool cannot hold another %d bytes: its disk '
+                'has %d bytes free.' % (size, stat.f_bavail * stat.f_frsize))
+
+
+class Session:
+    """One session on disk, opened for the length of one request.
+
+    :raises sizeaware.exceptions.SessionNotFound: when there is none.
+    """
+
+    def __init__(self, spool, path):
+        self.spool = spool
+        self.path = path
+        try:
+            self.lock_fd = os.open(os.path.join(path, 'lock'), os.O_RDWR)
+        except FileNotFoundError:
+            raise exceptions.SessionNotFound(
+                'No upload session for this image.') from None
+        try:
+            self.record = self._read_record()
+        except Exception:
+            self.close()
+            raise
+
+    def close(self):
+        """Release every lock this request holds."""
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
+
+    # -- reading ------------------------------------------------------------
+
+    def held(self):
+        """The ranges held, as claimed by the ranges file."""
+        with open(os.path.join(self.path, 'ranges.json')) as f:
+            return [tuple(r) for r in json.load(f)]
+
+    def writing(self):
+        """Whether another request is writing bytes of this session now."""
+        return locks.held_by_another(self.lock_fd, 1, self.record.size)
+
+    def status(self):
+        """The status document (see the resumable filter's docstring)."""
+        with self._locked():
+            rec = self.record = self._read_record()
+            held = self.held()
+        phase = rec.phase
+        if phase == records.TRANSFERRING and not self.writing():
+            phase = records.PAUSED
+        return {
+            'image_id': rec.image_id, 'target': rec.target,
+            'phase': phase, 'size': rec.size,
+            'bytes_held': ranges.total(held),
+            'ranges_held': [[s, e - 1] for s, e in held],
+            'created_at': _iso(rec.created_at),
+            'expires_at': _iso(rec.expires_at),
+            'error': rec.error, 'sha256': rec.sha256,
+        }
+
+    def reader(self, stream_class=stream.BodyStream):
+        """The whole image read back through the stream base.
+
+        :returns: a stream of :attr:`Record.size` bytes that owns its file.
+        """
+        fd = os.open(os.path.join(self.path, 'data'), os.O_RDONLY)
+        size = self.record.size
+        position = 0
+
+        def pull(hint):
+            nonlocal position
+            data = os.pread(fd, min(hint, size - position), position)
+            position += len(data)
+            return data
+
+        reader = stream_class(pull, size, delimited=True)
+        close = reader.close
+
+        def close_both():
+            close()
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        reader.close = close_both
+        return reader
+
+    # -- writing ------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def writer(self, first, last):
+        """Hold bytes ``first`` to ``last`` for this request and yield a
+        ``stream_class`` for :func:`sizeaware.framing.open_body` writing
+        them.
+
+        :raises sizeaware.exceptions.UploadConflict: while another request
+            writes any of these bytes.
+        """
+        if not locks.try_acquire(self.lock_fd, 1 + first, last - first + 1):
+            raise exceptions.UploadConflict(
+                'Another request is writing some of bytes %d-%d of this '
+                'image; retry once it has ended.' % (first, last))
+        fd = os.open(os.path.join(self.path, 'data'), os.O_RDWR)
+        try:
+            with self._locked():
+                held = self.held()
+            yield functools.partial(
+                SpoolWriter, fd=fd, start=first, held=held,
+                checkpoint=functools.partial(self.commit, final=False,
+                                             synced=True))
+        finally:
+            os.close(fd)
+            locks.release(self.lock_fd, 1 + first, last - first + 1)
+
+    def commit(self, start, end, final=True, synced=False):
+        """Claim bytes ``start`` to ``end`` (exclusive) as held, after
+        syncing them, and extend the session.
+
+        :param final: the request's last claim: a session that is then
+            complete moves to ``finalizing`` (once, whoever completes it).
+        :returns: ``(held, now_finalizing)``.
+        """
+        if not synced:
+            try:
+                fd = os.open(os.path.join(self.path, 'data'), os.O_RDWR)
+            except FileNotFoundError:
+                raise exceptions.SessionNotFound(
+                    'The upload session of this image has ended.') from None
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        with self._locked():
+            rec = self._read_record()
+            if rec.phase != records.TRANSFERRING:
+                raise _phase_conflict(rec)
+            held = ranges.add(self.held(), start, end)
+            records.write_atomically(os.path.join(self.path, 'ranges.json'),
+                                     json.dumps(held))
+            finalizing = final and ranges.is_complete(held, rec.size)
+            if finalizing:
+                rec.phase = records.FINALIZING
+            self._touch(rec)
+            return held, finalizing
+
+    def check_writable(self):
+        """:raises UploadConflict: unless bytes may be written now."""
+        if self.record.phase != records.TRANSFERRING:
+            raise _phase_conflict(self.record)
+
+    def touch(self):
+        """Extend the session, as every request does."""
+        with self._locked():
+            self._touch(self._read_record())
+
+    def set_phase(self, phase, error=None):
+        with self._locked():
+            rec = self._read_record()
+            rec.phase, rec.error = phase, error
+            self._touch(rec)
+
+    def fail(self, reason):
+        """Phase ``failed`` with ``reason``; the data is dropped, the record
+        stays (for the status document) until the session expires."""
+        self.set_phase(records.FAILED, reason)
+        with contextlib.suppress(FileNotFoundError):
+            os.truncate(os.path.join(self.path, 'data'), 0)
+
+    def remove(self, only_if_idle=False):
+        """Delete the session and its spool.
+
+        :param only_if_idle: leave it alone while a request writes to it.
+        :returns: 1 if removed, else 0.
+        """
+        locked = locks.try_acquire(self.lock_fd, *_RECORD_LOCK)
+        if not locked and only_if_idle:
+            return 0
+        if not locked:
+            locks.acquire(self.lock_fd, *_RECORD_LOCK)
+        try:
+            if only_if_idle and self.writing():
+                return 0
+            if not self._still_ours():
+                return 0
+            dead = os.path.join(self.spool.directory,
+                                '.dead.%s' % uuid.uuid4().hex)
+            os.rename(self.path, dead)
+            records.fsync_dir(self.spool.directory)
+        finally:
+            locks.release(self.lock_fd, *_RECORD_LOCK)
+        shutil.rmtree(dead, ignore_errors=True)
+        return 1
+
+    # -- internals ----------------------------------------------------------
+
+    def _read_record(self):
+        try:
+            with open(os.path.join(self.path, 'record.json')) as f:
+                return records.Record.from_json(f.read())
+        except FileNotFoundError:
+            raise exceptions.SessionNotFound(
+                'No upload session for this image.') from None
+
+    def _touch(self, rec):
+        now = self.spool.clock()
+        rec.updated_at = now
+        rec.expires_at = self.spool.limits.expiry(rec.created_at, now)
+        records.write_atomically(os.path.join(self.path, 'record.json'),
+                                 rec.to_json())
+        self.record = rec
+
+    def _still_ours(self):
+        """Whether the directory is still the one this request opened (not
+        removed, nor replaced by a new session)."""
+        try:
+            return os.stat(os.path.join(self.path, 'lock')).st_ino == (
+                os.fstat(self.lock_fd).st_ino)
+        except FileNotFoundError:
+            return False
+
+    @contextlib.contextmanager
+    def _locked(self):
+        locks.acquire(self.lock_fd, *_RECORD_LOCK)
+        try:
+            if not self._still_ours():
+                raise exceptions.SessionNotFound(
+                    'The upload session of this image has ended.')
+            yield
+        finally:
+            locks.release(self.lock_fd, *_RECORD_LOCK)
+
+
+def _phase_conflict(rec):
+    if rec.phase == records.FAILED:
+        return exceptions.UploadConflict(
+            'The upload session of this image failed (%s); DELETE it to '
+            'start again.' % rec.error)
+    return exceptions.UploadConflict(
+        'The upload session of this image is %s and takes no more bytes.'
+        % rec.phase)
+
+
+def _iso(timestamp):
+    return time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(timestamp))

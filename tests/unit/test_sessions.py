@@ -1,0 +1,238 @@
+"""Sessions on disk: ranges, locks, the spool's durability, limits, reaper."""
+
+import json
+import os
+
+from hypothesis import given
+from hypothesis import strategies as st
+import pytest
+
+from sizeaware import exceptions
+from sizeaware import framing
+from sizeaware.sessions import locks
+from sizeaware.sessions import ranges
+from sizeaware.sessions import record as records
+from sizeaware.sessions import spool as spools
+
+IMAGE = '6f1c2a77-0000-4000-8000-000000000001'
+OWNER = ('p1', 'u1')
+DATA = bytes(range(256)) * 64
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1_000_000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def spool(tmp_path, clock):
+    return spools.Spool(tmp_path / 'spool', spools.Limits(
+        max_sessions_per_project=2, max_bytes=10 * len(DATA),
+        inactivity_timeout=100, max_age=1000), clock=clock)
+
+
+def write(session, first, body, chunks=None, fail_with=None):
+    """Write ``body`` as bytes from ``first``, the way a request does."""
+    last = first + len(body) - 1
+    pieces = chunks or [body]
+
+    class Input:
+        def read(self, hint):
+            if not pieces:
+                if fail_with is not None:
+                    raise fail_with
+                return b''
+            piece = pieces.pop(0)
+            if len(piece) > hint:
+                pieces.insert(0, piece[hint:])
+            return piece[:hint]
+
+    environ = {'wsgi.input': Input(), 'CONTENT_LENGTH': str(len(body))}
+    with session.writer(first, last) as stream_class:
+        reader = framing.open_body(environ, len(body), False, stream_class)
+        try:
+            while reader.read(5):
+                pass
+        except (exceptions.ClientDisconnected, exceptions.ClientTimeout):
+            session.commit(first, first + reader.received, final=False)
+            raise
+        return session.commit(first, last + 1)
+
+
+@given(st.lists(st.tuples(st.integers(0, 100), st.integers(0, 100)),
+                max_size=12))
+def test_ranges_add_is_the_union(pairs):
+    held = []
+    expected = set()
+    for a, b in pairs:
+        start, end = min(a, b), max(a, b)
+        held = ranges.add(held, start, end)
+        expected |= set(range(start, end))
+    assert {i for s, e in held for i in range(s, e)} == expected
+    assert all(e < s2 for (_, e), (s2, _) in zip(held, held[1:]))
+    assert ranges.total(held) == len(expected)
+
+
+def test_range_header_value():
+    assert ranges.header_value([]) is None
+    assert ranges.header_value([(0, 100), (200, 300)]) == (
+        'bytes=0-99,200-299')
+
+
+def test_locks_exclude_other_open_files_in_the_same_process(tmp_path):
+    path = tmp_path / 'lock'
+    path.touch()
+    one, two = os.open(path, os.O_RDWR), os.open(path, os.O_RDWR)
+    try:
+        assert locks.try_acquire(one, 10, 5)
+        assert not locks.try_acquire(two, 14, 1)
+        assert locks.held_by_another(two, 0, 100)
+        assert not locks.held_by_another(one, 0, 100)
+        assert locks.try_acquire(two, 15, 5)
+        locks.release(one, 10, 5)
+        assert locks.try_acquire(two, 10, 5)
+    finally:
+        os.close(one)
+        os.close(two)
+
+
+def test_create_write_complete(spool):
+    session = spool.create(IMAGE, 'file', OWNER, len(DATA), None)
+    half = len(DATA) // 2
+    held, finalizing = write(session, half, DATA[half:])
+    assert held == [(half, len(DATA))] and not finalizing
+    held, finalizing = write(session, 0, DATA[:half + 10])
+    assert held == [(0, len(DATA))] and finalizing
+    assert session.record.phase == records.FINALIZING
+    reader = session.reader()
+    assert reader.read() == DATA
+    reader.close()
+    with pytest.raises(exceptions.UploadConflict):
+        session.check_writable()
+    session.close()
+
+
+def test_a_write_cut_mid_body_keeps_exactly_what_arrived(spool):
+    session = spool.create(IMAGE, 'file', OWNER, len(DATA), None)
+    pieces = [DATA[1000:1333], DATA[1333:2000]]
+    with pytest.raises(exceptions.ClientDisconnected):
+        write(session, 1000, DATA[1000:3000], chunks=pieces,
+              fail_with=ConnectionResetError(104, 'reset'))
+    session.close()
+    again = spool.session(IMAGE, 'file')
+    assert again.held() == [(1000, 2000)]
+    status = again.status()
+    assert status['bytes_held'] == 1000
+    assert status['ranges_held'] == [[1000, 1999]]
+    assert status['phase'] == 'paused'
+    with open(os.path.join(again.path, 'data'), 'rb') as f:
+        f.seek(1000)
+        assert f.read(1000) == DATA[1000:2000]
+    again.close()
+
+
+def test_bytes_differing_from_those_held_are_refused(spool):
+    session = spool.create(IMAGE, 'file', OWNER, len(DATA), None)
+    write(session, 0, DATA[:100])
+    wrong = DATA[50:99] + b'x' + DATA[100:200]
+    with pytest.raises(exceptions.UploadConflict):
+        write(session, 50, wrong)
+    assert session.held() == [(0, 100)]
+    reader = session.reader()
+    assert reader.read(100) == DATA[:100]
+    reader.close()
+    session.close()
+
+
+def test_two_writers_of_the_same_bytes_conflict(spool):
+    one = spool.create(IMAGE, 'file', OWNER, len(DATA), None)
+    two = spool.session(IMAGE, 'file')
+    with one.writer(0, 99):
+        with pytest.raises(exceptions.UploadConflict):
+            with two.writer(99, 200):
+                pass
+        with two.writer(100, 200):
+            assert two.status()['phase'] == 'transferring'
+    one.close()
+    two.close()
+
+
+def test_nothing_claimed_is_unsynced_ranges_file_is_json(spool):
+    session = spool.create(IMAGE, 'file', OWNER, len(DATA), None)
+    write(session, 0, DATA[:10])
+    with open(os.path.join(session.path, 'ranges.json')) as f:
+        assert json.load(f) == [[0, 10]]
+    assert not [n for n in os.listdir(session.path) if '.tmp.' in n]
+    session.close()
+
+
+def test_limits(spool):
+    spool.create('a', 'file', OWNER, len(DATA)).close()
+    spool.create('b', 'file', OWNER, len(DATA)).close()
+    with pytest.raises(exceptions.TooManySessions):
+        spool.create('c', 'file', OWNER, len(DATA))
+    with pytest.raises(exceptions.SpoolFull):
+        spool.create('d', 'file', ('p2', 'u'), 9 * len(DATA))
+    spool.create('d', 'file', ('p2', 'u'), 8 * len(DATA)).close()
+
+
+def test_expiry_and_the_bounded_reaper(spool, clock):
+    for name in ('a', 'b'):
+        spool.create(name, 'file', OWNER, 10).close()
+    clock.now += 50
+    kept = spool.session('b', 'file')
+    kept.touch()
+    kept.close()
+    clock.now += 60
+    assert spool.reap() == 1
+    assert spool.session('a', 'file') is None
+    assert spool.session('b', 'file') is not None
+    clock.now += 30
+    assert spool.reap() == 0  # swept less than REAP_INTERVAL ago
+    clock.now += 1000
+    assert spool.session('b', 'file') is None
+    assert [n for n in os.listdir(spool.directory)
+            if not n.startswith('.')] == []
+
+
+def test_a_session_being_written_is_not_reaped(spool, clock):
+    session = spool.create('a', 'file', OWNER, 10)
+    other = spool.session('a', 'file')
+    with other.writer(0, 4):
+        clock.now += 2000
+        assert spool.reap(force=True) == 0
+    assert spool.reap(force=True) == 1
+    session.close()
+    other.close()
+
+
+def test_max_age_caps_extension(spool, clock):
+    session = spool.create('a', 'file', OWNER, 10)
+    for _ in range(12):
+        clock.now += 90
+        session.touch()
+    assert session.record.expires_at == session.record.created_at + 1000
+    session.close()
+
+
+def test_removed_session_is_gone_for_a_request_holding_it(spool):
+    session = spool.create('a', 'file', OWNER, 10)
+    other = spool.session('a', 'file')
+    assert session.remove() == 1
+    with pytest.raises(exceptions.SessionNotFound):
+        other.commit(0, 5)
+    session.close()
+    other.close()
+
+
+def test_unknown_image_ids_name_no_directory(spool):
+    with pytest.raises(exceptions.ImageNotFound):
+        spool.session('../etc', 'file')
