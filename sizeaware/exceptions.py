@@ -135,6 +135,10 @@ class SessionNotFound(SizeawareError):
     answered alike, so a session's existence leaks to nobody."""
 
 
+class MethodNotAllowed(SizeawareError):
+    """A method a transfer session's URL does not answer."""
+
+
 class ImageNotFound(SizeawareError):
     """The image does not exist or is not visible to the caller."""
 
@@ -182,6 +186,7 @@ _HTTP_ERRORS = (
     (UploadConflict, webob.exc.HTTPConflict),
     (SessionNotFound, webob.exc.HTTPNotFound),
     (ImageNotFound, webob.exc.HTTPNotFound),
+    (MethodNotAllowed, webob.exc.HTTPMethodNotAllowed),
     (TooManySessions, webob.exc.HTTPTooManyRequests),
     (SpoolFull, HTTPInsufficientStorage),
     (SpoolUnavailable, webob.exc.HTTPServiceUnavailable),

@@ -58,7 +58,106 @@ Related options:
 """),
 ]
 
+resumable_opts = [
+    cfg.StrOpt(
+        'spool_dir',
+        default='/var/lib/glance/sizeaware-spool',
+        help="""
+The directory where the resumable filter keeps partial uploads until they
+are complete.
+
+Each transfer session gets a subdirectory holding its image's bytes, so the
+directory needs room for the images being uploaded (see
+``spool_max_bytes``). It is created (mode 0700) if missing; the Glance API
+user must be able to write it. Every Glance API process of a node must use
+the same directory. Several nodes behind one load balancer either share it
+on a filesystem with coherent POSIX record locks (NFSv4, CephFS) or route
+each image's requests to one node (consistent hashing on the path).
+
+Possible values:
+    * An absolute path. The default lies in Glance's own state directory.
+
+Related options:
+    * ``spool_max_bytes``
+"""),
+    cfg.IntOpt(
+        'spool_max_bytes',
+        default=100 * units.Gi,
+        min=0,
+        help="""
+The most bytes the transfer sessions in ``spool_dir`` may reserve together.
+
+A session reserves its image's whole size when it is created; a session
+that would take the total above this value, or more than the free space of
+the spool's filesystem, is refused with 507 Insufficient Storage, so a full
+spool never becomes a full disk.
+
+Possible values:
+    * A non-negative integer; the default is 100 GiB.
+
+Related options:
+    * ``spool_dir``, ``max_image_size``
+"""),
+    cfg.IntOpt(
+        'max_sessions_per_project',
+        default=10,
+        min=1,
+        help="""
+The most transfer sessions a project may have in progress at once.
+
+One more is refused with 429 Too Many Requests until one of them finishes,
+is cancelled or expires.
+
+Possible values:
+    * A positive integer.
+"""),
+    cfg.IntOpt(
+        'session_inactivity_timeout',
+        default=24 * 3600,
+        min=1,
+        help="""
+Seconds after its last request at which a transfer session expires.
+
+Every request to a session (a range written, its status read) extends it
+by this much. An expired session and its spooled bytes are removed by a
+sweep that requests trigger (no daemon is needed).
+
+Possible values:
+    * A positive number of seconds; the default is one day.
+
+Related options:
+    * ``session_max_age``
+"""),
+    cfg.IntOpt(
+        'session_max_age',
+        default=7 * 24 * 3600,
+        min=1,
+        help="""
+Seconds after its creation at which a transfer session expires, however
+active it is.
+
+Possible values:
+    * A positive number of seconds; the default is seven days.
+
+Related options:
+    * ``session_inactivity_timeout``
+"""),
+]
+
+
+def option_value(middleware, options, name):
+    """An option's value for a paste filter, parsed once, at load time.
+
+    A value from the filter's paste section is converted and validated by
+    the option's own type, and not written into the shared configuration
+    object, so two pipelines can each carry their own setting.
+    """
+    if name in middleware.conf:
+        opt = next(o for o in options if o.name == name)
+        return opt.type(middleware.conf[name])
+    return getattr(getattr(middleware.oslo_conf, GROUP), name)
+
 
 def list_opts():
     """Options for ``oslo-config-generator``, grouped by section."""
-    return [(GROUP, copy.deepcopy(size_filter_opts))]
+    return [(GROUP, copy.deepcopy(size_filter_opts + resumable_opts))]

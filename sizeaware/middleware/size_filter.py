@@ -75,16 +75,7 @@ class SizeFilter(base.ConfigurableMiddleware):
         self.require_image_size = self._option('require_image_size')
 
     def _option(self, name):
-        """An option's value, parsed once, at load time.
-
-        A value from the paste section is converted and validated by the
-        option's own type, and not written into the shared configuration
-        object, so two pipelines can each carry their own setting.
-        """
-        if name in self.conf:
-            opt = next(o for o in opts.size_filter_opts if o.name == name)
-            return opt.type(self.conf[name])
-        return getattr(getattr(self.oslo_conf, opts.GROUP), name)
+        return opts.option_value(self, opts.size_filter_opts, name)
 
     def __call__(self, environ, start_response):
         target = routes.upload_target(environ)

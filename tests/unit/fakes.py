@@ -9,6 +9,7 @@ closed and that no body was left half-read without a verdict.
 
 import dataclasses
 import io
+import json
 
 import webob
 
@@ -50,12 +51,19 @@ class FakeGlance:
         nothing happened, ``'wrap'`` raises a ``RuntimeError`` from it,
         ``'unrelated'`` raises a ``RuntimeError`` while handling it (the
         database failing as the image is restored).
+    :param images: ``{image_id: {'status': ..., 'disk_format': ...,
+        'owner': project_id or None}}``: ``GET /v2/images/<id>`` answers the
+        image as JSON (404 for an unknown one, or one whose owner is not
+        the ``X-Project-Id`` of the request), and an upload answered with
+        a 2xx makes it ``active``.
     """
 
-    def __init__(self, read_size=65536, on_error='raise', status=204):
+    def __init__(self, read_size=65536, on_error='raise', status=204,
+                 images=None):
         self.read_size = read_size
         self.on_error = on_error
         self.status = status
+        self.images = images
         self.calls = []
         self.app_iters = []
 
@@ -66,6 +74,8 @@ class FakeGlance:
     def __call__(self, environ, start_response):
         call = Call(environ=dict(environ))
         self.calls.append(call)
+        if self.images is not None and environ['REQUEST_METHOD'] == 'GET':
+            return self._show(environ, start_response, call)
         if self.read_size is not None:
             pieces = []
             try:
@@ -84,7 +94,25 @@ class FakeGlance:
                                                          'Server Error')
             finally:
                 call.body = b''.join(pieces)
+        image = (self.images or {}).get(
+            environ['PATH_INFO'].split('/')[3:4][0]
+            if environ['PATH_INFO'].count('/') >= 3 else None)
+        if image is not None and self.status < 300:
+            image['status'] = 'active'
         return self._answer(start_response, '%d Fake' % self.status)
+
+    def _show(self, environ, start_response, call):
+        call.finished = True
+        image_id = environ['PATH_INFO'].rsplit('/', 1)[-1]
+        image = self.images.get(image_id)
+        if image is None or image.get('owner') not in (
+                None, environ.get('HTTP_X_PROJECT_ID')):
+            return self._answer(start_response, '404 Not Found')
+        start_response('200 OK', [('Content-Type', 'application/json')])
+        app_iter = LeakTrackingIter([json.dumps(dict(
+            image, id=image_id)).encode()])
+        self.app_iters.append(app_iter)
+        return app_iter
 
     def _answer(self, start_response, status):
         start_response(status, [('Content-Type', 'text/plain')])

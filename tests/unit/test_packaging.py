@@ -7,6 +7,7 @@ import sys
 from paste import deploy
 from stevedore import driver
 
+from sizeaware.middleware import resumable
 from sizeaware.middleware import size_filter
 from tests.unit import fakes
 
@@ -18,18 +19,29 @@ def test_paste_filter_entry_point():
     assert factory == size_filter.SizeFilter.factory
 
 
+def test_resumable_filter_entry_point():
+    factory = driver.DriverManager('paste.filter_factory', 'resumable').driver
+    assert factory == resumable.ResumableFilter.factory
+
+
 def test_config_opts_entry_point_lists_the_group():
     list_opts = driver.DriverManager('oslo.config.opts', 'sizeaware').driver
     (group, options), = list_opts()
     assert group == 'sizeaware'
-    assert {o.name for o in options} == {'max_image_size',
-                                         'require_image_size'}
+    assert {o.name for o in options} == {
+        'max_image_size', 'require_image_size', 'spool_dir',
+        'spool_max_bytes', 'max_sessions_per_project',
+        'session_inactivity_timeout', 'session_max_age'}
 
 
-def test_shipped_paste_ini_puts_the_filter_after_context_everywhere():
+def test_shipped_paste_ini_puts_the_filters_after_context_everywhere(
+        tmp_path):
     ini = REPO / 'etc' / 'api-paste.ini'
     flt = deploy.loadfilter('config:%s' % ini, name='sizeaware')
     assert isinstance(flt(fakes.FakeGlance()), size_filter.SizeFilter)
+    flt = deploy.loadfilter('config:%s' % ini, name='resumable',
+                            global_conf={'spool_dir': str(tmp_path)})
+    assert isinstance(flt(fakes.FakeGlance()), resumable.ResumableFilter)
     pipelines = [line.split('=', 1)[1].split()
                  for line in ini.read_text().splitlines()
                  if line.split('=')[0].strip() in (
@@ -39,7 +51,8 @@ def test_shipped_paste_ini_puts_the_filter_after_context_everywhere():
     for pipeline in pipelines:
         context = [i for i, name in enumerate(pipeline)
                    if name in ('context', 'unauthenticated-context')]
-        assert pipeline[context[0] + 1] == 'sizeaware'
+        assert pipeline[context[0] + 1] == 'resumable'
+        assert pipeline[context[0] + 2] == 'sizeaware'
         assert pipeline.index('sizeaware') < pipeline.index('rootapp')
 
 

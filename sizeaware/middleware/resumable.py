@@ -1,0 +1,149 @@
+"""Resumable image uploads: transfer sessions and ranged PUT.
+
+A multi-gigabyte upload to Glance that breaks at 90 % starts again from
+byte 0. This filter keeps partial uploads in a spool on the API node and,
+once an image is complete, hands it to Glance as one ordinary upload with
+its size declared (through the size filter, which sits after this one),
+under the credentials of the request that completed it, so Glance's own
+checks and the store's known-size path still apply. The sessions live in
+:mod:`sizeaware.sessions`; this module only routes requests to them and
+answers.
+
+Requests it acts on (any ``/v2.N/``):
+
+``PUT /v2/images/<id>/file`` or ``.../stage`` with ``Content-Range: bytes
+a-b/N``
+    writes bytes ``a`` to ``b`` of the ``N``-byte image
+    (:mod:`sizeaware.sessions.ranged_put`): 204 with ``Range:
+    bytes=...`` (the ranges held) while incomplete, Glance's answer to the
+    whole upload once complete. ``X-Image-Sha256`` on the first request
+    has the whole image's sha256 checked before it reaches Glance.
+``GET .../file/session`` or ``.../stage/session``
+    the session's status document, JSON: ``image_id``, ``target``,
+    ``phase`` (``transferring``, ``paused``, ``finalizing``, ``finished``,
+    ``failed``, ``cancelled``), ``size``, ``bytes_held``, ``ranges_held``
+    (``[first, last]`` pairs, last inclusive), ``created_at``,
+    ``expires_at``, ``error``, ``sha256``.
+``DELETE`` on the same URL
+    cancels the session and removes its spool: 204.
+
+A session belongs to the project and user that created it; anyone else
+gets 404 from its URL, and 409 for a range written to an image they can
+see. Every other request passes through after one path check.
+
+Deploy it in every pipeline of ``glance-api-paste.ini`` after ``context``
+(or ``unauthenticated-context``) and before ``sizeaware``::
+
+    [filter:resumable]
+    use = egg:sizeaware#resumable
+
+It needs no option; those it reads (``spool_dir``, ``spool_max_bytes``,
+``max_sessions_per_project``, ``session_inactivity_timeout``,
+``session_max_age`` and the size filter's ``max_image_size``) are
+documented once, in ``etc/sizeaware.conf.sample``.
+"""
+
+import json
+
+from oslo_log import log as logging
+from oslo_middleware import base
+import webob
+
+from sizeaware import exceptions
+from sizeaware import headers
+from sizeaware import opts
+from sizeaware import refusals
+from sizeaware import routes
+from sizeaware.sessions import downstream
+from sizeaware.sessions import ranged_put
+from sizeaware.sessions import record as records
+from sizeaware.sessions import spool as spools
+
+LOG = logging.getLogger(__name__)
+
+
+class ResumableFilter(base.ConfigurableMiddleware):
+    """The paste filter; see the module docstring."""
+
+    def __init__(self, application, conf=None):
+        super().__init__(application, conf)
+        self.oslo_conf.register_opts(opts.size_filter_opts, group=opts.GROUP)
+        self.oslo_conf.register_opts(opts.resumable_opts, group=opts.GROUP)
+        self.max_image_size = opts.option_value(
+            self, opts.size_filter_opts, 'max_image_size')
+
+        def option(name):
+            return opts.option_value(self, opts.resumable_opts, name)
+        self.spool = spools.Spool(option('spool_dir'), spools.Limits(
+            max_sessions_per_project=option('max_sessions_per_project'),
+            max_bytes=option('spool_max_bytes'),
+            inactivity_timeout=option('session_inactivity_timeout'),
+            max_age=option('session_max_age')))
+
+    def __call__(self, environ, start_response):
+        upload = routes.upload_target(environ)
+        if upload is not None and headers.has_content_range(environ):
+            target, handle = upload, self._ranged_put
+        else:
+            target, handle = routes.session_target(environ), self._session
+            if target is None:
+                return self.application(environ, start_response)
+        named = refusals.request_id(environ) is not None
+        try:
+            response = handle(environ, *target)
+        except exceptions.SizeawareError as error:
+            response = refusals.refuse(
+                LOG, environ, error, named=named, what='resumable upload',
+                fields=[('image_id', headers.quote(target[0])),
+                        ('target', target[1]),
+                        ('method', headers.quote(environ['REQUEST_METHOD'])),
+                        ('range', headers.quote(
+                            environ.get('HTTP_CONTENT_RANGE', '-')))])
+        except downstream.GlanceAnswer as answer:
+            response = answer.response
+        if isinstance(response, downstream.Passed):
+            # Glance's own answer, handed on untouched (webob would drop
+            # the body of a 204 without closing what it came from).
+            start_response(response.status, response.headerlist)
+            return response.app_iter
+        return response(environ, start_response)
+
+    def _ranged_put(self, environ, image_id, target):
+        first, last, size, chunked = ranged_put.parse(environ,
+                                                      self.max_image_size)
+        self.spool.reap()
+        session = ranged_put.open_session(self.application, self.spool,
+                                          environ, image_id, target, size)
+        try:
+            return ranged_put.write(self.application, environ, session,
+                                    first, last, chunked)
+        finally:
+            session.close()
+
+    def _session(self, environ, image_id, target):
+        method = environ['REQUEST_METHOD']
+        if method not in ('GET', 'HEAD', 'DELETE'):
+            raise exceptions.MethodNotAllowed(
+                'A transfer session answers GET and DELETE only.')
+        self.spool.reap()
+        session = self.spool.session(image_id, target)
+        if session is not None and not session.record.owned_by(
+                downstream.caller(environ)):
+            session.close()
+            session = None
+        if session is None:
+            raise exceptions.SessionNotFound(
+                'No upload session for this image.')
+        try:
+            if method == 'DELETE':
+                session.set_phase(records.CANCELLED)
+                session.remove()
+                return webob.Response(status=204)
+            session.touch()
+            response = webob.Response(
+                (json.dumps(session.status(), indent=1) + '\n').encode(),
+                content_type='application/json', charset=None)
+            response.cache_control = 'no-store'
+            return response
+        finally:
+            session.close()
