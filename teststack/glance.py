@@ -37,6 +37,7 @@ from teststack import venvs
 # The flavor whose pipeline trusts identity headers; test use only.
 TEST_FLAVOR = 'sizeawaretest'
 FILTER_NAME = 'sizeaware'
+RESUMABLE_NAME = 'resumable'
 # The PID of the process that started a Glance; see clean_stale().
 OWNER_FILE = 'owner.pid'
 _CONTEXT_FILTERS = ('context', 'unauthenticated-context')
@@ -75,13 +76,15 @@ def _section_options(lines):
 
 
 def build_paste_ini(shipped: str, *, with_filter=True, filter_options=None,
-                    test_flavor=TEST_FLAVOR) -> str:
+                    test_flavor=TEST_FLAVOR, resumable=None) -> str:
     """Derive the paste ini the stack runs from a release's shipped one.
 
     - with ``with_filter``: ``sizeaware`` right after ``context`` /
       ``unauthenticated-context`` in every pipeline of ``[composite:api]``,
       and ``[filter:sizeaware]`` (``use = egg:sizeaware#sizeaware`` plus
       ``filter_options``);
+    - with ``resumable`` (a dict of its options) as well: ``resumable``
+      right before ``sizeaware``, and its ``[filter:resumable]``;
     - with ``test_flavor``: a pipeline of that name in ``[composite:api]``
       (the ``keystone`` one without ``authtoken``) and its
       ``[composite:glance-api-<flavor>]``, a copy of the keystone one.
@@ -110,6 +113,9 @@ def build_paste_ini(shipped: str, *, with_filter=True, filter_options=None,
                     raise ValueError('pipeline %r has no context filter'
                                      % flavor)
                 pipeline.insert(where[0] + 1, FILTER_NAME)
+            if with_filter and resumable is not None and (
+                    RESUMABLE_NAME not in pipeline):
+                pipeline.insert(pipeline.index(FILTER_NAME), RESUMABLE_NAME)
             if flavor == 'keystone':
                 keystone_pipeline = list(pipeline)
             new_lines.append('%s = %s' % (flavor, ' '.join(pipeline)))
@@ -140,6 +146,12 @@ def build_paste_ini(shipped: str, *, with_filter=True, filter_options=None,
         for key, value in (filter_options or {}).items():
             lines.append('%s = %s' % (key, config.ini_value(value)))
         text += '\n' + '\n'.join(lines) + '\n'
+    if with_filter and resumable is not None:
+        lines = ['[filter:%s]' % RESUMABLE_NAME,
+                 'use = egg:sizeaware#resumable']
+        for key, value in resumable.items():
+            lines.append('%s = %s' % (key, config.ini_value(value)))
+        text += '\n' + '\n'.join(lines) + '\n'
     return text
 
 
@@ -168,6 +180,9 @@ class Glance(process.Service):
     :param release: key of :data:`teststack.venvs.GLANCE_RELEASES`.
     :param with_filter: deploy ``sizeaware`` in every pipeline.
     :param filter_options: extra ``[filter:sizeaware]`` lines.
+    :param resumable: deploy ``resumable`` before ``sizeaware`` with these
+        ``[filter:resumable]`` options (``spool_dir`` defaults to
+        ``<workdir>/spool``); None (default) leaves it out.
     :param backends: ``{name: (type, {option: value})}``; default
         ``{'fs': ('file', {})}``. File backends without
         ``filesystem_store_datadir`` get one in the work dir.
@@ -206,7 +221,7 @@ class Glance(process.Service):
                  database_url=None, extra_conf=None, workdir=None,
                  processes=1, threads=4, paste_ini=None, port=None,
                  uwsgi_options=None, venv=None, policy=None,
-                 keep_workdir=None, server='uwsgi'):
+                 keep_workdir=None, server='uwsgi', resumable=None):
         self.release = str(release)
         if self.release not in venvs.GLANCE_RELEASES:
             raise ValueError('unknown Glance release %r' % release)
@@ -220,6 +235,7 @@ class Glance(process.Service):
         self.wsgi_server = server
         self.with_filter = with_filter
         self.filter_options = dict(filter_options or {})
+        self.resumable = None if resumable is None else dict(resumable)
         self.backends = dict(backends or {'fs': ('file', {})})
         self.default_backend = default_backend
         if default_backend not in self.backends:
@@ -244,6 +260,7 @@ class Glance(process.Service):
         self.policy_path = self.workdir / 'policy.json'
         self.uwsgi_ini = self.workdir / 'uwsgi.ini'
         self.staging_dir = self.workdir / 'staging'
+        self.spool_dir = self.workdir / 'spool'
         self.tasks_dir = self.workdir / 'tasks'
         self.store_dirs = {}
         for name, (kind, options) in self.backends.items():
@@ -378,7 +395,9 @@ class Glance(process.Service):
             text = build_paste_ini(
                 shipped_paste_ini(venv).read_text(),
                 with_filter=self.with_filter,
-                filter_options=self.filter_options)
+                filter_options=self.filter_options,
+                resumable=None if self.resumable is None else dict(
+                    {'spool_dir': self.spool_dir}, **self.resumable))
         elif isinstance(self.paste_ini, pathlib.PurePath) or (
                 '\n' not in str(self.paste_ini)):
             text = pathlib.Path(self.paste_ini).read_text()

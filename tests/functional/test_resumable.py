@@ -1,0 +1,184 @@
+"""Resumable uploads against a real Glance, driven by curl.
+
+Glance 33 under uwsgi (two processes sharing one spool directory) with
+``... context resumable sizeaware rootapp``; identity from headers, for
+plain project users. curl, an unmodified client, sends each range as an
+ordinary ``PUT`` with ``Content-Range``; a range cut mid-way is a curl
+killed while it sends, slowed down by ``--limit-rate``.
+"""
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from tests.functional import client
+from teststack import glance as glance_stack
+
+DATA = os.urandom(4 * 1024 * 1024 + 5)
+N = len(DATA)
+ROLES = ('member', 'reader')
+
+
+@pytest.fixture(scope='module')
+def glance():
+    server = glance_stack.Glance('33', resumable={}, processes=2, threads=4)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def identity(glance):
+    return glance.identity_headers(uuid.uuid4().hex, roles=ROLES)
+
+
+def quarters():
+    q = N // 4
+    return [(0, q - 1), (q, 2 * q - 1), (2 * q, 3 * q - 1), (3 * q, N - 1)]
+
+
+def curl(glance, headers, method, path, body_file=None, rate=None):
+    """A curl command line; its output is the status code."""
+    argv = ['curl', '-sS', '-o', '/dev/null', '-w', '%{http_code}',
+            '-X', method, '-H', 'Expect:']
+    for name, value in headers.items():
+        argv += ['-H', '%s: %s' % (name, value)]
+    if body_file is not None:
+        argv += ['-T', str(body_file)]
+    if rate is not None:
+        argv += ['--limit-rate', rate]
+    return argv + [glance.url + path]
+
+
+def put_range(glance, headers, image_id, tmp_path, first, last, **kwargs):
+    return subprocess.Popen(curl(
+        glance, dict(headers, **{
+            'Content-Range': 'bytes %d-%d/%d' % (first, last, N),
+            'Content-Type': 'application/octet-stream'}),
+        'PUT', '/v2/images/%s/file' % image_id,
+        body_file=_piece(tmp_path, first, last), **kwargs),
+        stdout=subprocess.PIPE, text=True)
+
+
+def _piece(tmp_path, first, last):
+    path = tmp_path / ('%d-%d' % (first, last))
+    path.write_bytes(DATA[first:last + 1])
+    return path
+
+
+def status(api, image_id):
+    resp = api.request('GET', '/v2/images/%s/file/session' % image_id)
+    return resp.status, (resp.json() if resp.status == 200 else None)
+
+
+def assert_active_with(api, image_id, data):
+    image = api.get_image(image_id)
+    assert image['status'] == 'active'
+    assert image['size'] == len(data)
+    body = api.download(image_id).body
+    assert hashlib.sha256(body).hexdigest() == hashlib.sha256(
+        data).hexdigest()
+
+
+def test_quarters_2_4_1_3_one_cut_and_resent(glance, identity, tmp_path):
+    api = client.GlanceClient(glance.url, identity)
+    image_id = api.create_image()
+    parts = quarters()
+    for index in (1, 3):
+        assert put_range(glance, identity, image_id, tmp_path,
+                         *parts[index]).communicate()[0] == '204'
+    # Quarter 1, cut mid-way: curl killed while it sends.
+    cut = put_range(glance, identity, image_id, tmp_path, *parts[0],
+                    rate='256k')
+    time.sleep(1.5)
+    cut.kill()
+    cut.wait()
+    deadline = time.monotonic() + 10
+    while True:
+        code, document = status(api, image_id)
+        assert code == 200
+        if document['phase'] == 'paused' or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    held = [tuple(r) for r in document['ranges_held']]
+    assert document['phase'] == 'paused'
+    # Quarter 1 kept what arrived before the cut: a prefix, no more.
+    (first_held, second, fourth) = held
+    assert first_held[0] == 0 and 0 < first_held[1] < parts[0][1], held
+    assert (second, fourth) == (parts[1], parts[3])
+    assert document['bytes_held'] == sum(e - s + 1 for s, e in held)
+    assert api.get_image(image_id)['status'] == 'queued'
+    # Quarter 3, then what quarter 1 misses.
+    assert put_range(glance, identity, image_id, tmp_path,
+                     *parts[2]).communicate()[0] == '204'
+    assert put_range(glance, identity, image_id, tmp_path,
+                     first_held[1] + 1, parts[0][1]).communicate()[0] == '204'
+    assert_active_with(api, image_id, DATA)
+    assert status(api, image_id)[0] == 404
+    assert not [p for p in glance.spool_dir.iterdir()
+                if not p.name.startswith('.')]
+
+
+def test_four_parallel_streams(glance, identity, tmp_path):
+    api = client.GlanceClient(glance.url, identity)
+    image_id = api.create_image()
+    procs = [put_range(glance, identity, image_id, tmp_path, *part)
+             for part in quarters()]
+    assert [p.communicate()[0] for p in procs] == ['204'] * 4
+    assert_active_with(api, image_id, DATA)
+
+
+def test_another_project_sees_nothing_and_harms_nothing(glance, identity,
+                                                        tmp_path):
+    api = client.GlanceClient(glance.url, identity)
+    image_id = api.create_image()
+    parts = quarters()
+    assert put_range(glance, identity, image_id, tmp_path,
+                     *parts[0]).communicate()[0] == '204'
+    before = status(api, image_id)[1]
+    other = glance.identity_headers(uuid.uuid4().hex, roles=ROLES)
+    session = '/v2/images/%s/file/session' % image_id
+    for method in ('GET', 'DELETE'):
+        out = subprocess.run(curl(glance, other, method, session),
+                             capture_output=True, text=True, check=True)
+        assert out.stdout == '404'
+    assert put_range(glance, other, image_id, tmp_path,
+                     *parts[1]).communicate()[0] == '404'
+    after = status(api, image_id)[1]
+    assert after['ranges_held'] == before['ranges_held']
+    assert after['phase'] == 'paused'
+    for part in parts[1:]:
+        assert put_range(glance, identity, image_id, tmp_path,
+                         *part).communicate()[0] == '204'
+    assert_active_with(api, image_id, DATA)
+
+
+def test_bad_ranges_and_status_document(glance, identity, tmp_path):
+    api = client.GlanceClient(glance.url, identity)
+    image_id = api.create_image()
+    path = '/v2/images/%s/file' % image_id
+    resp = api.request('PUT', path, body=b'x', headers={
+        'Content-Range': 'bytes %d-%d/%d' % (N, N, N)})
+    assert resp.status == 416, resp
+    resp = api.request('PUT', path, body=b'x', headers={
+        'Content-Range': 'bytes 0-0/+%d' % N})
+    assert resp.status == 400, resp
+    resp = api.request('PUT', path, body=b'xy', headers={
+        'Content-Range': 'bytes 0-0/%d' % N})
+    assert resp.status == 400, resp
+    resp = api.request('PUT', path, body=DATA[:10], headers={
+        'Content-Range': 'bytes 0-9/%d' % N})
+    assert resp.status == 204, resp
+    assert resp.headers['range'] == 'bytes=0-9'
+    code, document = status(api, image_id)
+    assert document['bytes_held'] == 10 and document['size'] == N
+    assert json.loads(json.dumps(document))['target'] == 'file'
+    resp = api.request('DELETE', '/v2/images/%s/file/session' % image_id)
+    assert resp.status == 204
+    assert status(api, image_id)[0] == 404
+    assert api.get_image(image_id)['status'] == 'queued'
