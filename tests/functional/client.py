@@ -132,15 +132,24 @@ class GlanceClient:
         """Send a PUT's headers and ``body`` (raw bytes, framing included),
         then either wait for the answer without sending more (``'wait'``:
         returns the status line) or close the connection (``'close'``:
-        returns None)."""
+        returns None).
+
+        A server may answer before the body is in and close: the send then
+        fails (reset or broken pipe), and the answer must still be
+        readable. What the send raised is kept in :attr:`send_error`.
+        """
         lines = ['PUT %s HTTP/1.1' % path, 'Host: %s:%d' % (self.host,
                                                             self.port)]
         for name, value in dict(self.headers, **headers).items():
             lines.append('%s: %s' % (name, value))
         raw = ('\r\n'.join(lines) + '\r\n\r\n').encode('latin-1')
+        self.send_error = None
         with socket.create_connection((self.host, self.port),
                                       timeout=timeout) as sock:
-            sock.sendall(raw + body)
+            try:
+                sock.sendall(raw + body)
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                self.send_error = exc
             if then == 'close':
                 return None
             received = b''

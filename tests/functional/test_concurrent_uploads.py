@@ -17,7 +17,6 @@ import concurrent.futures
 import hashlib
 import os
 import random
-import socket
 import threading
 import time
 import uuid
@@ -189,29 +188,9 @@ EARLY_BODY = 4 * MiB
 
 def _send_then_read(api, path, headers, body, timeout=30):
     """Write a PUT's headers and whole body with one ``sendall``, then read
-    the answer; ``(status line, what the send raised or None)``.
-
-    The server may answer and close before the body is in: the send then
-    fails (reset or broken pipe), and the answer must still be readable.
-    """
-    lines = ['PUT %s HTTP/1.1' % path, 'Host: %s:%d' % (api.host, api.port)]
-    for name, value in dict(api.headers, **headers).items():
-        lines.append('%s: %s' % (name, value))
-    head = ('\r\n'.join(lines) + '\r\n\r\n').encode('latin-1')
-    send_error = None
-    with socket.create_connection((api.host, api.port),
-                                  timeout=timeout) as sock:
-        try:
-            sock.sendall(head + body)
-        except (BrokenPipeError, ConnectionResetError) as exc:
-            send_error = exc
-        received = b''
-        while b'\r\n' not in received:
-            piece = sock.recv(4096)
-            if not piece:
-                break
-            received += piece
-    return received.split(b'\r\n', 1)[0].decode('latin-1'), send_error
+    the answer; ``(status line, what the send raised or None)``."""
+    status_line = api.send_partial(path, headers, body, timeout=timeout)
+    return status_line, api.send_error
 
 
 @pytest.mark.parametrize('connection', ['keep-alive', 'close'])
