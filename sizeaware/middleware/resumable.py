@@ -28,8 +28,9 @@ a-b/N``
     cancels the session and removes its spool: 204.
 
 A session belongs to the project and user that created it; anyone else
-gets 404 from its URL, and 409 for a range written to an image they can
-see. Every other request passes through after one path check.
+gets 404 from its URL and for a range written to its image, as if it did
+not exist, and the session is left as it is. Every other request passes
+through after one path check.
 
 Deploy it in every pipeline of ``glance-api-paste.ini`` after ``context``
 (or ``unauthenticated-context``) and before ``sizeaware``::
@@ -126,11 +127,8 @@ class ResumableFilter(base.ConfigurableMiddleware):
             raise exceptions.MethodNotAllowed(
                 'A transfer session answers GET and DELETE only.')
         self.spool.reap()
-        session = self.spool.session(image_id, target)
-        if session is not None and not session.record.owned_by(
-                downstream.caller(environ)):
-            session.close()
-            session = None
+        session = self.spool.session(image_id, target,
+                                     downstream.caller(environ))
         if session is None:
             raise exceptions.SessionNotFound(
                 'No upload session for this image.')

@@ -58,25 +58,21 @@ def open_session(app, spool, environ, image_id, target, size):
 
     :raises sizeaware.exceptions.ImageNotFound: the caller cannot see the
         image.
+    :raises sizeaware.exceptions.SessionNotFound: another caller's upload
+        to it is in progress (to them it does not exist).
     :raises sizeaware.exceptions.UploadConflict: the image is not queued,
-        another caller's upload to it is in progress, or the session is
-        for another size.
+        or the session is for another size.
     """
     owner = downstream.caller(environ)
     sha256 = headers.image_sha256(environ)
-    session = spool.session(image_id, target)
-    if session is None or not session.record.owned_by(owner):
+    session = spool.session(image_id, target, owner)
+    if session is None:
         image = downstream.get_image(app, environ, image_id)
-        if session is None:
-            if image.get('status') != 'queued':
-                raise exceptions.UploadConflict(
-                    'The image is %s; only a queued image takes an upload.'
-                    % image.get('status'))
-            session = spool.create(image_id, target, owner, size, sha256)
-        if not session.record.owned_by(owner):
-            session.close()
+        if image.get('status') != 'queued':
             raise exceptions.UploadConflict(
-                'Another user\'s upload to this image is in progress.')
+                'The image is %s; only a queued image takes an upload.'
+                % image.get('status'))
+        session = spool.create(image_id, target, owner, size, sha256)
     rec = session.record
     try:
         if rec.size != size:

@@ -17,7 +17,19 @@ Layout of ``<spool_dir>/<image_id>.<target>/``:
     the record and the ranges file for the moment they are read or
     rewritten; bytes ``1 + a`` to ``1 + b`` are held by the request writing
     image bytes ``a`` to ``b``, so two requests never write the same bytes
-    at once, on any process sharing the directory.
+    at once, on any process sharing the directory; byte ``2**62`` is held
+    by the request finalizing the session, so a ``finalizing`` session
+    whose byte is free was left by a worker that died, and goes back to
+    ``transferring`` with every byte it holds (sending any range again
+    finalizes it);
+``journal.<uuid>``
+    one per request writing bytes, locked by it: where its bytes began
+    since its last claim, then the end and CRC-32 of each piece written
+    since. A worker killed mid-write claims nothing more, but the next
+    request finds its journal unlocked and claims the pieces the data file
+    holds (each checked against its CRC, after an ``fsync``), so the
+    session keeps every byte that reached the spool and never claims one
+    that is not on disk.
 
 Writes go through the stream base: :class:`SpoolWriter` is a
 :class:`~sizeaware.stream.BodyStream` whose hook writes each piece at its
@@ -33,8 +45,10 @@ import os
 import random
 import re
 import shutil
+import struct
 import time
 import uuid
+import zlib
 
 from sizeaware import exceptions
 from sizeaware import stream
@@ -53,6 +67,12 @@ REAP_INTERVAL = 60
 REAP_EXAMINE = 256
 REAP_REMOVE = 16
 _RECORD_LOCK = (0, 1)
+_FINALIZE_LOCK = (1 << 62, 1)
+_JOURNAL_PREFIX = 'journal.'
+# A journal: the absolute offset its entries start from, then per piece
+# the absolute end and the CRC-32 of the piece.
+_JOURNAL_START = struct.Struct('<Q')
+_JOURNAL_ENTRY = struct.Struct('<QI')
 
 
 def _write_all(fd, data, offset):
@@ -74,13 +94,15 @@ class SpoolWriter(stream.BodyStream):
     """
 
     def __init__(self, pull, expected=None, delimited=False, *, fd, start,
-                 held, checkpoint=None):
+                 held, checkpoint=None, journal=None):
         super().__init__(pull, expected, delimited)
         self.fd = fd
         self.start = start
         self.held = held
         self._checkpoint = checkpoint
         self._claimed = 0
+        self._journal = journal
+        self._journal_at = _JOURNAL_START.size
 
     def chunk_update(self, data):
         position = self.start + self.received
@@ -93,12 +115,19 @@ class SpoolWriter(stream.BodyStream):
                         'Bytes %d-%d differ from the bytes already received '
                         'for this image.' % (first, end - 1))
             _write_all(self.fd, view, position)
+            if self._journal is not None:
+                _write_all(self._journal, _JOURNAL_ENTRY.pack(
+                    position + len(view), zlib.crc32(view)), self._journal_at)
+                self._journal_at += _JOURNAL_ENTRY.size
         written = self.received + len(data)
         if (self._checkpoint is not None
                 and written - self._claimed >= CHECKPOINT_BYTES):
             os.fsync(self.fd)
             self._checkpoint(self.start + self._claimed, self.start + written)
             self._claimed = written
+            if self._journal is not None:
+                _reset_journal(self._journal, self.start + written)
+                self._journal_at = _JOURNAL_START.size
 
 
 
@@ -131,11 +160,20 @@ class Spool:
 
     # -- sessions ---------------------------------------------------------
 
-    def session(self, image_id, target):
+    def session(self, image_id, target, owner):
         """The live session of this image and target, or None.
 
         An expired session is removed on sight and reported as None.
+
+        :param owner: ``(project_id, user_id)`` of the caller.
+        :raises sizeaware.exceptions.SessionNotFound: the session is
+            someone else's: to them it does not exist, whatever they ask
+            of it, and it is left as it is.
         """
+        session = self._live(image_id, target)
+        return _owned(session, owner)
+
+    def _live(self, image_id, target):
         path = self._path(image_id, target)
         try:
             session = Session(self, path)
@@ -151,14 +189,16 @@ class Spool:
         """The session of this image and target, created if there is none
         (two first requests racing get the same one).
 
+        :raises sizeaware.exceptions.SessionNotFound: the one there is
+            belongs to someone else.
         :raises sizeaware.exceptions.TooManySessions:
         :raises sizeaware.exceptions.SpoolFull:
         """
         path = self._path(image_id, target)
         with self._spool_locked():
-            existing = self.session(image_id, target)
+            existing = self._live(image_id, target)
             if existing is not None:
-                return existing
+                return _owned(existing, owner)
             self._check_limits(owner[0], size)
             now = self.clock()
             rec = records.Record(
@@ -297,6 +337,8 @@ class Session:
     def __init__(self, spool, path):
         self.spool = spool
         self.path = path
+        #: Whether this request holds the finalize lock.
+        self.finalizer = False
         try:
             self.lock_fd = os.open(os.path.join(path, 'lock'), os.O_RDWR)
         except FileNotFoundError:
@@ -313,6 +355,7 @@ class Session:
         if self.lock_fd is not None:
             os.close(self.lock_fd)
             self.lock_fd = None
+        self.finalizer = False
 
     # -- reading ------------------------------------------------------------
 
@@ -328,7 +371,8 @@ class Session:
     def status(self):
         """The status document (see the resumable filter's docstring)."""
         with self._locked():
-            rec = self.record = self._read_record()
+            self._recover()
+            rec = self.record
             held = self.held()
         phase = rec.phase
         if phase == records.TRANSFERRING and not self.writing():
@@ -383,16 +427,29 @@ class Session:
             raise exceptions.UploadConflict(
                 'Another request is writing some of bytes %d-%d of this '
                 'image; retry once it has ended.' % (first, last))
-        fd = os.open(os.path.join(self.path, 'data'), os.O_RDWR)
+        fd = journal = None
+        journal_path = os.path.join(self.path, '%s%s' % (
+            _JOURNAL_PREFIX, uuid.uuid4().hex))
         try:
+            fd = os.open(os.path.join(self.path, 'data'), os.O_RDWR)
+            journal = os.open(journal_path, os.O_RDWR | os.O_CREAT, 0o600)
+            locks.acquire(journal, 0, 0)
+            _reset_journal(journal, first)
             with self._locked():
+                self._recover()
                 held = self.held()
             yield functools.partial(
-                SpoolWriter, fd=fd, start=first, held=held,
+                SpoolWriter, fd=fd, start=first, held=held, journal=journal,
                 checkpoint=functools.partial(self.commit, final=False,
                                              synced=True))
         finally:
-            os.close(fd)
+            if journal is not None:
+                # Whatever this request claims it has claimed by now.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(journal_path)
+                os.close(journal)
+            if fd is not None:
+                os.close(fd)
             locks.release(self.lock_fd, 1 + first, last - first + 1)
 
     def commit(self, start, end, final=True, synced=False):
@@ -414,7 +471,8 @@ class Session:
             finally:
                 os.close(fd)
         with self._locked():
-            rec = self._read_record()
+            self._recover()
+            rec = self.record
             if rec.phase != records.TRANSFERRING:
                 raise _phase_conflict(rec)
             held = ranges.add(self.held(), start, end)
@@ -422,12 +480,21 @@ class Session:
                                      json.dumps(held))
             finalizing = final and ranges.is_complete(held, rec.size)
             if finalizing:
+                # Held until this request ends, also when its worker dies.
+                if not locks.try_acquire(self.lock_fd, *_FINALIZE_LOCK):
+                    raise _phase_conflict(records.Record(
+                        **dict(vars(rec), phase=records.FINALIZING)))
+                self.finalizer = True
                 rec.phase = records.FINALIZING
+                rec.error = None
             self._touch(rec)
             return held, finalizing
 
     def check_writable(self):
         """:raises UploadConflict: unless bytes may be written now."""
+        if self.record.phase == records.FINALIZING:
+            with self._locked():
+                self._recover()
         if self.record.phase != records.TRANSFERRING:
             raise _phase_conflict(self.record)
 
@@ -476,6 +543,63 @@ class Session:
 
     # -- internals ----------------------------------------------------------
 
+    def _recover(self):
+        """What dead workers left, made good; under the record lock.
+
+        Reads the record afresh into :attr:`record`. Claims the pieces that
+        the journals of killed writers list and the data file holds; puts a
+        ``finalizing`` session whose finalizer died back to
+        ``transferring``.
+        """
+        rec = self.record = self._read_record()
+        if rec.phase == records.FINALIZING and not self.finalizer:
+            if locks.try_acquire(self.lock_fd, *_FINALIZE_LOCK):
+                locks.release(self.lock_fd, *_FINALIZE_LOCK)
+                rec.phase = records.TRANSFERRING
+                rec.error = ('A finalize was interrupted; sending any range '
+                             'again finishes the upload.')
+                self._touch(rec)
+        for name in os.listdir(self.path):
+            if name.startswith(_JOURNAL_PREFIX):
+                self._recover_journal(os.path.join(self.path, name))
+
+    def _recover_journal(self, path):
+        try:
+            journal = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            return
+        try:
+            if not locks.try_acquire(journal, 0, 0):
+                return  # its writer is alive
+            content = os.pread(journal, 1 << 24, 0)
+            if (self.record.phase == records.TRANSFERRING
+                    and len(content) >= _JOURNAL_START.size):
+                start = end = _JOURNAL_START.unpack_from(content)[0]
+                data = os.open(os.path.join(self.path, 'data'), os.O_RDWR)
+                try:
+                    for offset in range(
+                            _JOURNAL_START.size,
+                            len(content) - _JOURNAL_ENTRY.size + 1,
+                            _JOURNAL_ENTRY.size):
+                        piece_end, crc = _JOURNAL_ENTRY.unpack_from(
+                            content, offset)
+                        if not end < piece_end <= self.record.size or (
+                                zlib.crc32(os.pread(data, piece_end - end,
+                                                    end)) != crc):
+                            break
+                        end = piece_end
+                    if end > start:
+                        os.fsync(data)
+                finally:
+                    os.close(data)
+                if end > start:
+                    records.write_atomically(
+                        os.path.join(self.path, 'ranges.json'),
+                        json.dumps(ranges.add(self.held(), start, end)))
+            os.unlink(path)
+        finally:
+            os.close(journal)
+
     def _read_record(self):
         try:
             with open(os.path.join(self.path, 'record.json')) as f:
@@ -511,6 +635,24 @@ class Session:
             yield
         finally:
             locks.release(self.lock_fd, *_RECORD_LOCK)
+
+
+def _reset_journal(fd, start):
+    """Empty a journal: its pieces are claimed; the next begin at
+    ``start``."""
+    os.ftruncate(fd, 0)
+    _write_all(fd, _JOURNAL_START.pack(start), 0)
+
+
+def _owned(session, owner):
+    """``session`` if ``owner`` owns it (or None if there is none).
+
+    :raises sizeaware.exceptions.SessionNotFound: someone else's.
+    """
+    if session is None or session.record.owned_by(owner):
+        return session
+    session.close()
+    raise exceptions.SessionNotFound('No upload session for this image.')
 
 
 def _phase_conflict(rec):

@@ -248,11 +248,15 @@ def test_status_is_the_owners_only(glance_app, tmp_path):
             response = fakes.serve(app, request(method, SESSION,
                                                 project=project, user=user))
             assert response.status_int == 404
-        # The image is visible to them, but the upload is not theirs.
+        # The image is visible to them, but the upload is not theirs: to
+        # them it does not exist, whatever bytes they send.
         assert put_range(app, 10, 19, project=project,
-                         user=user).status_int == 409
+                         user=user).status_int == 404
+        assert put_range(app, 0, N - 1, project=project,
+                         user=user).status_int == 404
     assert fakes.serve(app, request('GET', SESSION)).json[
         'bytes_held'] == 10
+    assert uploads(glance) == []
 
 
 def test_delete_cancels_and_removes_the_spool(glance_app, tmp_path):
@@ -371,3 +375,26 @@ def test_works_with_no_options(monkeypatch, tmp_path):
     assert default.default == '/var/lib/glance/sizeaware-spool'
     flt = resumable.ResumableFilter.factory({})(fakes.FakeGlance())
     assert flt.spool.directory == default.default
+
+
+def test_a_finalize_whose_worker_died_is_retried_by_the_next_range(
+        glance_app, tmp_path):
+    glance = glance_app(images=images())
+    app = stack(glance, tmp_path)
+    assert put_range(app, 0, N - 2).status_int == 204
+    # The request that completes the data dies before it finalizes: its
+    # session moved to finalizing, then its locks went with its worker.
+    session = app.spool.session(IMAGE, 'file', ('p1', 'u1'))
+    with session.writer(N - 1, N - 1) as stream_class:
+        stream_class(lambda hint: DATA[N - 1:], 1, True).read(1)
+        assert session.commit(N - 1, N) == ([(0, N)], True)
+    session.close()
+    status = fakes.serve(app, request('GET', SESSION)).json
+    assert status['phase'] == 'paused' and status['bytes_held'] == N
+    assert 'interrupted' in status['error']
+    assert uploads(glance) == []
+    response = put_range(app, N - 1, N - 1)
+    assert response.status == '204 Fake'
+    (upload,) = uploads(glance)
+    assert upload.body == DATA
+    assert spooled(tmp_path) == []

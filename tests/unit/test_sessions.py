@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -127,7 +128,7 @@ def test_a_write_cut_mid_body_keeps_exactly_what_arrived(spool):
         write(session, 1000, DATA[1000:3000], chunks=pieces,
               fail_with=ConnectionResetError(104, 'reset'))
     session.close()
-    again = spool.session(IMAGE, 'file')
+    again = spool.session(IMAGE, 'file', OWNER)
     assert again.held() == [(1000, 2000)]
     status = again.status()
     assert status['bytes_held'] == 1000
@@ -154,7 +155,7 @@ def test_bytes_differing_from_those_held_are_refused(spool):
 
 def test_two_writers_of_the_same_bytes_conflict(spool):
     one = spool.create(IMAGE, 'file', OWNER, len(DATA), None)
-    two = spool.session(IMAGE, 'file')
+    two = spool.session(IMAGE, 'file', OWNER)
     with one.writer(0, 99):
         with pytest.raises(exceptions.UploadConflict):
             with two.writer(99, 200):
@@ -188,24 +189,24 @@ def test_expiry_and_the_bounded_reaper(spool, clock):
     for name in ('a', 'b'):
         spool.create(name, 'file', OWNER, 10).close()
     clock.now += 50
-    kept = spool.session('b', 'file')
+    kept = spool.session('b', 'file', OWNER)
     kept.touch()
     kept.close()
     clock.now += 60
     assert spool.reap() == 1
-    assert spool.session('a', 'file') is None
-    assert spool.session('b', 'file') is not None
+    assert spool.session('a', 'file', OWNER) is None
+    assert spool.session('b', 'file', OWNER) is not None
     clock.now += 30
     assert spool.reap() == 0  # swept less than REAP_INTERVAL ago
     clock.now += 1000
-    assert spool.session('b', 'file') is None
+    assert spool.session('b', 'file', OWNER) is None
     assert [n for n in os.listdir(spool.directory)
             if not n.startswith('.')] == []
 
 
 def test_a_session_being_written_is_not_reaped(spool, clock):
     session = spool.create('a', 'file', OWNER, 10)
-    other = spool.session('a', 'file')
+    other = spool.session('a', 'file', OWNER)
     with other.writer(0, 4):
         clock.now += 2000
         assert spool.reap(force=True) == 0
@@ -225,7 +226,7 @@ def test_max_age_caps_extension(spool, clock):
 
 def test_removed_session_is_gone_for_a_request_holding_it(spool):
     session = spool.create('a', 'file', OWNER, 10)
-    other = spool.session('a', 'file')
+    other = spool.session('a', 'file', OWNER)
     assert session.remove() == 1
     with pytest.raises(exceptions.SessionNotFound):
         other.commit(0, 5)
@@ -235,4 +236,109 @@ def test_removed_session_is_gone_for_a_request_holding_it(spool):
 
 def test_unknown_image_ids_name_no_directory(spool):
     with pytest.raises(exceptions.ImageNotFound):
-        spool.session('../etc', 'file')
+        spool.session('../etc', 'file', OWNER)
+
+
+def test_another_owner_finds_no_session_and_harms_none(spool):
+    session = spool.create(IMAGE, 'file', OWNER, len(DATA), None)
+    write(session, 0, DATA[:10])
+    session.close()
+    for other in (('p2', 'u1'), ('p1', 'u2')):
+        with pytest.raises(exceptions.SessionNotFound):
+            spool.session(IMAGE, 'file', other)
+        with pytest.raises(exceptions.SessionNotFound):
+            spool.create(IMAGE, 'file', other, len(DATA), None)
+    mine = spool.session(IMAGE, 'file', OWNER)
+    assert mine.held() == [(0, 10)]
+    assert mine.record.phase == records.TRANSFERRING
+    mine.close()
+
+
+def _source(pieces):
+    pieces = list(pieces)
+    return lambda hint: pieces.pop(0)
+
+
+def _killed_mid_write(spool, first, pieces):
+    """A child process writes ``pieces`` from ``first`` in a request and
+    is killed (SIGKILL) before it claims them."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            session = spool.session(IMAGE, 'file', OWNER)
+            body = b''.join(pieces)
+            with session.writer(first, first + len(body) - 1 + 100) as cls:
+                writer = cls(_source(pieces), len(body) + 100)
+                for piece in pieces:
+                    writer.read(len(piece))
+                os.kill(os.getpid(), signal.SIGKILL)
+        finally:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+
+
+def test_a_killed_writer_keeps_what_reached_the_spool(spool):
+    session = spool.create(IMAGE, 'file', OWNER, len(DATA), None)
+    write(session, 0, DATA[:100])
+    session.close()
+    pieces = [DATA[1000:1500], DATA[1500:1600], DATA[1600:2000]]
+    _killed_mid_write(spool, 1000, pieces)
+    session = spool.session(IMAGE, 'file', OWNER)
+    # Nothing claimed yet, but its journal is there, unlocked.
+    assert session.held() == [(0, 100)]
+    status = session.status()
+    assert status['ranges_held'] == [[0, 99], [1000, 1999]]
+    assert status['phase'] == 'paused'
+    assert not [n for n in os.listdir(session.path)
+                if n.startswith('journal.')]
+    reader = session.reader()
+    assert reader.read(2000)[1000:] == DATA[1000:2000]
+    reader.close()
+    session.close()
+
+
+def test_a_killed_writer_claims_no_piece_that_is_not_on_disk(spool):
+    session = spool.create(IMAGE, 'file', OWNER, len(DATA), None)
+    session.close()
+    _killed_mid_write(spool, 0, [DATA[:500], DATA[500:600], DATA[600:900]])
+    session = spool.session(IMAGE, 'file', OWNER)
+    # The second piece never reached the disk as it was written.
+    with open(os.path.join(session.path, 'data'), 'r+b') as f:
+        f.seek(550)
+        f.write(b'\0')
+    assert session.status()['ranges_held'] == [[0, 499]]
+    session.close()
+
+
+def test_a_live_writers_journal_is_left_alone(spool):
+    session = spool.create(IMAGE, 'file', OWNER, len(DATA), None)
+    other = spool.session(IMAGE, 'file', OWNER)
+    with session.writer(0, 99) as cls:
+        writer = cls(_source([DATA[:50]]), 100)
+        writer.read(50)
+        assert other.status()['ranges_held'] == []
+        assert other.status()['phase'] == 'transferring'
+    session.close()
+    other.close()
+
+
+def test_a_finalize_whose_worker_died_can_be_retried(spool):
+    session = spool.create(IMAGE, 'file', OWNER, 10, None)
+    held, finalizing = write(session, 0, DATA[:10])
+    assert finalizing and session.finalizer
+    other = spool.session(IMAGE, 'file', OWNER)
+    # While the finalizer lives, the session stays finalizing.
+    assert other.status()['phase'] == 'finalizing'
+    with pytest.raises(exceptions.UploadConflict):
+        other.check_writable()
+    session.close()  # the finalizer's worker dies: its locks go
+    status = other.status()
+    assert status['phase'] == 'paused'
+    assert status['bytes_held'] == 10
+    assert 'interrupted' in status['error']
+    other.check_writable()
+    held, finalizing = write(other, 9, DATA[9:10])
+    assert finalizing and other.finalizer
+    assert other.record.phase == records.FINALIZING
+    other.close()
