@@ -1,15 +1,21 @@
 """Resumable uploads against a real Glance, driven by curl.
 
-Glance 33 under uwsgi (two processes sharing one spool directory) with
-``... context resumable sizeaware rootapp``; identity from headers, for
-plain project users. curl, an unmodified client, sends each range as an
-ordinary ``PUT`` with ``Content-Range``; a range cut mid-way is a curl
-killed while it sends, slowed down by ``--limit-rate``.
+Every Glance the suite knows (``SIZEAWARE_GLANCE_RELEASES`` under uwsgi,
+``SIZEAWARE_EVENTLET_RELEASES`` under their own eventlet server), each
+with two processes sharing one spool directory and ``... context
+resumable sizeaware rootapp``; identity from headers, for plain project
+users. Then Glance 33 behind the run's keystone, with real tokens of two
+projects' users; and two Glance API servers on one spool directory and one
+PostgreSQL database, one of whose workers is killed mid-write. curl, an
+unmodified client, sends each range as an ordinary ``PUT`` with
+``Content-Range``; a range cut mid-way is a curl killed while it sends,
+slowed down by ``--limit-rate``.
 """
 
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import time
 import uuid
@@ -17,19 +23,35 @@ import uuid
 import pytest
 
 from tests.functional import client
+from tests.functional import conftest
 from teststack import glance as glance_stack
 
 DATA = os.urandom(4 * 1024 * 1024 + 5)
 N = len(DATA)
+SHA256 = hashlib.sha256(DATA).hexdigest()
 ROLES = ('member', 'reader')
+#: ``(release, server)``: Glance 33 first, as before.
+SERVERS = sorted({(r, 'uwsgi') for r in conftest.RELEASES} |
+                 {(r, 'eventlet') for r in conftest.EVENTLET_RELEASES},
+                 key=lambda d: (d[0] != '33', d[1] != 'uwsgi', d))
 
 
-@pytest.fixture(scope='module')
-def glance():
-    server = glance_stack.Glance('33', resumable={}, processes=2, threads=4)
-    server.start()
-    yield server
-    server.stop()
+@pytest.fixture(scope='module', params=SERVERS,
+                ids=['glance%s-%s' % d for d in SERVERS])
+def glance(request):
+    release, server = request.param
+    extra_conf = None
+    if server == 'eventlet':
+        # As conftest's eventlet deployments: a quiet client is cut off
+        # after uwsgi's socket-timeout, not Glance's 900 s.
+        extra_conf = {'DEFAULT': {'client_socket_timeout':
+                                  conftest.STALL_TIMEOUT}}
+    glance = glance_stack.Glance(release, resumable={}, processes=2,
+                                 threads=4, server=server,
+                                 extra_conf=extra_conf)
+    glance.start()
+    yield glance
+    glance.stop()
 
 
 @pytest.fixture
@@ -182,3 +204,136 @@ def test_bad_ranges_and_status_document(glance, identity, tmp_path):
     assert resp.status == 204
     assert status(api, image_id)[0] == 404
     assert api.get_image(image_id)['status'] == 'queued'
+
+
+# -- behind keystone: real tokens of two projects' users -----------------
+
+
+@pytest.fixture(scope='module')
+def glance_keystone(postgres, keystone):
+    """Glance 33 behind the run's keystone, with the resumable filter."""
+    if not conftest.KEYSTONE_RELEASES:
+        pytest.skip('no keystone deployments in this run')
+    server = glance_stack.Glance(
+        '33', flavor='keystone', resumable={}, processes=2, threads=4,
+        database_url=postgres.create_database('glance33resumable'),
+        extra_conf=keystone.glance_conf())
+    server.start()
+    server.keystone = keystone
+    server.tokens = {user: keystone.token(user)
+                     for user in conftest.KEYSTONE_USERS}
+    yield server
+    server.stop()
+
+
+def test_another_projects_user_gets_404_for_a_session_of_an_image_it_sees(
+        glance_keystone, tmp_path):
+    glance = glance_keystone
+    owner, other = (conftest.client_for(glance, user)
+                    for user in conftest.KEYSTONE_USERS)
+    image_id = owner.create_image(visibility='community')
+    # The other project sees the image, so only the session says no.
+    assert other.get_image(image_id)['status'] == 'queued'
+    parts = quarters()
+    assert put_range(glance, dict(owner.headers, **{
+        'X-Image-Sha256': SHA256}), image_id, tmp_path,
+        *parts[0]).communicate()[0] == '204'
+    before = status(owner, image_id)[1]
+    session = '/v2/images/%s/file/session' % image_id
+    for method in ('GET', 'DELETE'):
+        out = subprocess.run(curl(glance, other.headers, method, session),
+                             capture_output=True, text=True, check=True)
+        assert out.stdout == '404', method
+    for part in (parts[0], parts[1]):
+        assert put_range(glance, other.headers, image_id, tmp_path,
+                         *part).communicate()[0] == '404'
+    after = status(owner, image_id)[1]
+    assert after['ranges_held'] == before['ranges_held']
+    assert after['phase'] == 'paused' and after['error'] is None
+    for part in parts[1:]:
+        assert put_range(glance, owner.headers, image_id, tmp_path,
+                         *part).communicate()[0] == '204'
+    assert_active_with(owner, image_id, DATA)
+
+
+# -- two API servers on one spool -----------------------------------------
+
+
+@pytest.fixture(scope='module')
+def glance_pair(postgres, tmp_path_factory):
+    """Two Glance 33 API servers, as two nodes behind a load balancer: one
+    spool directory, one store directory, one PostgreSQL database."""
+    shared = tmp_path_factory.mktemp('pair')
+    database = postgres.create_database('glance33pair')
+    servers = [glance_stack.Glance(
+        '33', processes=1, threads=4, database_url=database,
+        resumable={'spool_dir': shared / 'spool'},
+        backends={'fs': ('file', {
+            'filesystem_store_datadir': shared / 'images'})})
+        for _ in range(2)]
+    try:
+        for server in servers:
+            server.spool_dir = shared / 'spool'
+            server.start()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def _pids_with_open(path):
+    """The PIDs of processes that have ``path`` open."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            fds = os.listdir('/proc/%s/fd' % pid)
+            if any(os.readlink('/proc/%s/fd/%s' % (pid, fd)) == str(path)
+                   for fd in fds):
+                pids.append(int(pid))
+        except OSError:
+            continue
+    return pids
+
+
+def test_two_servers_one_spool_and_a_worker_killed_mid_write(glance_pair,
+                                                             tmp_path):
+    one, two = glance_pair
+    identity = one.identity_headers(uuid.uuid4().hex, roles=ROLES)
+    api_one = client.GlanceClient(one.url, identity)
+    api_two = client.GlanceClient(two.url, identity)
+    image_id = api_one.create_image()
+    parts = quarters()
+    assert put_range(one, dict(identity, **{'X-Image-Sha256': SHA256}),
+                     image_id, tmp_path, *parts[1]).communicate()[0] == '204'
+    assert put_range(two, identity, image_id, tmp_path,
+                     *parts[3]).communicate()[0] == '204'
+    # Quarter 1 to the first server, whose worker is killed mid-write.
+    data_file = one.spool_dir / ('%s.file' % image_id) / 'data'
+    cut = put_range(one, identity, image_id, tmp_path, *parts[0],
+                    rate='512k')
+    time.sleep(1.5)
+    (worker,) = _pids_with_open(data_file)
+    assert worker not in one.pids.values()  # a worker, not the master
+    os.kill(worker, signal.SIGKILL)
+    assert cut.communicate()[0] != '204'
+    # The second server sees every byte that reached the spool, and
+    # claims none that is not on disk.
+    code, document = status(api_two, image_id)
+    assert code == 200
+    held = [tuple(r) for r in document['ranges_held']]
+    (first_held, second, fourth) = held
+    assert first_held[0] == 0 and 256 * 1024 < first_held[1] < parts[0][1]
+    assert (second, fourth) == (parts[1], parts[3])
+    assert document['phase'] == 'paused'
+    on_disk = data_file.read_bytes()
+    for first, last in held:
+        assert on_disk[first:last + 1] == DATA[first:last + 1]
+    # The first server's master has started another worker: the upload
+    # goes on, alternating, and ends on the second server.
+    one.wait_for_http(one.url + '/versions', 30, ok=(200, 300))
+    assert put_range(one, identity, image_id, tmp_path,
+                     *parts[2]).communicate()[0] == '204'
+    assert put_range(two, identity, image_id, tmp_path, first_held[1] + 1,
+                     parts[0][1]).communicate()[0] == '204'
+    assert_active_with(api_one, image_id, DATA)
+    assert status(api_two, image_id)[0] == 404
