@@ -12,8 +12,12 @@ it gets Glance's answer to the whole upload (:mod:`finalize`).
 
 What a request keeps: all of its bytes when its body arrives whole; when
 its connection breaks or times out, every byte that arrived (the stream
-base's disconnect and timeout outcomes); nothing beyond its checkpoints
-when the body is malformed or conflicts with bytes held.
+base's disconnect and timeout outcomes); when its worker is killed, every
+byte that reached the spool (the next request claims them from its
+journal); nothing beyond its checkpoints when the body is malformed or
+conflicts with bytes held. A request that completed the data and died
+before Glance had the image leaves the session ``transferring`` with
+every byte: sending any range again finalizes it.
 """
 
 import webob
