@@ -160,6 +160,38 @@ class ImageRefused(SizeawareError):
     disk format, or a safety check of that format (a qcow2 backing file)."""
 
 
+class ProtocolVersionUnsupported(SizeawareError):
+    """A tus request asks for a protocol version the filter does not speak.
+
+    :param supported: the versions it does, for the ``Tus-Version`` header
+        the answer must carry.
+    """
+
+    def __init__(self, message, supported):
+        super().__init__(message)
+        self.supported = supported
+
+
+class UnsupportedMediaType(SizeawareError):
+    """A body of a media type the request does not take (a tus PATCH that
+    is not ``application/offset+octet-stream``)."""
+
+
+class ChecksumMismatch(SizeawareError):
+    """A body whose checksum differs from the one its request declared;
+    none of its bytes are kept."""
+
+
+class BeyondUploadLength(SizeawareError):
+    """A body that would take an upload past the length declared when it
+    was created."""
+
+
+class UploadForbidden(SizeawareError):
+    """A write to an upload that takes none (a tus final upload, made only
+    of its partial uploads)."""
+
+
 def _of(declared):
     return 'an unknown number of' if declared is None else '%d' % declared
 
@@ -172,6 +204,15 @@ class HTTPClientDisconnect(webob.exc.HTTPClientError):
     explanation = 'The client went away before the request was complete.'
 
 
+class HTTPChecksumMismatch(webob.exc.HTTPClientError):
+    """460: the status tus 1.0's checksum extension answers a body whose
+    checksum differs from the declared one."""
+
+    code = 460
+    title = 'Checksum Mismatch'
+    explanation = 'The body does not match its declared checksum.'
+
+
 class HTTPInsufficientStorage(webob.exc.HTTPServerError):
     """507 (RFC 4918 section 11.5): the spool has no room for the upload."""
 
@@ -182,6 +223,11 @@ class HTTPInsufficientStorage(webob.exc.HTTPServerError):
 
 _HTTP_ERRORS = (
     (ImageTooLarge, webob.exc.HTTPRequestEntityTooLarge),
+    (BeyondUploadLength, webob.exc.HTTPRequestEntityTooLarge),
+    (ProtocolVersionUnsupported, webob.exc.HTTPPreconditionFailed),
+    (UnsupportedMediaType, webob.exc.HTTPUnsupportedMediaType),
+    (ChecksumMismatch, HTTPChecksumMismatch),
+    (UploadForbidden, webob.exc.HTTPForbidden),
     (RangeNotSatisfiable, webob.exc.HTTPRequestRangeNotSatisfiable),
     (UploadConflict, webob.exc.HTTPConflict),
     (SessionNotFound, webob.exc.HTTPNotFound),
@@ -207,5 +253,7 @@ def http_error(error):
                                   body_template='${explanation}')
             if isinstance(error, RangeNotSatisfiable):
                 response.headers['Content-Range'] = 'bytes */%d' % error.size
+            if isinstance(error, ProtocolVersionUnsupported):
+                response.headers['Tus-Version'] = error.supported
             return response
     raise TypeError('not a sizeaware error: %r' % (error,))

@@ -19,6 +19,40 @@ _SESSION_PATH = re.compile(
     r'/session/?')
 
 
+#: A tus upload's own URL: a random upload id under the image's upload
+#: URL (the creation URL of tus, to which ``POST`` and ``OPTIONS`` go).
+_TUS_PATH = re.compile(
+    r'/v2(?:\.[0-9]+)?/images/(?P<image_id>[^/]+)/(?P<target>file|stage)'
+    r'/tus/(?P<upload_id>[^/]+)/?')
+
+
+def tus_target(environ):
+    """``(image_id, target, upload_id)`` for a tus request: ``OPTIONS`` to
+    an upload URL, ``POST`` to one with ``Tus-Resumable`` (upload_id
+    None), or any method to a tus upload's own URL; else None."""
+    path = environ.get('PATH_INFO', '')
+    upload = tus_upload(path)
+    if upload is not None:
+        return upload
+    method = environ.get('REQUEST_METHOD')
+    if method == 'OPTIONS' or (method == 'POST'
+                               and 'HTTP_TUS_RESUMABLE' in environ):
+        match = _UPLOAD_PATH.fullmatch(path)
+        if match is not None:
+            return match.group('image_id'), match.group('target'), None
+    return None
+
+
+def tus_upload(path):
+    """``(image_id, target, upload_id)`` of a tus upload's URL path (as in
+    ``Upload-Concat``), else None."""
+    match = _TUS_PATH.fullmatch(path)
+    if match is None:
+        return None
+    return (match.group('image_id'), match.group('target'),
+            match.group('upload_id'))
+
+
 def session_target(environ):
     """``(image_id, 'file' or 'stage')`` for a request to a transfer
     session's own URL (any method), else None."""

@@ -26,6 +26,10 @@ a-b/N``
     ``expires_at``, ``error``, ``sha256``.
 ``DELETE`` on the same URL
     cancels the session and removes its spool: 204.
+``OPTIONS``, ``POST`` (with ``Tus-Resumable``) on the upload URL, and
+``HEAD``, ``PATCH``, ``DELETE`` on ``.../file/tus/<upload id>``
+    tus 1.0 on the same sessions (:mod:`sizeaware.sessions.tus` describes
+    every answer).
 
 A session belongs to the project and user that created it; anyone else
 gets 404 from its URL and for a range written to its image, as if it did
@@ -59,6 +63,7 @@ from sizeaware.sessions import downstream
 from sizeaware.sessions import ranged_put
 from sizeaware.sessions import record as records
 from sizeaware.sessions import spool as spools
+from sizeaware.sessions import tus
 
 LOG = logging.getLogger(__name__)
 
@@ -83,7 +88,11 @@ class ResumableFilter(base.ConfigurableMiddleware):
 
     def __call__(self, environ, start_response):
         upload = routes.upload_target(environ)
-        if upload is not None and headers.has_content_range(environ):
+        tus_upload = routes.tus_target(environ)
+        if tus_upload is not None:
+            target, handle = tus_upload, self._tus
+            start_response = _with_tus_resumable(start_response)
+        elif upload is not None and headers.has_content_range(environ):
             target, handle = upload, self._ranged_put
         else:
             target, handle = routes.session_target(environ), self._session
@@ -108,6 +117,10 @@ class ResumableFilter(base.ConfigurableMiddleware):
             start_response(response.status, response.headerlist)
             return response.app_iter
         return response(environ, start_response)
+
+    def _tus(self, environ, image_id, target, upload_id):
+        return tus.handle(self.application, self.spool, environ, image_id,
+                          target, upload_id, self.max_image_size)
 
     def _ranged_put(self, environ, image_id, target):
         first, last, size, chunked = ranged_put.parse(environ,
@@ -145,3 +158,13 @@ class ResumableFilter(base.ConfigurableMiddleware):
             return response
         finally:
             session.close()
+
+
+def _with_tus_resumable(start_response):
+    """``start_response`` putting ``Tus-Resumable`` on every tus answer,
+    refusals and Glance's own answers included."""
+    def start(status, headerlist, exc_info=None):
+        if not any(name.lower() == 'tus-resumable' for name, _ in headerlist):
+            headerlist = list(headerlist) + [('Tus-Resumable', tus.VERSION)]
+        return start_response(status, headerlist, exc_info)
+    return start

@@ -37,6 +37,14 @@ class Record:
     phase: str = TRANSFERRING
     sha256: str = None
     error: str = None
+    #: tus: the random part of the upload's URL, ``partial`` or ``final``
+    #: for concatenation, the raw ``Upload-Metadata``, and for a final
+    #: upload the sizes of the partial uploads it joins (their bytes are
+    #: its ``part.<n>`` files instead of ``data``).
+    upload_id: str = None
+    concat: str = None
+    metadata: str = None
+    parts: list = None
 
     def owned_by(self, owner):
         return (self.project_id, self.user_id) == tuple(owner)

@@ -7,6 +7,10 @@ Layout of ``<spool_dir>/<image_id>.<target>/``:
 ``data``
     the image's bytes, each written at its own offset (``os.pwrite``), so
     ranges arrive in any order and in parallel;
+``part.0``, ``part.1``, ...
+    instead of ``data``, for a tus final upload that joins partial uploads
+    (concatenation): hard links to the partial uploads' ``data`` files, so
+    joining copies nothing; :meth:`Session.reader` reads them in order;
 ``ranges.json``
     the ranges held, rewritten atomically only after the bytes it adds were
     synced (``fsync`` of ``data``, then of this file, then of the record),
@@ -36,6 +40,9 @@ Writes go through the stream base: :class:`SpoolWriter` is a
 offset, and :meth:`Session.reader` reads the spool back through the same
 base. A spool-wide ``.lock`` serialises creating sessions (so the limits
 hold across processes) and the reaper.
+
+A tus partial upload (concatenation) is a session of its own, in
+``<image_id>.<target>.<upload_id>/``, beside the image's one session.
 """
 
 import contextlib
@@ -58,6 +65,8 @@ from sizeaware.sessions import record as records
 
 #: Image ids are UUIDs; anything else names no image (and no directory).
 _IMAGE_ID = re.compile(r'[A-Za-z0-9_-]{1,64}')
+#: The random name of a tus upload (``secrets.token_hex(16)``).
+_UPLOAD_ID = re.compile(r'[0-9a-f]{32}')
 #: A long write is made durable and claimed every this many bytes, so a
 #: killed worker loses at most this much of what it had received.
 CHECKPOINT_BYTES = 16 * 1024 * 1024
@@ -160,21 +169,23 @@ class Spool:
 
     # -- sessions ---------------------------------------------------------
 
-    def session(self, image_id, target, owner):
+    def session(self, image_id, target, owner, part=None):
         """The live session of this image and target, or None.
 
         An expired session is removed on sight and reported as None.
 
         :param owner: ``(project_id, user_id)`` of the caller.
+        :param part: the upload id of a tus partial upload of the image,
+            whose session is its own.
         :raises sizeaware.exceptions.SessionNotFound: the session is
             someone else's: to them it does not exist, whatever they ask
             of it, and it is left as it is.
         """
-        session = self._live(image_id, target)
+        session = self._live(image_id, target, part)
         return _owned(session, owner)
 
-    def _live(self, image_id, target):
-        path = self._path(image_id, target)
+    def _live(self, image_id, target, part=None):
+        path = self._path(image_id, target, part)
         try:
             session = Session(self, path)
         except exceptions.SessionNotFound:
@@ -185,18 +196,22 @@ class Spool:
             return None
         return session
 
-    def create(self, image_id, target, owner, size, sha256=None):
+    def create(self, image_id, target, owner, size, sha256=None, *,
+               part=None, **fields):
         """The session of this image and target, created if there is none
         (two first requests racing get the same one).
 
+        :param part: see :meth:`session`.
+        :param fields: more :class:`~sizeaware.sessions.record.Record`
+            fields of a new session.
         :raises sizeaware.exceptions.SessionNotFound: the one there is
             belongs to someone else.
         :raises sizeaware.exceptions.TooManySessions:
         :raises sizeaware.exceptions.SpoolFull:
         """
-        path = self._path(image_id, target)
+        path = self._path(image_id, target, part)
         with self._spool_locked():
-            existing = self._live(image_id, target)
+            existing = self._live(image_id, target, part)
             if existing is not None:
                 return _owned(existing, owner)
             self._check_limits(owner[0], size)
@@ -205,7 +220,7 @@ class Spool:
                 image_id=image_id, target=target, project_id=owner[0],
                 user_id=owner[1], size=size, created_at=now,
                 updated_at=now, expires_at=self.limits.expiry(now, now),
-                sha256=sha256)
+                sha256=sha256, **fields)
             tmp = os.path.join(self.directory, '.new.%s' % uuid.uuid4().hex)
             os.mkdir(tmp, 0o700)
             for name in ('data', 'lock'):
@@ -283,12 +298,17 @@ class Spool:
 
     # -- internals ----------------------------------------------------------
 
-    def _path(self, image_id, target):
+    def _path(self, image_id, target, part=None):
         if not _IMAGE_ID.fullmatch(image_id) or target not in ('file',
                                                                 'stage'):
             raise exceptions.ImageNotFound('No image with id %s.' % (
                 ascii(image_id[:64]),))
-        return os.path.join(self.directory, '%s.%s' % (image_id, target))
+        name = '%s.%s' % (image_id, target)
+        if part is not None:
+            if not _UPLOAD_ID.fullmatch(part):
+                raise exceptions.SessionNotFound('No such upload.')
+            name += '.' + part
+        return os.path.join(self.directory, name)
 
     @contextlib.contextmanager
     def _spool_locked(self):
@@ -388,38 +408,63 @@ class Session:
         }
 
     def reader(self, stream_class=stream.BodyStream):
-        """The whole image read back through the stream base.
+        """The whole image read back through the stream base: ``data``,
+        or a final upload's ``part.<n>`` files one after the other.
 
-        :returns: a stream of :attr:`Record.size` bytes that owns its file.
+        :returns: a stream of :attr:`Record.size` bytes that owns its files.
         """
-        fd = os.open(os.path.join(self.path, 'data'), os.O_RDONLY)
-        size = self.record.size
-        position = 0
+        sizes = self.record.parts
+        names = (['data'] if sizes is None
+                 else ['part.%d' % n for n in range(len(sizes))])
+        sizes = [self.record.size] if sizes is None else list(sizes)
+        fds = []
+        try:
+            for name in names:
+                fds.append(os.open(os.path.join(self.path, name),
+                                   os.O_RDONLY))
+        except OSError:
+            for fd in fds:
+                os.close(fd)
+            raise
+        index, position = 0, 0
 
         def pull(hint):
-            nonlocal position
-            data = os.pread(fd, min(hint, size - position), position)
-            position += len(data)
-            return data
+            nonlocal index, position
+            while index < len(fds):
+                data = os.pread(fds[index],
+                                min(hint, sizes[index] - position), position)
+                if data:
+                    position += len(data)
+                    return data
+                index, position = index + 1, 0
+            return b''
 
-        reader = stream_class(pull, size, delimited=True)
+        reader = stream_class(pull, self.record.size, delimited=True)
         close = reader.close
 
-        def close_both():
+        def close_all():
             close()
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        reader.close = close_both
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        reader.close = close_all
         return reader
 
     # -- writing ------------------------------------------------------------
 
     @contextlib.contextmanager
-    def writer(self, first, last):
+    def writer(self, first, last, stream_class=None, checkpoints=True):
         """Hold bytes ``first`` to ``last`` for this request and yield a
         ``stream_class`` for :func:`sizeaware.framing.open_body` writing
         them.
 
+        :param stream_class: :class:`SpoolWriter` (the default) or a
+            subclass.
+        :param checkpoints: claim what was written every
+            :data:`CHECKPOINT_BYTES`, and keep a journal for the next
+            request to claim from should this worker die; without, nothing
+            is claimed before the request commits (a body with a checksum
+            to verify first).
         :raises sizeaware.exceptions.UploadConflict: while another request
             writes any of these bytes.
         """
@@ -432,16 +477,20 @@ class Session:
             _JOURNAL_PREFIX, uuid.uuid4().hex))
         try:
             fd = os.open(os.path.join(self.path, 'data'), os.O_RDWR)
-            journal = os.open(journal_path, os.O_RDWR | os.O_CREAT, 0o600)
-            locks.acquire(journal, 0, 0)
-            _reset_journal(journal, first)
+            if checkpoints:
+                journal = os.open(journal_path, os.O_RDWR | os.O_CREAT,
+                                  0o600)
+                locks.acquire(journal, 0, 0)
+                _reset_journal(journal, first)
             with self._locked():
                 self._recover()
                 held = self.held()
             yield functools.partial(
-                SpoolWriter, fd=fd, start=first, held=held, journal=journal,
+                stream_class or SpoolWriter, fd=fd, start=first, held=held,
+                journal=journal,
                 checkpoint=functools.partial(self.commit, final=False,
-                                             synced=True))
+                                             synced=True)
+                if checkpoints else None)
         finally:
             if journal is not None:
                 # Whatever this request claims it has claimed by now.
@@ -490,6 +539,39 @@ class Session:
             self._touch(rec)
             return held, finalizing
 
+    def wait_idle(self, timeout, interval=0.05):
+        """Wait until no request writes bytes of this session (one whose
+        client went away may still be claiming what arrived), at most
+        ``timeout`` seconds.
+
+        :returns: whether it is idle.
+        """
+        deadline = time.monotonic() + timeout
+        while self.writing():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(interval)
+        return True
+
+    def join(self, partials):
+        """Make the bytes of ``partials`` (complete sessions of their
+        own, in order) this session's, without copying them: each one's
+        ``data`` is hard-linked here as ``part.<n>``.
+
+        The partials are left as they are; remove them afterwards.
+
+        :returns: ``(held, now_finalizing)``, as :meth:`commit`.
+        """
+        for number, partial in enumerate(partials):
+            os.link(os.path.join(partial.path, 'data'),
+                    os.path.join(self.path, 'part.%d' % number))
+        records.fsync_dir(self.path)
+        with self._locked():
+            rec = self._read_record()
+            rec.parts = [partial.record.size for partial in partials]
+            self._touch(rec)
+        return self.commit(0, self.record.size, synced=True)
+
     def check_writable(self):
         """:raises UploadConflict: unless bytes may be written now."""
         if self.record.phase == records.FINALIZING:
@@ -515,6 +597,11 @@ class Session:
         self.set_phase(records.FAILED, reason)
         with contextlib.suppress(FileNotFoundError):
             os.truncate(os.path.join(self.path, 'data'), 0)
+        # A final upload's parts, links its partials no longer share
+        # (they are removed once joined).
+        for number in range(len(self.record.parts or ())):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.path, 'part.%d' % number))
 
     def remove(self, only_if_idle=False):
         """Delete the session and its spool.
