@@ -317,12 +317,14 @@ def test_two_servers_one_spool_and_a_worker_killed_mid_write(glance_pair,
     os.kill(worker, signal.SIGKILL)
     assert cut.communicate()[0] != '204'
     # The second server sees every byte that reached the spool, and
-    # claims none that is not on disk.
+    # claims none that is not on disk. The killed worker claimed nothing
+    # itself (it would every spool.CHECKPOINT_BYTES, 16 MiB): what is held
+    # of quarter 1 comes from its journal.
     code, document = status(api_two, image_id)
     assert code == 200
     held = [tuple(r) for r in document['ranges_held']]
     (first_held, second, fourth) = held
-    assert first_held[0] == 0 and 256 * 1024 < first_held[1] < parts[0][1]
+    assert first_held[0] == 0 and 0 < first_held[1] < parts[0][1], held
     assert (second, fourth) == (parts[1], parts[3])
     assert document['phase'] == 'paused'
     on_disk = data_file.read_bytes()
