@@ -75,7 +75,8 @@ def cmd_up(args):
         args.release, with_filter=not args.no_filter,
         filter_options=filter_options, flavor=args.flavor, port=args.port,
         workdir=args.workdir, processes=args.processes, threads=args.threads,
-        keep_workdir=args.keep, server=args.server)
+        keep_workdir=args.keep, server=args.server,
+        resumable=None if args.no_filter else {})
     # Signals stop the stack in the finally below, also while starting.
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
@@ -87,8 +88,8 @@ def cmd_up(args):
         out = sys.stdout
         print('Glance %s is up%s, flavor %s' % (
             args.release,
-            '' if args.no_filter else ' with the sizeaware filter',
-            args.flavor), file=out)
+            '' if args.no_filter else ' with the resumable and sizeaware '
+            'filters', args.flavor), file=out)
         if args.server == 'uwsgi':
             served = 'uwsgi, %d processes x %d threads' % (args.processes,
                                                            args.threads)
@@ -104,6 +105,8 @@ def cmd_up(args):
         for name, path in stack.store_dirs.items():
             print('  store %-8s %s' % (name + ':', path), file=out)
         print('  staging:       %s' % stack.staging_dir, file=out)
+        if stack.resumable is not None:
+            print('  upload spool:  %s' % stack.spool_dir, file=out)
         print('  tasks:         %s' % stack.tasks_dir, file=out)
         print('  config:        %s' % stack.conf_path, file=out)
         print('  paste ini:     %s' % stack.paste_path, file=out)
@@ -179,7 +182,7 @@ def main(argv=None):
     up.add_argument('--port', type=int, default=None,
                     help='default: a free port')
     up.add_argument('--no-filter', action='store_true',
-                    help='serve the shipped pipelines without sizeaware')
+                    help='serve the shipped pipelines without our filters')
     up.add_argument('--filter-option', type=_parse_option, action='append',
                     metavar='KEY=VALUE',
                     help='extra [filter:sizeaware] line (repeatable)')
