@@ -473,15 +473,19 @@ class Session:
                 'Another request is writing some of bytes %d-%d of this '
                 'image; retry once it has ended.' % (first, last))
         fd = journal = None
-        journal_path = os.path.join(self.path, '%s%s' % (
-            _JOURNAL_PREFIX, uuid.uuid4().hex))
+        name = uuid.uuid4().hex
+        journal_path = os.path.join(self.path, '.new-journal.' + name)
         try:
             fd = os.open(os.path.join(self.path, 'data'), os.O_RDWR)
             if checkpoints:
+                # Named for others to recover only once it is locked.
                 journal = os.open(journal_path, os.O_RDWR | os.O_CREAT,
                                   0o600)
                 locks.acquire(journal, 0, 0)
                 _reset_journal(journal, first)
+                named = os.path.join(self.path, _JOURNAL_PREFIX + name)
+                os.rename(journal_path, named)
+                journal_path = named
             with self._locked():
                 self._recover()
                 held = self.held()
