@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.parse
 import uuid
 
 import pytest
@@ -233,6 +234,7 @@ def test_another_projects_user_gets_404_for_a_session_of_an_image_it_sees(
                     for user in conftest.KEYSTONE_USERS)
     image_id = owner.create_image(visibility='community')
     # The other project sees the image, so only the session says no.
+    # (tus HEAD and PATCH: see the next test.)
     assert other.get_image(image_id)['status'] == 'queued'
     parts = quarters()
     assert put_range(glance, dict(owner.headers, **{
@@ -339,3 +341,35 @@ def test_two_servers_one_spool_and_a_worker_killed_mid_write(glance_pair,
                      parts[0][1]).communicate()[0] == '204'
     assert_active_with(api_one, image_id, DATA)
     assert status(api_two, image_id)[0] == 404
+
+
+def test_another_projects_user_gets_404_for_a_tus_upload(glance_keystone):
+    glance = glance_keystone
+    owner, other = (conftest.client_for(glance, user)
+                    for user in conftest.KEYSTONE_USERS)
+    image_id = owner.create_image(visibility='community')
+    tus = {'Tus-Resumable': '1.0.0'}
+    patch = dict(tus, **{'Content-Type': 'application/offset+octet-stream'})
+    half = N // 2
+    resp = owner.request('POST', '/v2/images/%s/file' % image_id,
+                         headers=dict(tus, **{'Upload-Length': str(N)}))
+    assert resp.status == 201, resp
+    upload = urllib.parse.urlsplit(resp.headers['location']).path
+    resp = owner.request('PATCH', upload, body=DATA[:half], headers=dict(
+        patch, **{'Upload-Offset': '0'}))
+    assert resp.status == 204, resp
+    for method, body, extra in (
+            ('HEAD', None, {}),
+            ('PATCH', DATA[half:], {'Upload-Offset': str(half)}),
+            ('PATCH', DATA[:10], {'Upload-Offset': '0'}),
+            ('DELETE', None, {})):
+        resp = other.request(method, upload, body=body,
+                             headers=dict(patch, **extra))
+        assert resp.status == 404, (method, resp)
+    resp = owner.request('HEAD', upload, headers=tus)
+    assert resp.status == 200
+    assert resp.headers['upload-offset'] == str(half)
+    resp = owner.request('PATCH', upload, body=DATA[half:], headers=dict(
+        patch, **{'Upload-Offset': str(half)}))
+    assert resp.status == 204, resp
+    assert_active_with(owner, image_id, DATA)
