@@ -179,3 +179,23 @@ def test_tuspy_patch_stalled_past_the_server_timeout_keeps_what_arrived(
     assert 2 * CHUNK < resumed.offset <= CUT, resumed.offset
     resumed.upload()
     assert_active_with(api, image_id)
+
+
+def test_tuspy_with_checksums_cut_mid_patch_drops_that_patch(
+        glance, identity, image_file, proxy):
+    """With ``upload_checksum=True`` every PATCH carries ``Upload-Checksum:
+    sha1 ...``: the cut one cannot be verified, so none of it is kept."""
+    api = client.GlanceClient(glance.url, identity)
+    image_id = api.create_image()
+    tus = tus_client.TusClient(
+        '%s/v2/images/%s/file' % (proxy.url, image_id), headers=identity)
+    uploader = tus.uploader(file_path=image_file, chunk_size=CHUNK,
+                            upload_checksum=True)
+    proxy.cut_at(CUT)
+    with pytest.raises(tus_exceptions.TusUploadFailed):
+        uploader.upload()
+    resumed = tus.uploader(file_path=image_file, url=uploader.url,
+                           chunk_size=CHUNK, upload_checksum=True)
+    assert resumed.offset == 2 * CHUNK
+    resumed.upload()
+    assert_active_with(api, image_id)

@@ -397,3 +397,57 @@ def test_final_names_only_own_partials_of_this_image(app):
         'Upload-Concat': 'final;' + partial})
     assert response.status_int == 404
     assert offset_of(app, partial) == 10
+
+
+def test_head_finalizes_an_upload_whose_finalizer_died(app, glance,
+                                                       tmp_path):
+    location = create(app)
+    assert send(app, location, 0, DATA[:N - 1]).status_int == 204
+    # The request that completes the data dies before it finalizes: the
+    # session moved to finalizing, then its locks went with its worker.
+    session = app.spool.session(IMAGE, 'file', ('p1', 'u1'))
+    with session.writer(N - 1, N - 1) as stream_class:
+        stream_class(lambda hint: DATA[N - 1:], 1, True).read(1)
+        assert session.commit(N - 1, N) == ([(0, N)], True)
+    session.close()
+    assert uploads(glance) == []
+    # A client told the offset sends nothing more: the HEAD finalizes.
+    assert offset_of(app, location) == N
+    (upload,) = uploads(glance)
+    assert upload.body == DATA
+    assert spooled(tmp_path) == []
+
+
+def test_methods_a_tus_url_does_not_answer_are_405(app):
+    location = create(app)
+    assert call(app, 'GET', url_path(location)).status_int == 405
+    assert call(app, 'PUT', url_path(location)).status_int == 405
+
+
+def test_creation_with_upload_and_a_checksum(app):
+    response = call(app, 'POST', CREATE, DATA[:100], headers=dict(
+        OCTETS, **{'Upload-Length': str(N),
+                   'Upload-Checksum': checksum('sha256', DATA[:99])}))
+    assert response.status_int == 460
+    assert 'Location' not in response.headers
+    response = call(app, 'POST', STAGE, DATA[:100], headers=dict(
+        OCTETS, **{'Upload-Length': str(N),
+                   'Upload-Checksum': checksum('sha256', DATA[:100])}))
+    assert response.status_int == 201
+    assert offset_of(app, response.headers['Location']) == 100
+
+
+def test_head_reports_expiry_and_every_request_extends_it(glance, tmp_path):
+    now = [1_000_000.0]
+    app = stack(glance, tmp_path, session_inactivity_timeout='3600')
+    app.spool.clock = lambda: now[0]
+    location = create(app)
+    head = call(app, 'HEAD', url_path(location))
+    assert head.headers['Upload-Expires'] == email.utils.formatdate(
+        now[0] + 3600, usegmt=True)
+    now[0] += 600
+    response = send(app, location, 0, DATA[:10])
+    assert response.headers['Upload-Expires'] == (
+        'Mon, 12 Jan 1970 14:56:40 GMT')
+    now[0] += 3601
+    assert call(app, 'HEAD', url_path(location)).status_int == 404
