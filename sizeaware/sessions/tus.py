@@ -28,7 +28,10 @@ creation-with-upload, expiration, checksum (``sha1``, ``sha256``,
     ``Cache-Control: no-store``, and ``Upload-Metadata`` and
     ``Upload-Concat`` when set. A ``PATCH`` still being wound up (its
     client gone) is waited for, up to :data:`IDLE_WAIT` seconds, so the
-    offset is what that request finally keeps.
+    offset is what that request finally keeps. An upload holding every
+    byte that nobody finalized (the request that completed it died) is
+    finalized by the ``HEAD``, whose answer is then Glance's refusal, if
+    any.
 ``PATCH`` with ``Upload-Offset`` and ``Content-Type:
 application/offset+octet-stream``
     appends: 204 with the new ``Upload-Offset``, the final one too (after
@@ -127,7 +130,7 @@ def handle(app, spool, environ, image_id, target, upload_id,
     session = _find(spool, environ, image_id, target, upload_id)
     try:
         if method == 'HEAD':
-            return head(session)
+            return head(app, environ, session)
         if method == 'DELETE':
             session.set_phase(records.CANCELLED)
             session.remove()
@@ -148,10 +151,23 @@ def options(max_image_size):
     return response
 
 
-def head(session):
+def head(app, environ, session):
     session.wait_idle(IDLE_WAIT)
     document = session.status()
     rec = session.record
+    if (rec.concat != PARTIAL and rec.phase == records.TRANSFERRING
+            and rec.size and document['bytes_held'] == rec.size):
+        # Every byte is held, yet nobody finalizes: the request that
+        # completed them died before or while it finalized (its worker
+        # killed). A client told this offset sends nothing more, so this
+        # request finalizes; Glance's refusal is the answer.
+        _, finalizing = session.commit(rec.size, rec.size)
+        if finalizing:
+            answer = finalize.finalize(app, environ, session,
+                                       _upload_path(rec))
+            if answer.status_int >= 300:
+                return answer
+            _discard(answer)
     response = webob.Response(status=200)
     response.headers['Upload-Offset'] = str(_offset(
         [(first, last + 1) for first, last in document['ranges_held']]))
