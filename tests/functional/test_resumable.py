@@ -23,6 +23,7 @@ import uuid
 
 import pytest
 
+from sizeaware.sessions import spool as spools
 from tests.functional import client
 from tests.functional import conftest
 from teststack import glance as glance_stack
@@ -373,3 +374,32 @@ def test_another_projects_user_gets_404_for_a_tus_upload(glance_keystone):
         patch, **{'Upload-Offset': str(half)}))
     assert resp.status == 204, resp
     assert_active_with(owner, image_id, DATA)
+
+
+def test_a_finalize_whose_worker_died_is_redone_on_the_other_server(
+        glance_pair, tmp_path):
+    one, two = glance_pair
+    identity = one.identity_headers(uuid.uuid4().hex, roles=ROLES)
+    api = client.GlanceClient(two.url, identity)
+    image_id = api.create_image()
+    assert put_range(one, dict(identity, **{'X-Image-Sha256': SHA256}),
+                     image_id, tmp_path, 0, N - 2).communicate()[0] == '204'
+    # This process plays a worker of the first server that sent the last
+    # byte, took the session to finalizing, and died before Glance had
+    # the image: its locks go with it.
+    spool = spools.Spool(str(one.spool_dir))
+    session = spool.session(image_id, 'file', (identity['X-Project-Id'],
+                                               identity['X-User-Id']))
+    with session.writer(N - 1, N - 1) as stream_class:
+        stream_class(lambda hint: DATA[N - 1:], 1, True).read(1)
+        assert session.commit(N - 1, N)[1]
+    assert status(api, image_id)[1]['phase'] == 'finalizing'
+    session.close()
+    code, document = status(api, image_id)
+    assert (document['phase'], document['bytes_held']) == ('paused', N)
+    assert 'interrupted' in document['error']
+    assert api.get_image(image_id)['status'] == 'queued'
+    # Any range sent again finishes the upload.
+    assert put_range(two, identity, image_id, tmp_path,
+                     N - 1, N - 1).communicate()[0] == '204'
+    assert_active_with(api, image_id, DATA)
