@@ -18,7 +18,9 @@ creation-with-upload, expiration, checksum (``sha1``, ``sha256``,
     date); 413 above ``Tus-Max-Size``; 409 while the image has a session
     for that target already, or is not ``queued``. ``Upload-Metadata`` is
     kept and echoed by ``HEAD``. A body (``Content-Type:
-    application/offset+octet-stream``) is written as by ``PATCH``.
+    application/offset+octet-stream``) is written as by ``PATCH``; if that
+    fails, the upload is gone with its answer (whose client never learnt
+    its URL).
     ``Upload-Concat: partial`` creates a partial upload;
     ``Upload-Concat: final;<url> <url> ...`` joins complete partial
     uploads of the same image and caller, in order, into the image
@@ -232,8 +234,15 @@ def create(app, spool, environ, image_id, target, max_image_size):
         _check_new(session, upload_id)
         location = _location(environ, upload_id)
         if has_body:
-            response = _write(app, environ, session, 0)
+            try:
+                response = _write(app, environ, session, 0)
+            except Exception:
+                # The client never learnt the upload's URL: nothing of it
+                # is kept, and the image takes a new creation at once.
+                session.remove()
+                raise
             if response.status_int >= 300:
+                session.remove()
                 return response
             response.status = 201
         else:

@@ -424,13 +424,15 @@ def test_methods_a_tus_url_does_not_answer_are_405(app):
     assert call(app, 'PUT', url_path(location)).status_int == 405
 
 
-def test_creation_with_upload_and_a_checksum(app):
+def test_creation_with_upload_and_a_checksum(app, tmp_path):
     response = call(app, 'POST', CREATE, DATA[:100], headers=dict(
         OCTETS, **{'Upload-Length': str(N),
                    'Upload-Checksum': checksum('sha256', DATA[:99])}))
     assert response.status_int == 460
     assert 'Location' not in response.headers
-    response = call(app, 'POST', STAGE, DATA[:100], headers=dict(
+    # Nothing of it is left: the image takes a new creation.
+    assert spooled(tmp_path) == []
+    response = call(app, 'POST', CREATE, DATA[:100], headers=dict(
         OCTETS, **{'Upload-Length': str(N),
                    'Upload-Checksum': checksum('sha256', DATA[:100])}))
     assert response.status_int == 201
@@ -451,3 +453,11 @@ def test_head_reports_expiry_and_every_request_extends_it(glance, tmp_path):
         'Mon, 12 Jan 1970 14:56:40 GMT')
     now[0] += 3601
     assert call(app, 'HEAD', url_path(location)).status_int == 404
+
+
+def test_creation_with_upload_cut_keeps_nothing(app, glance, tmp_path):
+    response = call(app, 'POST', CREATE, DATA, stream=cut_source(
+        [DATA[:1000]]), headers=dict(OCTETS, **{'Upload-Length': str(N)}))
+    assert response.status_int == 499
+    assert spooled(tmp_path) == []
+    assert create(app)
