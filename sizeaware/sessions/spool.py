@@ -197,11 +197,15 @@ class Spool:
         return session
 
     def create(self, image_id, target, owner, size, sha256=None, *,
-               part=None, **fields):
+               part=None, reserved=False, **fields):
         """The session of this image and target, created if there is none
         (two first requests racing get the same one).
 
         :param part: see :meth:`session`.
+        :param reserved: the session's bytes are reserved already, by
+            sessions it replaces (a tus final upload takes the bytes of its
+            partial uploads, removed once joined): the limits are not
+            checked again.
         :param fields: more :class:`~sizeaware.sessions.record.Record`
             fields of a new session.
         :raises sizeaware.exceptions.SessionNotFound: the one there is
@@ -214,7 +218,8 @@ class Spool:
             existing = self._live(image_id, target, part)
             if existing is not None:
                 return _owned(existing, owner)
-            self._check_limits(owner[0], size)
+            if not reserved:
+                self._check_limits(owner[0], size)
             now = self.clock()
             rec = records.Record(
                 image_id=image_id, target=target, project_id=owner[0],

@@ -355,7 +355,7 @@ def _create_final(app, spool, environ, image_id, target, concat,
         upload_id = secrets.token_hex(16)
         session = spool.create(image_id, target, owner, size,
                                upload_id=upload_id, metadata=metadata,
-                               concat=FINAL + ' '.join(urls))
+                               concat=FINAL + ' '.join(urls), reserved=True)
         _check_new(session, upload_id)
         _, finalizing = session.join(partials)
         for partial in partials:

@@ -461,3 +461,18 @@ def test_creation_with_upload_cut_keeps_nothing(app, glance, tmp_path):
     assert response.status_int == 499
     assert spooled(tmp_path) == []
     assert create(app)
+
+
+def test_final_upload_takes_its_partials_room_in_the_spool(glance, tmp_path):
+    app = stack(glance, tmp_path, spool_max_bytes=str(N),
+                max_sessions_per_project='2')
+    first = create(app, length=10, headers={'Upload-Concat': 'partial'})
+    second = create(app, length=N - 10, headers={'Upload-Concat': 'partial'})
+    assert call(app, 'POST', STAGE, headers={
+        'Upload-Length': '1'}).status_int == 429
+    send(app, first, 0, DATA[:10])
+    send(app, second, 0, DATA[10:])
+    response = call(app, 'POST', CREATE, headers={
+        'Upload-Concat': 'final;%s %s' % (first, second)})
+    assert response.status_int == 201
+    assert uploads(glance)[0].body == DATA
