@@ -19,8 +19,10 @@ ordinary upload. The modules, each with one job:
 ``downstream``
     the sub-requests to Glance made with the caller's own credentials;
 ``ranged_put``
-    the ranged-PUT protocol (``Content-Range``) on top of the above.
+    the ranged-PUT protocol (``Content-Range``) on top of the above;
+``tus``
+    the tus 1.0 protocol on the same sessions, spool and finalize.
 
-Another protocol (tus 1.0) is another module next to ``ranged_put`` on the
-same sessions, spool and finalize.
+A third protocol (the IETF draft's resumable uploads) is another module
+beside these two.
 """
