@@ -2,7 +2,7 @@
 
 project = 'sizeaware'
 copyright = 'sizeaware developers'
-extensions = ['sphinx.ext.autodoc']
+extensions = ['sphinx.ext.autodoc', 'oslo_config.sphinxext']
 autodoc_mock_imports = ['uwsgi']
 master_doc = 'index'
 exclude_patterns = ['_build']

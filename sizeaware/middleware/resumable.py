@@ -11,8 +11,7 @@ answers.
 
 Requests it acts on (any ``/v2.N/``):
 
-``PUT /v2/images/<id>/file`` or ``.../stage`` with ``Content-Range: bytes
-a-b/N``
+``PUT .../file`` or ``.../stage`` with ``Content-Range: bytes a-b/N``
     writes bytes ``a`` to ``b`` of the ``N``-byte image
     (:mod:`sizeaware.sessions.ranged_put`): 204 with ``Range:
     bytes=...`` (the ranges held) while incomplete, Glance's answer to the
@@ -26,9 +25,10 @@ a-b/N``
     ``expires_at``, ``error``, ``sha256``.
 ``DELETE`` on the same URL
     cancels the session and removes its spool: 204.
-``OPTIONS``, ``POST`` (with ``Tus-Resumable``) on the upload URL, and
-``HEAD``, ``PATCH``, ``DELETE`` on ``.../file/tus/<upload id>``
-    tus 1.0 on the same sessions (:mod:`sizeaware.sessions.tus` describes
+tus 1.0 (``Tus-Resumable``)
+    ``OPTIONS`` and ``POST`` on the upload URL create an upload at
+    ``.../file/tus/<upload id>``, where ``HEAD``, ``PATCH`` and ``DELETE``
+    act on it; the same sessions (:mod:`sizeaware.sessions.tus` describes
     every answer).
 
 A session belongs to the project and user that created it; anyone else
