@@ -602,8 +602,18 @@ class Session:
 
     def fail(self, reason):
         """Phase ``failed`` with ``reason``; the data is dropped, the record
-        stays (for the status document) until the session expires."""
-        self.set_phase(records.FAILED, reason)
+        stays (for the status document) until the session expires.
+
+        The ranges file is emptied before the data goes, so neither the
+        status document nor a tus ``HEAD`` ever counts a byte that is no
+        longer on disk.
+        """
+        with self._locked():
+            rec = self._read_record()
+            rec.phase, rec.error = records.FAILED, reason
+            records.write_atomically(os.path.join(self.path, 'ranges.json'),
+                                     '[]')
+            self._touch(rec)
         with contextlib.suppress(FileNotFoundError):
             os.truncate(os.path.join(self.path, 'data'), 0)
         # A final upload's parts, links its partials no longer share

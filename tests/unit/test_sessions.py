@@ -121,6 +121,18 @@ def test_create_write_complete(spool):
     session.close()
 
 
+def test_a_failed_session_counts_none_of_its_dropped_data(spool):
+    session = spool.create(IMAGE, 'file', OWNER, len(DATA), None)
+    write(session, 0, DATA)
+    session.fail('refused')
+    assert os.path.getsize(os.path.join(session.path, 'data')) == 0
+    assert session.held() == []
+    status = session.status()
+    assert (status['phase'], status['error']) == ('failed', 'refused')
+    assert (status['bytes_held'], status['ranges_held']) == (0, [])
+    session.close()
+
+
 def test_a_write_cut_mid_body_keeps_exactly_what_arrived(spool):
     session = spool.create(IMAGE, 'file', OWNER, len(DATA), None)
     pieces = [DATA[1000:1333], DATA[1333:2000]]
