@@ -134,8 +134,9 @@ class Result:
 
 
 def upload(url, path, file_path, size, *, chunked, headers=None,
-           piece=PIECE, timeout=900):
-    """PUT ``size`` bytes of ``file_path`` to ``url + path``; a Result.
+           piece=PIECE, timeout=900, offset=0):
+    """PUT ``size`` bytes of ``file_path`` (from ``offset``) to ``url +
+    path``; a Result.
 
     A Content-Length body goes out with ``sendfile`` (no copy in the
     client); a chunked body as one chunk per ``piece`` bytes, read into one
@@ -160,6 +161,7 @@ def upload(url, path, file_path, size, *, chunked, headers=None,
         sock = conn.sock
         try:
             with open(file_path, 'rb', buffering=0) as src:
+                src.seek(offset)
                 if chunked:
                     buf = memoryview(bytearray(piece))
                     while sent < size:
@@ -173,7 +175,7 @@ def upload(url, path, file_path, size, *, chunked, headers=None,
                         sent += n
                     sock.sendall(b'0\r\n\r\n')
                 else:
-                    sent = sock.sendfile(src, 0, size)
+                    sent = sock.sendfile(src, offset, size)
         except (BrokenPipeError, ConnectionResetError):
             pass  # answered early; the answer is still there to read
         resp = conn.getresponse()
@@ -300,7 +302,7 @@ WITH_PREFIX = '/with'
 WITHOUT_PREFIX = '/without'
 
 
-def dual_paste_ini(venv):
+def dual_paste_ini(venv, resumable=None):
     """A paste ini serving the same Glance with and without the filter.
 
     The release's shipped ini is derived as ``teststack.glance`` derives it
@@ -314,11 +316,19 @@ def dual_paste_ini(venv):
         /...          api           (what teststack polls at startup)
 
     so one uwsgi worker, one configuration and one store serve both.
+
+    With ``resumable`` (the ``[filter:resumable]`` options, ``spool_dir``
+    among them), the filter compared is ``resumable`` instead: ``api`` has
+    ``resumable sizeaware``, ``api-nofilter`` ``sizeaware`` alone.
     """
     from teststack import glance as glance_stack
     shipped = glance_stack.shipped_paste_ini(venv).read_text()
-    with_filter = glance_stack.build_paste_ini(shipped, with_filter=True)
-    without = glance_stack.build_paste_ini(shipped, with_filter=False)
+    with_filter = glance_stack.build_paste_ini(shipped, with_filter=True,
+                                               resumable=resumable)
+    without = glance_stack.build_paste_ini(
+        shipped, with_filter=resumable is not None)
+    compared = (glance_stack.FILTER_NAME if resumable is None
+                else glance_stack.RESUMABLE_NAME)
     nofilter = dict(glance_stack.split_sections(without))['composite:api']
     root = 'composite:glance-api-%s' % glance_stack.TEST_FLAVOR
     out = []
@@ -329,12 +339,12 @@ def dual_paste_ini(venv):
                 '%s: api' % WITH_PREFIX,
                 '%s: api-nofilter' % WITHOUT_PREFIX, '']
         out.extend(lines)
-    out += ['', '# benchmark only: [composite:api] without sizeaware',
+    out += ['', '# benchmark only: [composite:api] without %s' % compared,
             '[composite:api-nofilter]'] + nofilter[1:]
     text = '\n'.join(out).rstrip('\n') + '\n'
     for line in nofilter:
-        if glance_stack.FILTER_NAME in line.split('=', 1)[-1].split():
-            raise RuntimeError('api-nofilter still has the filter')
+        if compared in line.split('=', 1)[-1].split():
+            raise RuntimeError('api-nofilter still has %s' % compared)
     return text
 
 

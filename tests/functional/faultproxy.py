@@ -21,8 +21,24 @@ again: a client resuming through it gets through.
     forwards exactly ``offset`` bytes, then forwards nothing more on that
     connection for ``seconds`` (the server sees a silent client), then
     goes on.
+
+A slow link, for benchmarks: ``FaultProxy(target, latency=0.025,
+rate=20 * 2**20)`` delivers every piece, in each direction of each
+connection, ``latency`` seconds after the proxy read it, and at most
+``rate`` bytes per second per connection and direction (a per-connection
+cap, as a WAN path or a shaping router gives each TCP flow). What the
+proxy holds in flight per direction is bounded (``window`` bytes, default
+4 MiB), so a fast client is held back as by a full TCP window. Faults and
+shaping combine: a cut closes the connection once the bytes before it
+were delivered.
+
+Counters (reset by ``reset_counters()``): ``received`` is every byte read
+from clients, the bytes that left them on the wire, including those a cut
+dropped; ``forwarded`` what reached the server; ``last_received`` the
+``time.perf_counter()`` of the last read from a client.
 """
 
+import queue
 import socket
 import threading
 import time
@@ -33,8 +49,14 @@ _PIECE = 64 * 1024
 class FaultProxy:
     """See the module docstring. ``url`` is ``http://127.0.0.1:<port>``."""
 
-    def __init__(self, target):
+    def __init__(self, target, *, latency=0.0, rate=None, window=4 << 20):
         self.target = target
+        self.latency = latency
+        self.rate = rate
+        self.window = window
+        self.received = 0
+        self.forwarded = 0
+        self.last_received = None
         self.listener = socket.create_server(('127.0.0.1', 0))
         self.port = self.listener.getsockname()[1]
         self.url = 'http://127.0.0.1:%d' % self.port
@@ -61,6 +83,11 @@ class FaultProxy:
 
     def stall_at(self, offset, seconds):
         self._arm(('stall', offset, seconds))
+
+    def reset_counters(self):
+        with self._lock:
+            self.received = self.forwarded = 0
+            self.last_received = None
 
     def close(self):
         self._closing = True
@@ -93,32 +120,45 @@ class FaultProxy:
                 continue
             with self._lock:
                 self._sockets.update((client, server))
-            threading.Thread(target=self._upstream, args=(client, server),
+            up = self._link(server, client, count=True)
+            down = self._link(client, server)
+            threading.Thread(target=self._upstream,
+                             args=(client, server, up),
                              daemon=True).start()
-            threading.Thread(target=self._pipe, args=(server, client),
+            threading.Thread(target=self._pipe, args=(server, client, down),
                              daemon=True).start()
 
-    def _upstream(self, client, server):
+    def _link(self, sink, other, count=False):
+        if not self.latency and not self.rate:
+            return _Direct(sink, self if count else None)
+        return _Shaped(sink, other, self, count)
+
+    def _upstream(self, client, server, link):
         """Client to server, where the faults are."""
         try:
             while True:
                 data = client.recv(_PIECE)
                 if not data:
                     break
+                with self._lock:
+                    self.received += len(data)
+                    self.last_received = time.perf_counter()
                 while data:
                     allowed, fault = self._allowance(len(data))
                     if allowed:
-                        server.sendall(data[:allowed])
+                        link.send(data[:allowed])
                         data = data[allowed:]
                     if fault is None:
                         continue
                     kind, _, seconds = fault
                     if kind == 'cut':
+                        link.flush()
                         self.cut.set()
                         return self._drop(client, server)
+                    link.flush()
                     self.stalled.set()
                     time.sleep(seconds)
-            server.shutdown(socket.SHUT_WR)
+            link.finish()
         except OSError:
             self._drop(client, server)
 
@@ -136,14 +176,14 @@ class FaultProxy:
             self._sent += left
             return left, fault
 
-    def _pipe(self, source, sink):
+    def _pipe(self, source, sink, link):
         try:
             while True:
                 data = source.recv(_PIECE)
                 if not data:
                     break
-                sink.sendall(data)
-            sink.shutdown(socket.SHUT_WR)
+                link.send(data)
+            link.finish()
         except OSError:
             self._drop(source, sink)
 
@@ -152,6 +192,93 @@ class FaultProxy:
             _close(sock)
             with self._lock:
                 self._sockets.discard(sock)
+
+
+class _Direct:
+    """One direction of a connection, unshaped: sent at once."""
+
+    def __init__(self, sink, counter):
+        self.sink = sink
+        self.counter = counter
+
+    def send(self, data):
+        self.sink.sendall(data)
+        if self.counter is not None:
+            with self.counter._lock:
+                self.counter.forwarded += len(data)
+
+    def flush(self):
+        pass
+
+    def finish(self):
+        self.sink.shutdown(socket.SHUT_WR)
+
+
+class _Shaped:
+    """One direction of a connection through a slow link: each piece is
+    sent ``latency`` after it was read, at ``rate`` at most, by a thread
+    of its own; at most ``window`` bytes wait."""
+
+    _FINISH = object()
+
+    def __init__(self, sink, other, proxy, count):
+        self.sink = sink
+        self.other = other
+        self.proxy = proxy
+        self.count = count
+        self.queue = queue.Queue(maxsize=max(2, proxy.window // _PIECE))
+        self.done = threading.Event()
+        self.failed = False
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def send(self, data):
+        item = (time.monotonic() + self.proxy.latency, data)
+        while True:
+            if self.failed:
+                raise OSError('link closed')
+            try:
+                return self.queue.put(item, timeout=1)
+            except queue.Full:
+                pass
+
+    def flush(self):
+        """Wait until everything queued so far was sent."""
+        self.queue.put((time.monotonic(), None))
+        self.done.wait()
+        self.done.clear()
+
+    def finish(self):
+        self.queue.put((time.monotonic() + self.proxy.latency,
+                        self._FINISH))
+
+    def _run(self):
+        free_at = time.monotonic()
+        while True:
+            due, data = self.queue.get()
+            if data is None:
+                self.done.set()
+                continue
+            wait = due - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            try:
+                if data is self._FINISH:
+                    self.sink.shutdown(socket.SHUT_WR)
+                    return
+                if self.proxy.rate:
+                    now = time.monotonic()
+                    if free_at > now:
+                        time.sleep(free_at - now)
+                    free_at = max(free_at, now) + len(data) / self.proxy.rate
+                self.sink.sendall(data)
+            except OSError:
+                self.failed = True
+                self.done.set()
+                self.proxy._drop(self.sink, self.other)
+                return
+            if self.count:
+                with self.proxy._lock:
+                    self.proxy.forwarded += len(data)
 
 
 def _close(sock):
