@@ -101,9 +101,25 @@ class ImageSizeTest(base.BaseV2ImageTest):
 
     @decorators.idempotent_id('d4e6f8a0-2c3b-4d5f-9ea4-6f8a0b2c9c07')
     def test_content_range_on_plain_put_is_refused(self):
+        if CONF.sizeaware.resumable:
+            raise self.skipException('with the resumable filter a PUT with '
+                                     'Content-Range is a ranged upload')
         image_id = self._new_image()
         n = len(self.data)
         self.assertRaises(lib_exc.BadRequest, self._put, image_id, n,
                           headers={'Content-Range': 'bytes 0-%d/%d' % (
                               n - 1, n)})
         self._assert_queued_without_data(image_id)
+
+    @decorators.idempotent_id('6b0e2f4c-8a1d-4e3b-9c5f-2d7a1e0b9c08')
+    def test_whole_image_in_one_range_becomes_the_image(self):
+        if not CONF.sizeaware.resumable:
+            raise self.skipException('the resumable filter is not deployed')
+        image_id = self._new_image()
+        n = len(self.data)
+        self._put(image_id, n, headers={
+            'Content-Range': 'bytes 0-%d/%d' % (n - 1, n)})
+        image = self.client.show_image(image_id)
+        self.assertEqual('active', image['status'])
+        self.assertEqual(n, image['size'])
+        self.assertEqual(self.data, self.client.show_image_file(image_id).data)
