@@ -26,6 +26,11 @@ def overlaps(held, start, end):
             if s < end and e > start]
 
 
+def covers(held, start, end):
+    """Whether ``held`` holds every byte of ``[start, end)``."""
+    return start >= end or any(s <= start and end <= e for s, e in held)
+
+
 def total(held):
     """How many bytes ``held`` holds."""
     return sum(e - s for s, e in held)

@@ -532,6 +532,11 @@ class Session:
             self._recover()
             rec = self.record
             if rec.phase != records.TRANSFERRING:
+                held = self.held()
+                if ranges.covers(held, start, end):
+                    # Claimed already (at a checkpoint) before another
+                    # request completed the image: kept, not a conflict.
+                    return held, False
                 raise _phase_conflict(rec)
             held = ranges.add(self.held(), start, end)
             records.write_atomically(os.path.join(self.path, 'ranges.json'),

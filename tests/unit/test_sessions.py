@@ -354,3 +354,18 @@ def test_a_finalize_whose_worker_died_can_be_retried(spool):
     assert finalizing and other.finalizer
     assert other.record.phase == records.FINALIZING
     other.close()
+
+
+def test_a_claim_already_held_when_another_request_completed_is_kept(spool):
+    """Parallel streams: one stream's bytes were all claimed at its
+    checkpoints, another completed the image; the first one's last claim
+    is not a conflict."""
+    session = spool.create(IMAGE, 'file', OWNER, len(DATA), None)
+    half = len(DATA) // 2
+    session.commit(0, half, final=False)
+    other = spool.session(IMAGE, 'file', OWNER)
+    held, finalizing = write(other, half, DATA[half:])
+    assert finalizing
+    held, finalizing = session.commit(0, half)
+    assert held == [(0, len(DATA))] and not finalizing
+    assert session.record.phase == records.FINALIZING
