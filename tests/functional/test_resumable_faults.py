@@ -388,6 +388,38 @@ def test_expired_session_is_404_and_reaped(glance, api):
     assert_untouched(api, glance, image_id)
 
 
+def test_inactivity_timeout_expires_a_session(tmp_path_factory):
+    """The same by the option: ``session_inactivity_timeout`` of 2 s."""
+    workdir = tmp_path_factory.mktemp('expiry')
+    server = glance_stack.Glance(
+        '33', resumable={'session_inactivity_timeout': 2}, workdir=workdir)
+    server.start()
+    try:
+        api = client.GlanceClient(server.url, server.identity_headers(
+            uuid.uuid4().hex, roles=ROLES))
+        image_id = api.create_image()
+        upload = create_tus(api, image_id)
+        assert tus_patch(api, upload, 0, DATA[:MiB]).status == 204
+        assert status(api, image_id)[1]['bytes_held'] == MiB
+        time.sleep(2.5)
+        # Removed by the reaper (run once its interval has passed) or on
+        # sight by the first request for it.
+        os.utime(server.spool_dir / '.reaped', (0, 0))
+        assert status(api, api.create_image())[0] == 404
+        assert not session_dir(server, image_id).exists()
+        assert api.request('HEAD', upload, headers=TUS).status == 404
+        assert tus_patch(api, upload, MiB, DATA[MiB:]).status == 404
+        assert status(api, image_id)[0] == 404
+        assert_untouched(api, server, image_id)
+        # The image takes a new upload.
+        upload = create_tus(api, image_id)
+        assert tus_patch(api, upload, 0, DATA).status == 204
+        assert_active_with(api, image_id)
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def test_wrong_tus_offset_is_409(glance, api):
     image_id = api.create_image()
     upload = create_tus(api, image_id)
