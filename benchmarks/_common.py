@@ -72,6 +72,17 @@ def add_upload_options(parser, repeat, repeat_help):
                                         'random file in /tmp, kept)')
 
 
+def add_glance_options(parser, processes=2, threads=8):
+    """The options of a benchmark that runs one Glance under uwsgi."""
+    parser.add_argument('--release', default='33',
+                        help='Glance release (default 33)')
+    parser.add_argument('--processes', type=int, default=processes,
+                        help='uwsgi processes (default %d)' % processes)
+    parser.add_argument('--threads', type=int, default=threads,
+                        help='uwsgi threads per process (default %d)'
+                             % threads)
+
+
 def print_tables(tables):
     """The closing output of a script: the machine, then each table."""
     print()

@@ -192,12 +192,7 @@ def main(argv=None):
     parser.add_argument('--levels', default='1,4,16',
                         help='numbers of concurrent clients (default '
                              '1,4,16)')
-    parser.add_argument('--release', default='33',
-                        help='Glance release (default 33)')
-    parser.add_argument('--processes', type=int, default=2,
-                        help='uwsgi processes (default 2)')
-    parser.add_argument('--threads', type=int, default=8,
-                        help='uwsgi threads per process (default 8)')
+    _common.add_glance_options(parser)
     args = parser.parse_args(argv)
     args.levels = [int(n) for n in args.levels.split(',') if n.strip()]
     image = _common.image_file(args.size, args.image)

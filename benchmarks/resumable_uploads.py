@@ -501,12 +501,7 @@ def main(argv=None):
     parser.add_argument('--rate', type=_common.parse_size, default='20M',
                         help='part c: bytes per second per connection and '
                              'direction (default 20M)')
-    parser.add_argument('--release', default='33',
-                        help='Glance release (default 33)')
-    parser.add_argument('--processes', type=int, default=2,
-                        help='uwsgi processes (default 2)')
-    parser.add_argument('--threads', type=int, default=8,
-                        help='uwsgi threads per process (default 8)')
+    _common.add_glance_options(parser)
     args = parser.parse_args(argv)
     args.parts = set(p.strip() for p in args.parts.split(',') if p.strip())
     image = _common.image_file(args.size, args.image)

@@ -69,8 +69,8 @@ class GlanceClient:
             conn.close()
 
     def create_image(self, **extra):
-        props = dict(disk_format='raw', container_format='bare',
-                     name='sizeaware-test', **extra)
+        props = dict({'disk_format': 'raw', 'container_format': 'bare',
+                      'name': 'sizeaware-test'}, **extra)
         resp = self.request('POST', '/v2/images', body=json.dumps(props),
                             headers={'Content-Type': 'application/json'})
         assert resp.status == 201, resp

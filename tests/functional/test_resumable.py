@@ -26,6 +26,7 @@ import pytest
 from sizeaware.sessions import spool as spools
 from tests.functional import client
 from tests.functional import conftest
+from tests.functional import procfs
 from teststack import glance as glance_stack
 
 DATA = os.urandom(4 * 1024 * 1024 + 5)
@@ -284,20 +285,6 @@ def glance_pair(postgres, tmp_path_factory):
             server.stop()
 
 
-def _pids_with_open(path):
-    """The PIDs of processes that have ``path`` open."""
-    pids = []
-    for pid in filter(str.isdigit, os.listdir('/proc')):
-        try:
-            fds = os.listdir('/proc/%s/fd' % pid)
-            if any(os.readlink('/proc/%s/fd/%s' % (pid, fd)) == str(path)
-                   for fd in fds):
-                pids.append(int(pid))
-        except OSError:
-            continue
-    return pids
-
-
 def test_two_servers_one_spool_and_a_worker_killed_mid_write(glance_pair,
                                                              tmp_path):
     one, two = glance_pair
@@ -315,7 +302,7 @@ def test_two_servers_one_spool_and_a_worker_killed_mid_write(glance_pair,
     cut = put_range(one, identity, image_id, tmp_path, *parts[0],
                     rate='512k')
     time.sleep(1.5)
-    (worker,) = _pids_with_open(data_file)
+    (worker,) = procfs.pids_with_open(data_file)
     assert worker not in one.pids.values()  # a worker, not the master
     os.kill(worker, signal.SIGKILL)
     assert cut.communicate()[0] != '204'

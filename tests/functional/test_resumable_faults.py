@@ -37,6 +37,8 @@ from tusclient import client as tus_client
 from tests.functional import client
 from tests.functional import conftest
 from tests.functional import faultproxy
+from tests.functional import procfs
+from tests.functional.test_size_filter import assert_untouched
 from teststack import glance as glance_stack
 
 MiB = 1024 * 1024
@@ -171,48 +173,10 @@ def assert_active_with(api, image_id, data=DATA):
         data).hexdigest()
 
 
-def stored_files(glance, image_id):
-    found = []
-    for directory in [*glance.store_dirs.values(), glance.staging_dir]:
-        if directory.is_dir():
-            found += [p for p in directory.rglob('*') if image_id in p.name]
-    return found
-
-
-def assert_untouched(api, glance, image_id):
-    image = api.get_image(image_id)
-    assert image['status'] == 'queued'
-    assert image['size'] is None
-    assert stored_files(glance, image_id) == []
-
-
-def create_qcow2_image(api):
-    resp = api.request('POST', '/v2/images', body=json.dumps({
-        'disk_format': 'qcow2', 'container_format': 'bare',
-        'name': 'sizeaware-test'}),
-        headers={'Content-Type': 'application/json'})
-    assert resp.status == 201, resp
-    return resp.json()['id']
-
-
-def pids_with_open(path):
-    """The PIDs of processes that have ``path`` open."""
-    pids = []
-    for pid in filter(str.isdigit, os.listdir('/proc')):
-        try:
-            fds = os.listdir('/proc/%s/fd' % pid)
-            if any(os.readlink('/proc/%s/fd/%s' % (pid, fd)) == str(path)
-                   for fd in fds):
-                pids.append(int(pid))
-        except OSError:
-            continue
-    return pids
-
-
 def wait_for_writer(path, timeout=10):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        pids = pids_with_open(path)
+        pids = procfs.pids_with_open(path)
         if pids:
             return pids
         time.sleep(0.05)
@@ -307,7 +271,7 @@ def test_worker_killed_mid_patch_and_mid_put_then_server_restarted(
     started = time.monotonic()
     glance.stop()
     assert time.monotonic() - started < 10   # stopped, not SIGKILLed
-    assert not pids_with_open(data_file)
+    assert not procfs.pids_with_open(data_file)
     glance.start()
 
     # tus: tuspy resumes from its URL; its HEAD reports every
@@ -544,7 +508,7 @@ def qcow2_with_backing(tmp_path_factory):
 def test_qcow2_with_a_backing_file_is_refused(glance, api,
                                               qcow2_with_backing):
     data = qcow2_with_backing
-    image_id = create_qcow2_image(api)
+    image_id = api.create_image(disk_format='qcow2')
     resp = api.request('PUT', '/v2/images/%s/file' % image_id, body=data,
                        headers={'Content-Range': 'bytes 0-%d/%d' % (
                            len(data) - 1, len(data))})
@@ -560,7 +524,7 @@ def test_qcow2_with_a_backing_file_is_refused(glance, api,
 
 
 def test_raw_data_for_a_qcow2_image_is_refused(glance, api):
-    image_id = create_qcow2_image(api)
+    image_id = api.create_image(disk_format='qcow2')
     upload = create_tus(api, image_id)
     assert tus_patch(api, upload, 0, DATA[:MiB]).status == 204
     resp = tus_patch(api, upload, MiB, DATA[MiB:])
