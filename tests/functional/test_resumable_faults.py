@@ -443,13 +443,16 @@ def test_second_writer_to_the_same_bytes_is_409(glance, api, tmp_path):
     image_id = api.create_image()
     upload = create_tus(api, image_id)
     with faultproxy.FaultProxy(('127.0.0.1', glance.port)) as proxy:
-        proxy.stall_at(MiB // 2, 1)
+        proxy.stall_at(MiB // 2, 3)
         slow_api = client.GlanceClient(proxy.url, api.headers)
         first = []
         sender = threading.Thread(target=lambda: first.append(
             tus_patch(slow_api, upload, 0, DATA[:MiB])))
         sender.start()
         assert proxy.stalled.wait(10)
+        # The stall is at the proxy: make sure the first PATCH is being
+        # written (a worker has taken it) before the second one comes.
+        wait_for_writer(session_dir(glance, image_id) / 'data')
         resp = tus_patch(api, upload, 0, DATA[:MiB])
         assert resp.status in (409, 423), resp
         sender.join(30)
