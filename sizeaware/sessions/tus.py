@@ -164,12 +164,9 @@ def head(app, environ, session):
         # killed). A client told this offset sends nothing more, so this
         # request finalizes; Glance's refusal is the answer.
         _, finalizing = session.commit(rec.size, rec.size)
-        if finalizing:
-            answer = finalize.finalize(app, environ, session,
-                                       _upload_path(rec))
-            if answer.status_int >= 300:
-                return answer
-            _discard(answer)
+        refusal = _finalize(app, environ, session, finalizing)
+        if refusal is not None:
+            return refusal
     response = webob.Response(status=200)
     response.headers['Upload-Offset'] = str(_offset(
         [(first, last + 1) for first, last in document['ranges_held']]))
@@ -305,13 +302,23 @@ def _write(app, environ, session, offset):
         if body.received:
             _, finalizing = session.commit(offset, end,
                                            final=rec.concat != PARTIAL)
-    if finalizing:
-        response = finalize.finalize(app, environ, session,
-                                     _upload_path(rec))
-        if response.status_int >= 300:
-            return response
-        _discard(response)
+    refusal = _finalize(app, environ, session, finalizing)
+    if refusal is not None:
+        return refusal
     return _written(session, end)
+
+
+def _finalize(app, environ, session, finalizing):
+    """Finalize when this request took the finalize; Glance's answer when
+    it refused the image, else None (the tus answer follows)."""
+    if not finalizing:
+        return None
+    response = finalize.finalize(app, environ, session,
+                                 _upload_path(session.record))
+    if response.status_int >= 300:
+        return response
+    _discard(response)
+    return None
 
 
 def _create_final(app, spool, environ, image_id, target, concat,

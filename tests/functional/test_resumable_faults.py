@@ -38,6 +38,7 @@ from tests.functional import client
 from tests.functional import conftest
 from tests.functional import faultproxy
 from tests.functional import procfs
+from tests.functional.test_resumable import assert_active_with
 from tests.functional.test_size_filter import assert_untouched
 from teststack import glance as glance_stack
 
@@ -164,15 +165,6 @@ def assert_consistent(api, glance, image_id, upload, expected):
     assert_on_disk(glance, image_id, held(document))
 
 
-def assert_active_with(api, image_id, data=DATA):
-    image = api.get_image(image_id)
-    assert image['status'] == 'active'
-    assert image['size'] == len(data)
-    body = api.download(image_id).body
-    assert hashlib.sha256(body).hexdigest() == hashlib.sha256(
-        data).hexdigest()
-
-
 def wait_for_writer(path, timeout=10):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -282,7 +274,7 @@ def test_worker_killed_mid_patch_and_mid_put_then_server_restarted(
     assert acknowledged_tus < offset <= 2 * CHUNK + CHUNK // 2, offset
     assert_on_disk(glance, tus_image, [(0, offset - 1)])
     resumed.upload()
-    assert_active_with(api, tus_image)
+    assert_active_with(api, tus_image, DATA)
 
     # Ranged PUT: the status document lists the acknowledged last range
     # and the prefix of the first that reached the spool.
@@ -297,7 +289,7 @@ def test_worker_killed_mid_patch_and_mid_put_then_server_restarted(
     rest.write_bytes(DATA[first[1] + 1:3 * MiB])
     assert curl_range(glance, api.headers, put_image, rest, first[1] + 1,
                       3 * MiB - 1, '100M').communicate()[0] == '204'
-    assert_active_with(api, put_image)
+    assert_active_with(api, put_image, DATA)
     assert status(api, put_image)[0] == 404
 
 
@@ -324,7 +316,7 @@ def test_full_spool_is_507_with_a_reason(glance, api):
     # The upload in progress is as it was, and finishes.
     assert_consistent(api, glance, image_id, upload, MiB)
     assert tus_patch(api, upload, MiB, DATA[MiB:]).status == 204
-    assert_active_with(api, image_id)
+    assert_active_with(api, image_id, DATA)
 
 
 def test_expired_session_is_404_and_reaped(glance, api):
@@ -378,7 +370,7 @@ def test_inactivity_timeout_expires_a_session(tmp_path_factory):
         # The image takes a new upload.
         upload = create_tus(api, image_id)
         assert tus_patch(api, upload, 0, DATA).status == 204
-        assert_active_with(api, image_id)
+        assert_active_with(api, image_id, DATA)
     finally:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -424,7 +416,7 @@ def test_overlapping_range_with_other_bytes_is_409(glance, api):
     assert_on_disk(glance, image_id, held(document))
     # The same bytes overlap fine.
     assert put_range(api, image_id, MiB - 100, N - 1).status == 204
-    assert_active_with(api, image_id)
+    assert_active_with(api, image_id, DATA)
 
 
 def test_second_writer_to_the_same_bytes_is_409(glance, api, tmp_path):
@@ -438,7 +430,7 @@ def test_second_writer_to_the_same_bytes_is_409(glance, api, tmp_path):
     assert resp.status == 409, resp
     assert 'Another request is writing' in resp.text
     assert slow.communicate()[0] == '204'
-    assert_active_with(api, image_id)
+    assert_active_with(api, image_id, DATA)
     # tus: a second PATCH while the first is being sent.
     image_id = api.create_image()
     upload = create_tus(api, image_id)
@@ -489,9 +481,9 @@ def test_body_past_the_declared_length(glance, api):
     assert_on_disk(glance, put_image, held(document))
     # Both finish.
     assert tus_patch(api, upload, MiB, DATA[MiB:]).status == 204
-    assert_active_with(api, image_id)
+    assert_active_with(api, image_id, DATA)
     assert put_range(api, put_image, MiB, N - 1).status == 204
-    assert_active_with(api, put_image)
+    assert_active_with(api, put_image, DATA)
 
 
 # -- 3. finalize refuses unsafe or mismatched images -------------------------
