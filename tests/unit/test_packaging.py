@@ -72,6 +72,14 @@ def test_store_driver_entry_point_claims_its_name_as_a_scheme():
     assert 's3' in store.get_schemes()
 
 
+def test_rbd_driver_entry_point_declares_random_reads():
+    from glance_store import capabilities
+    store = driver.DriverManager('glance_store.drivers',
+                                 'sizeaware_rbd').driver
+    assert store._CAPABILITIES & capabilities.BitMasks.READ_RANDOM == (
+        capabilities.BitMasks.READ_RANDOM)
+
+
 def test_tempest_plugin_entry_point():
     from importlib import metadata
     (entry,) = [e for e in metadata.entry_points(group='tempest.test_plugins')
