@@ -3,11 +3,12 @@
 Runs in the request that completed the data, so its client gets the
 verdict: the image is asked for again with that request's credentials (a
 session can outlive the token that created it) and must still be
-``queued``; the assembled image is checked (:mod:`verify`); then the spool
-goes into Glance as one ordinary upload with its size declared, through
-the size filter, read through the stream base. Any failure leaves the
-image ``queued`` with nothing stored, and the session ``failed`` with the
-reason; success removes the spool.
+``queued``; then the spool goes into Glance as one ordinary upload with its
+size declared, through the size filter, read once through the stream base
+and judged on the way (:mod:`verify`: a refused image is refused in place
+of its last byte). Any failure leaves the image ``queued`` with nothing
+stored, and the session ``failed`` with the reason; success removes the
+spool.
 """
 
 from oslo_utils import excutils
@@ -32,7 +33,7 @@ def finalize(app, environ, session, path):
             raise exceptions.UploadConflict(
                 'The image is %s, no longer queued: the upload cannot be '
                 'finished.' % image.get('status'))
-        verify.check(session, image.get('disk_format'))
+        reader = verify.CheckedImage(session, image.get('disk_format'))
     except exceptions.SizeawareError as error:
         session.fail(str(error))
         raise
@@ -40,14 +41,21 @@ def finalize(app, environ, session, path):
         session.fail('Glance answered %s when asked for the image.'
                      % answer.response.status)
         raise
-    reader = session.reader()
     try:
         response = downstream.put_image(app, environ, path, reader, rec.size)
     except Exception as exc:
-        with excutils.save_and_reraise_exception():
-            session.fail('Glance failed to store the image: %r' % (exc,))
+        if reader.refusal is None:
+            with excutils.save_and_reraise_exception():
+                session.fail('Glance failed to store the image: %r' % (exc,))
+        # Our refusal, raised inside Glance's read of the image (Glance
+        # hands it back, or answers 500 with it in its log): the image was
+        # refused, whatever Glance made of it.
+        response = None
     finally:
         reader.close()
+    if reader.refusal is not None:
+        session.fail(str(reader.refusal))
+        raise reader.refusal
     if response.status_int < 300 and reader.received == rec.size:
         session.set_phase(records.FINISHED)
         session.remove()
