@@ -38,6 +38,7 @@ from teststack import venvs
 TEST_FLAVOR = 'sizeawaretest'
 FILTER_NAME = 'sizeaware'
 RESUMABLE_NAME = 'resumable'
+DISCOVERY_NAME = 'tus_discovery'
 # The PID of the process that started a Glance; see clean_stale().
 OWNER_FILE = 'owner.pid'
 _CONTEXT_FILTERS = ('context', 'unauthenticated-context')
@@ -85,6 +86,7 @@ def build_paste_ini(shipped: str, *, with_filter=True, filter_options=None,
       ``filter_options``);
     - with ``resumable`` (a dict of its options) as well: ``resumable``
       right before ``sizeaware``, and its ``[filter:resumable]``;
+      ``tus_discovery`` before ``authtoken``, and its section;
     - with ``test_flavor``: a pipeline of that name in ``[composite:api]``
       (the ``keystone`` one without ``authtoken``) and its
       ``[composite:glance-api-<flavor>]``, a copy of the keystone one.
@@ -116,6 +118,9 @@ def build_paste_ini(shipped: str, *, with_filter=True, filter_options=None,
             if with_filter and resumable is not None and (
                     RESUMABLE_NAME not in pipeline):
                 pipeline.insert(pipeline.index(FILTER_NAME), RESUMABLE_NAME)
+                if 'authtoken' in pipeline:
+                    pipeline.insert(pipeline.index('authtoken'),
+                                    DISCOVERY_NAME)
             if flavor == 'keystone':
                 keystone_pipeline = list(pipeline)
             new_lines.append('%s = %s' % (flavor, ' '.join(pipeline)))
@@ -151,6 +156,8 @@ def build_paste_ini(shipped: str, *, with_filter=True, filter_options=None,
                  'use = egg:sizeaware#resumable']
         for key, value in resumable.items():
             lines.append('%s = %s' % (key, config.ini_value(value)))
+        lines += ['', '[filter:%s]' % DISCOVERY_NAME,
+                  'use = egg:sizeaware#tus_discovery']
         text += '\n' + '\n'.join(lines) + '\n'
     return text
 

@@ -23,6 +23,10 @@ Requests it acts on (any ``/v2.N/``):
     ``failed``, ``cancelled``), ``size``, ``bytes_held``, ``ranges_held``
     (``[first, last]`` pairs, last inclusive), ``created_at``,
     ``expires_at``, ``error``, ``sha256``.
+``POST`` on the same URL
+    extends the session (as every request of its owner does) and answers
+    its status document, whose ``expires_at`` has moved on: a client that
+    pauses on purpose keeps its upload without sending bytes.
 ``DELETE`` on the same URL
     cancels the session and removes its spool: 204.
 tus 1.0 (``Tus-Resumable``)
@@ -46,6 +50,13 @@ It needs no option; those it reads (``spool_dir``, ``spool_max_bytes``,
 ``max_sessions_per_project``, ``session_inactivity_timeout``,
 ``session_max_age`` and the size filter's ``max_image_size``) are
 documented once, in ``etc/sizeaware.conf.sample``.
+
+tus clients may ask what the server supports with ``OPTIONS``, which the
+protocol wants answered without credentials; behind keystone, ``authtoken``
+answers 401 before this filter sees it. :class:`TusDiscovery`
+(``egg:sizeaware#tus_discovery``), placed before ``authtoken`` in the
+keystone pipelines, answers those ``OPTIONS`` and passes every other
+request on untouched.
 """
 
 import json
@@ -136,9 +147,10 @@ class ResumableFilter(base.ConfigurableMiddleware):
 
     def _session(self, environ, image_id, target):
         method = environ['REQUEST_METHOD']
-        if method not in ('GET', 'HEAD', 'DELETE'):
+        if method not in ('GET', 'HEAD', 'POST', 'DELETE'):
             raise exceptions.MethodNotAllowed(
-                'A transfer session answers GET and DELETE only.')
+                'A transfer session answers GET, POST (extend) and DELETE '
+                'only.')
         self.spool.reap()
         session = self.spool.session(image_id, target,
                                      downstream.caller(environ))
@@ -158,6 +170,24 @@ class ResumableFilter(base.ConfigurableMiddleware):
             return response
         finally:
             session.close()
+
+
+class TusDiscovery(base.ConfigurableMiddleware):
+    """The tus ``OPTIONS`` answer, before authentication; see the module
+    docstring."""
+
+    def __init__(self, application, conf=None):
+        super().__init__(application, conf)
+        self.oslo_conf.register_opts(opts.size_filter_opts, group=opts.GROUP)
+        self.max_image_size = opts.option_value(
+            self, opts.size_filter_opts, 'max_image_size')
+
+    def __call__(self, environ, start_response):
+        if (environ.get('REQUEST_METHOD') != 'OPTIONS'
+                or routes.tus_target(environ) is None):
+            return self.application(environ, start_response)
+        return tus.options(self.max_image_size)(
+            environ, _with_tus_resumable(start_response))
 
 
 def _with_tus_resumable(start_response):

@@ -275,7 +275,7 @@ def test_delete_cancels_and_removes_the_spool(glance_app, tmp_path):
     assert fakes.serve(app, request('DELETE', SESSION)).status_int == 204
     assert spooled(tmp_path) == []
     assert fakes.serve(app, request('GET', SESSION)).status_int == 404
-    assert fakes.serve(app, request('POST', SESSION)).status_int == 405
+    assert fakes.serve(app, request('PATCH', SESSION)).status_int == 405
 
 
 def test_image_not_visible_is_404_and_not_queued_is_409(glance_app,
@@ -408,3 +408,25 @@ def test_a_finalize_whose_worker_died_is_retried_by_the_next_range(
     (upload,) = uploads(glance)
     assert upload.body == DATA
     assert spooled(tmp_path) == []
+
+
+def test_post_to_the_session_extends_it(glance_app, tmp_path):
+    glance = glance_app(images=images())
+    app = stack(glance, tmp_path, session_inactivity_timeout=100)
+    now = [1000.0]
+    app.spool.clock = lambda: now[0]
+    assert put_range(app, 0, 9).status_int == 204
+    now[0] += 60
+    other = fakes.serve(app, request('POST', SESSION, project='p2'))
+    assert other.status_int == 404
+    response = fakes.serve(app, request('POST', SESSION))
+    assert response.status_int == 200
+    document = response.json
+    assert document['bytes_held'] == 10
+    assert document['expires_at'] == '1970-01-01T00:19:20Z'
+    # Past the expiry it had before the extend (1100 s).
+    now[0] += 90
+    assert fakes.serve(app, request('GET', SESSION)).json[
+        'bytes_held'] == 10
+    assert put_range(app, 10, N - 1).status_int == 204
+    assert uploads(glance)[-1].body == DATA

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from sizeaware.middleware import resumable
 from sizeaware.sessions import locks
 from sizeaware.sessions import tus
 from tests.unit import fakes
@@ -476,3 +477,23 @@ def test_final_upload_takes_its_partials_room_in_the_spool(glance, tmp_path):
         'Upload-Concat': 'final;%s %s' % (first, second)})
     assert response.status_int == 201
     assert uploads(glance)[0].body == DATA
+
+
+def test_discovery_answers_options_before_authentication(glance):
+    def authtoken(environ, start_response):
+        start_response('401 Unauthorized', [('Content-Type', 'text/plain')])
+        return [b'no token']
+    discovery = resumable.TusDiscovery.factory({}, max_image_size='1000')(
+        authtoken)
+    for path in (CREATE, STAGE, CREATE + '/tus/' + '0' * 32):
+        req = request('OPTIONS', path)
+        del req.headers['X-Project-Id'], req.headers['X-User-Id']
+        response = fakes.serve(discovery, req)
+        assert response.status_int == 204
+        assert response.headers['Tus-Version'] == '1.0.0'
+        assert response.headers['Tus-Max-Size'] == '1000'
+    # Everything else is authtoken's to answer.
+    for method, path in (('POST', CREATE), ('OPTIONS', '/v2/images'),
+                         ('PATCH', CREATE + '/tus/' + '0' * 32)):
+        assert fakes.serve(discovery, request(method, path)
+                           ).status_int == 401
