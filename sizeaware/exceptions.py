@@ -192,6 +192,32 @@ class UploadForbidden(SizeawareError):
     of its partial uploads)."""
 
 
+class BackendReadError(SizeawareError):
+    """A read from a store's backend that cannot go on as one continuous,
+    exact stream (:mod:`sizeaware.store.restart`).
+
+    Raised inside the image's stream, usually after Glance has sent its
+    headers: the client then sees its connection break, never a short
+    body that looks complete.
+    """
+
+
+class BackendObjectChanged(BackendReadError):
+    """The object is no longer the one the read began on: a 412 to the
+    restart's ``If-Match``, or another ETag."""
+
+
+class BackendRangeMismatch(BackendReadError):
+    """The backend answered a ranged request with something else than that
+    range: a 200, another ``Content-Range``, another total size, or more
+    bytes than asked for."""
+
+
+class BackendReadFailed(BackendReadError):
+    """The read broke and cannot be restarted: its retries are spent, or
+    the object has no strong ETag to pin a restart to."""
+
+
 def _of(declared):
     return 'an unknown number of' if declared is None else '%d' % declared
 
@@ -240,6 +266,7 @@ _HTTP_ERRORS = (
     (UnsupportedTransferCoding, webob.exc.HTTPNotImplemented),
     (ClientTimeout, webob.exc.HTTPRequestTimeout),
     (ClientDisconnected, HTTPClientDisconnect),
+    (BackendReadError, webob.exc.HTTPBadGateway),
     (SizeawareError, webob.exc.HTTPBadRequest),
 )
 

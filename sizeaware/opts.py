@@ -145,6 +145,100 @@ Related options:
 ]
 
 
+#: The section name :func:`list_store_opts` shows the store options under;
+#: each goes into the section of the backend whose type is a sizeaware
+#: driver (``[cloud]`` for ``enabled_backends = cloud:sizeaware_s3``).
+STORE_GROUP = 'backend'
+
+#: Options of the restartable reads of every sizeaware store driver
+#: (:mod:`sizeaware.store.restart`). Each driver adds them to its
+#: ``OPTIONS``, so glance_store registers them in the section of each
+#: backend of that driver, beside the stock driver's own options.
+store_read_opts = [
+    cfg.IntOpt(
+        'read_retries',
+        default=5,
+        min=0,
+        help="""
+How many times a read of an image from this backend is requested again
+after it broke, in all, before the download fails.
+
+A read breaks when the connection is reset or times out, when the body
+ends before its length, when it stalls (see ``stall_timeout``), or when the
+backend answers 408, 429 or 5xx. Each retry asks for the rest of the
+image only, from the byte the read stopped at, pinned to the first
+answer's ETag; the client's download goes on as one stream. When the
+retries are spent, the client's connection is broken, so it never holds a
+short image that looks complete. This is the only retry of a read: the
+client library's own retries are switched off under it.
+
+Possible values:
+    * 0: no retry; a broken read fails the download at once.
+    * A positive integer.
+
+Related options:
+    * ``retry_backoff``, ``stall_timeout``
+"""),
+    cfg.FloatOpt(
+        'retry_backoff',
+        default=1.0,
+        min=0,
+        help="""
+Seconds to wait before the first retry of a broken read; each further
+failure in a row doubles the wait, up to 30 seconds. A retry that delivers
+bytes starts the doubling again.
+
+Possible values:
+    * A non-negative number of seconds.
+
+Related options:
+    * ``read_retries``
+"""),
+    cfg.FloatOpt(
+        'connect_timeout',
+        default=10.0,
+        min=0.1,
+        help="""
+Seconds to wait for a connection to the backend to be made, for every
+read request.
+
+Possible values:
+    * A positive number of seconds.
+
+Related options:
+    * ``read_timeout``, ``stall_timeout``
+"""),
+    cfg.FloatOpt(
+        'read_timeout',
+        default=60.0,
+        min=0.1,
+        help="""
+Seconds to wait for the backend to begin its answer (status and headers)
+to a read request; a request that waits longer counts as a broken read.
+
+Possible values:
+    * A positive number of seconds.
+
+Related options:
+    * ``connect_timeout``, ``stall_timeout``, ``read_retries``
+"""),
+    cfg.FloatOpt(
+        'stall_timeout',
+        default=30.0,
+        min=0.1,
+        help="""
+Seconds an answer's body may go without delivering a byte before the read
+counts as broken and is requested again from where it stopped.
+
+Possible values:
+    * A positive number of seconds.
+
+Related options:
+    * ``read_timeout``, ``read_retries``
+"""),
+]
+
+
 def option_value(middleware, options, name):
     """An option's value for a paste filter, parsed once, at load time.
 
@@ -161,3 +255,8 @@ def option_value(middleware, options, name):
 def list_opts():
     """Options for ``oslo-config-generator``, grouped by section."""
     return [(GROUP, copy.deepcopy(size_filter_opts + resumable_opts))]
+
+def list_store_opts():
+    """The store drivers' read options, for ``.. show-options::`` (each
+    belongs in a backend's own section; see :data:`STORE_GROUP`)."""
+    return [(STORE_GROUP, copy.deepcopy(store_read_opts))]
