@@ -363,6 +363,29 @@ def test_another_projects_user_gets_404_for_a_tus_upload(glance_keystone):
     assert_active_with(owner, image_id, DATA)
 
 
+def test_tus_discovery_needs_no_token_and_nothing_else_passes_without(
+        glance_keystone):
+    anonymous = client.GlanceClient(glance_keystone.url, {})
+    owner = conftest.client_for(glance_keystone,
+                                conftest.KEYSTONE_USERS[0])
+    image_id = owner.create_image()
+    url = '/v2/images/%s/file' % image_id
+    resp = anonymous.request('OPTIONS', url)
+    assert resp.status == 204, resp
+    assert resp.headers['tus-version'] == '1.0.0'
+    assert 'concatenation' in resp.headers['tus-extension']
+    # The session extended by its owner only; the rest still needs a token.
+    resp = anonymous.request('POST', url, headers={
+        'Tus-Resumable': '1.0.0', 'Upload-Length': str(N)})
+    assert resp.status == 401, resp
+    resp = owner.request('POST', url, headers={
+        'Tus-Resumable': '1.0.0', 'Upload-Length': str(N)})
+    assert resp.status == 201, resp
+    assert anonymous.request('POST', url + '/session').status == 401
+    assert owner.request('POST', url + '/session').status == 200
+    assert owner.request('DELETE', url + '/session').status == 204
+
+
 def test_a_finalize_whose_worker_died_is_redone_on_the_other_server(
         glance_pair, tmp_path):
     one, two = glance_pair
