@@ -13,19 +13,45 @@ when the upload fails. Glance never uploads one image twice at once (the
 image is in ``saving`` while it does), so every such upload belongs to the
 failed attempt.
 
+Reads are restartable and ranged (:mod:`sizeaware.store.restart`):
+``get()`` sends one ``GetObject``; when its body breaks mid-stream
+(botocore's ``ReadTimeoutError``, ``ResponseStreamingError``,
+``IncompleteReadError``, a reset connection, a stall), the rest is asked
+for with ``Range`` from the exact byte and ``IfMatch`` the first answer's
+ETag, at most ``read_retries`` times. botocore's own retries are switched
+off for these requests (one option says how many times a read is
+retried), and its connect and read timeouts are the backend's
+``connect_timeout`` and ``read_timeout``. The driver declares random
+reads, so Glance serves ranged downloads of its images.
+
 Enable it by giving the backend the type ``sizeaware_s3`` instead of
-``s3``; its options are those of the ``s3`` driver::
+``s3``; its options are those of the ``s3`` driver, plus the read options
+of :data:`sizeaware.opts.store_read_opts`::
 
     [DEFAULT]
     enabled_backends = cloud:sizeaware_s3
 
     [cloud]
     s3_store_host = ...
+    read_retries = 5
 """
 
+import threading
+
+import boto3
+from botocore import config as boto_config
+from botocore import exceptions as boto_exceptions
+from glance_store import capabilities
+from glance_store import exceptions
 from glance_store._drivers import s3
+import glance_store.driver
 from oslo_log import log as logging
 from oslo_utils import excutils
+import urllib3
+
+from sizeaware import exceptions as sizeaware_exceptions
+from sizeaware import opts
+from sizeaware.store import restart
 
 LOG = logging.getLogger(__name__)
 
@@ -41,12 +67,109 @@ StoreLocation = s3.StoreLocation
 DRIVER_NAME = 'sizeaware_s3'
 
 
+#: What botocore raises when a read's connection breaks, on top of
+#: :data:`sizeaware.store.restart.BROKEN`.
+BROKEN = restart.BROKEN + (
+    boto_exceptions.HTTPClientError,      # ReadTimeoutError, streaming
+    boto_exceptions.ConnectionError,      # connect refused or timed out
+    boto_exceptions.IncompleteReadError,  # the body ended early
+    urllib3.exceptions.HTTPError,
+)
+
+# Read clients, one per backend configuration: a botocore client is
+# thread-safe and costly to make, and glance_store makes a new S3 store
+# object for every operation.
+_CLIENTS = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
 class Store(s3.Store):
     """The S3 store; see the module docstring."""
+
+    _CAPABILITIES = (s3.Store._CAPABILITIES |
+                     capabilities.BitMasks.READ_RANDOM)
+    OPTIONS = s3.Store.OPTIONS + opts.store_read_opts
 
     @staticmethod
     def get_schemes():
         return s3.Store.get_schemes() + (DRIVER_NAME,)
+
+    @capabilities.check
+    def get(self, location, offset=0, chunk_size=None, context=None):
+        """The image's bytes ``[offset, offset + chunk_size)`` (all of it
+        by default), read with restarts, and their length."""
+        loc = location.store_location
+        policy = restart.Policy.from_conf(self._store_conf())
+        client = self._read_client(policy)
+        bucket, key = loc.bucket, loc.key
+
+        def open_range(want):
+            request = {'Bucket': bucket, 'Key': key}
+            if want.range is not None:
+                request['Range'] = want.range
+            if want.etag is not None:
+                request['IfMatch'] = want.etag
+            try:
+                answer = client.get_object(**request)
+            except boto_exceptions.ClientError as exc:
+                status = exc.response.get('ResponseMetadata', {}).get(
+                    'HTTPStatusCode')
+                if status == 404:
+                    raise exceptions.NotFound(image=key) from exc
+                if status in (412, 416) or (
+                        status in restart.RETRYABLE_STATUSES):
+                    return restart.Part(status)
+                raise
+            body = answer['Body']
+            # StreamingBody's raw stream is urllib3's response (pinned by
+            # a unit test).
+            restart.set_body_timeout(body._raw_stream, policy.stall_timeout)
+            return restart.Part(
+                answer['ResponseMetadata']['HTTPStatusCode'], body,
+                answer.get('ETag'), answer.get('ContentRange'),
+                answer.get('ContentLength'), body.close)
+
+        try:
+            reader = restart.RestartingReader(
+                open_range, offset, chunk_size, policy=policy,
+                broken=BROKEN, name='s3://%s/%s' % (bucket, key))
+        except sizeaware_exceptions.BackendReadFailed as exc:
+            # Not one answer: Glance answers this error with 503.
+            raise exceptions.RemoteServiceUnavailable(
+                message=str(exc)) from exc
+        return restart.indexable(reader, self.READ_CHUNKSIZE), reader.expected
+
+    def _store_conf(self):
+        if self.backend_group:
+            return glance_store.driver.BackendGroupConfiguration(
+                self.OPTIONS, self.backend_group, conf=self.conf)
+        return self.conf.glance_store
+
+    def _read_client(self, policy):
+        """The backend's client for reads: the stock driver's client, with
+        the policy's timeouts and without botocore's own retries."""
+        key = (self.backend_group, self.s3_host, self.region_name,
+               self.access_key, self.secret_key, self.bucket, policy)
+        with _CLIENTS_LOCK:
+            client = _CLIENTS.get(key)
+        if client is not None:
+            return client
+        stock = self._create_s3_client()
+        config = stock.meta.config.merge(boto_config.Config(
+            connect_timeout=policy.connect_timeout,
+            read_timeout=policy.read_timeout,
+            retries={'total_max_attempts': 1}))
+        cacert = self._option_get('s3_store_cacert')
+        endpoint = stock.meta.endpoint_url
+        client = boto3.session.Session(
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key).client(
+                's3', endpoint_url=endpoint,
+                region_name=stock.meta.region_name,
+                use_ssl=endpoint.startswith('https://'),
+                verify=cacert or None, config=config)
+        with _CLIENTS_LOCK:
+            return _CLIENTS.setdefault(key, client)
 
     def _add_multipart(self, s3_client, image_file, image_size, bucket,
                        key, *args, **kwargs):
