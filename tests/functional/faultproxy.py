@@ -32,14 +32,38 @@ proxy holds in flight per direction is bounded (``window`` bytes, default
 shaping combine: a cut closes the connection once the bytes before it
 were delivered.
 
+Faults on the replies, server to client (a store's answers to Glance,
+when Glance is the client): offsets count the bytes the server sent,
+headers included, over every connection since the faults were armed;
+several offsets may be given, ascending, and each fires once, in order
+(``cut_reply_at(10, 11, 12)`` cuts one connection after 10 bytes, then
+each of the next two after 1 byte more)::
+
+    proxy.cut_reply_at(100 * 2**20, 200 * 2**20)
+
+``cut_reply_at(*offsets)``
+    delivers exactly ``offset`` bytes, then resets that connection (the
+    client's next read raises ``ConnectionResetError``).
+``truncate_reply_at(*offsets)``
+    delivers exactly ``offset`` bytes, then closes that connection cleanly:
+    the client sees its reply end early.
+``stall_reply_at(offset, seconds)``
+    delivers exactly ``offset`` bytes, then nothing more on that
+    connection for ``seconds``, then goes on.
+
+``reply_faults`` counts the reply faults fired since they were armed.
+
 Counters (reset by ``reset_counters()``): ``received`` is every byte read
 from clients, the bytes that left them on the wire, including those a cut
 dropped; ``forwarded`` what reached the server; ``last_received`` the
-``time.perf_counter()`` of the last read from a client.
+``time.perf_counter()`` of the last read from a client; ``replied`` every
+byte read from servers; ``delivered`` what of it reached clients;
+``connections`` the connections accepted.
 """
 
 import queue
 import socket
+import struct
 import threading
 import time
 
@@ -57,6 +81,13 @@ class FaultProxy:
         self.received = 0
         self.forwarded = 0
         self.last_received = None
+        self.replied = 0
+        self.delivered = 0
+        self.connections = 0
+        #: Reply faults fired since they were armed.
+        self.reply_faults = 0
+        self._reply_faults = []
+        self._replied_since = 0
         self.listener = socket.create_server(('127.0.0.1', 0))
         self.port = self.listener.getsockname()[1]
         self.url = 'http://127.0.0.1:%d' % self.port
@@ -84,9 +115,19 @@ class FaultProxy:
     def stall_at(self, offset, seconds):
         self._arm(('stall', offset, seconds))
 
+    def cut_reply_at(self, *offsets):
+        self._arm_replies('cut', offsets)
+
+    def truncate_reply_at(self, *offsets):
+        self._arm_replies('truncate', offsets)
+
+    def stall_reply_at(self, offset, seconds):
+        self._arm_replies('stall', [offset], seconds)
+
     def reset_counters(self):
         with self._lock:
             self.received = self.forwarded = 0
+            self.replied = self.delivered = self.connections = 0
             self.last_received = None
 
     def close(self):
@@ -107,6 +148,14 @@ class FaultProxy:
             self.cut.clear()
             self.stalled.clear()
 
+    def _arm_replies(self, kind, offsets, seconds=None):
+        if list(offsets) != sorted(offsets):
+            raise ValueError('reply fault offsets must ascend')
+        with self._lock:
+            self._reply_faults = [(kind, o, seconds) for o in offsets]
+            self._replied_since = 0
+            self.reply_faults = 0
+
     def _accept(self):
         while not self._closing:
             try:
@@ -120,12 +169,14 @@ class FaultProxy:
                 continue
             with self._lock:
                 self._sockets.update((client, server))
+                self.connections += 1
             up = self._link(server, client, count=True)
             down = self._link(client, server)
             threading.Thread(target=self._upstream,
                              args=(client, server, up),
                              daemon=True).start()
-            threading.Thread(target=self._pipe, args=(server, client, down),
+            threading.Thread(target=self._downstream,
+                             args=(server, client, down),
                              daemon=True).start()
 
     def _link(self, sink, other, count=False):
@@ -176,16 +227,61 @@ class FaultProxy:
             self._sent += left
             return left, fault
 
-    def _pipe(self, source, sink, link):
+    def _downstream(self, server, client, link):
+        """Server to client, where the reply faults are."""
         try:
             while True:
-                data = source.recv(_PIECE)
+                data = server.recv(_PIECE)
                 if not data:
                     break
-                link.send(data)
+                with self._lock:
+                    self.replied += len(data)
+                while data:
+                    allowed, fault = self._reply_allowance(len(data))
+                    if allowed:
+                        link.send(data[:allowed])
+                        data = data[allowed:]
+                        with self._lock:
+                            self.delivered += allowed
+                    if fault is None:
+                        continue
+                    kind, _, seconds = fault
+                    link.flush()
+                    if kind == 'stall':
+                        time.sleep(seconds)
+                        continue
+                    if kind == 'cut':
+                        # An abortive close: the client gets a reset.
+                        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                          struct.pack('ii', 1, 0))
+                        # Wakes the other direction's recv, sends nothing.
+                        client.shutdown(socket.SHUT_RD)
+                    return self._drop_reply(client, server, kind)
             link.finish()
         except OSError:
-            self._drop(source, sink)
+            self._drop(server, client)
+
+    def _reply_allowance(self, wanted):
+        """:meth:`_allowance` for the reply faults."""
+        with self._lock:
+            if not self._reply_faults:
+                return wanted, None
+            left = self._reply_faults[0][1] - self._replied_since
+            if wanted < left:
+                self._replied_since += wanted
+                return wanted, None
+            self._replied_since += max(left, 0)
+            self.reply_faults += 1
+            return max(left, 0), self._reply_faults.pop(0)
+
+    def _drop_reply(self, client, server, kind):
+        with self._lock:
+            self._sockets.difference_update((client, server))
+        if kind == 'truncate':
+            _close(client)
+        else:
+            client.close()
+        _close(server)
 
     def _drop(self, *sockets):
         for sock in sockets:
