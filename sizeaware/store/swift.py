@@ -20,20 +20,51 @@ segment's ``Content-Length``. Nothing else of the upload is touched; reads,
 deletes and locations are the stock driver's, so images stay readable by
 either driver.
 
+Reads are this driver's own. glance_store's driver reads an image with
+one GET and does not declare random access: a connection that breaks or
+stalls mid-image cuts Glance's download short under a ``Content-Length``
+that promised more, and Glance answers 400 to any ``Range``. Its own retry
+(``swift_store_retry_get_count``, off by default) re-requests without
+``If-Match`` and, once spent, ends the stream quietly short; swiftclient
+retries again beneath it. This driver reads with
+:class:`sizeaware.store.restart.RestartingReader` instead: a read that
+breaks (reset, timeout, short body, stall) is asked for again from the
+exact byte it stopped at, pinned to the first answer's ETag with
+``If-Match``, and only an exact 206 is spliced on; an object replaced
+meanwhile is an error, never a splice. Each request is one plain
+``GET`` of swiftclient's (no ``Connection``, so none of its retries) with
+connect and read timeouts, so ``read_retries`` is the one count of retries
+of a read and ``swift_store_retry_get_count`` is not used. The driver also
+declares ``READ_RANDOM`` and honours ``offset`` and ``chunk_size``, which
+Swift serves as a ranged GET, so Glance's ranged downloads work.
+
 Enable it by giving the backend the type ``sizeaware_swift`` instead of
-``swift``; its options are those of the ``swift`` driver::
+``swift``; its options are those of the ``swift`` driver, plus the read
+options of :data:`sizeaware.opts.store_read_opts` (``read_retries``,
+``retry_backoff``, ``connect_timeout``, ``read_timeout``,
+``stall_timeout``)::
 
     [DEFAULT]
     enabled_backends = objects:sizeaware_swift
 
     [objects]
     swift_store_auth_address = ...
+    read_retries = 5
 """
 
 import functools
 
+from glance_store import capabilities
 from glance_store import exceptions
 from glance_store._drivers.swift import store as swift_store
+from oslo_config import cfg
+import requests
+import swiftclient
+from swiftclient import client as swift_client
+import urllib3
+
+from sizeaware import opts
+from sizeaware.store import restart
 
 # glance_store finds a driver's location class by name, in the driver's own
 # module: image locations are the Swift driver's, unchanged.
@@ -137,11 +168,128 @@ class _TrueSegmentLengths:
                            **kwargs)
 
 
-class SingleTenantStore(_TrueSegmentLengths, swift_store.SingleTenantStore):
+#: What a read through swiftclient raises when its connection breaks or
+#: times out: requests' errors while the answer is awaited, urllib3's while
+#: its body is read (a reset, a body shorter than its Content-Length, a
+#: stall past the body's socket timeout).
+BROKEN = restart.BROKEN + (requests.exceptions.RequestException,
+                           urllib3.exceptions.HTTPError)
+
+
+class _ObjectRanges:
+    """``open_range`` of :class:`~sizeaware.store.restart.RestartingReader`
+    for one Swift object: one GET per call, on a connection of its own."""
+
+    def __init__(self, store, manager, location, policy):
+        self.store = store
+        self.manager = manager
+        self.location = location
+        self.policy = policy
+
+    def __call__(self, want):
+        # The manager hands out a connection whose token is renewed when it
+        # is about to expire; only its storage URL and token are used.
+        connection = self.manager.get_connection()
+        headers = {}
+        if want.range is not None:
+            headers['Range'] = want.range
+        if want.etag is not None:
+            headers['If-Match'] = want.etag
+        parsed, http_conn = swift_client.http_connection(
+            connection.url, cacert=self.store.cacert,
+            insecure=self.store.insecure,
+            timeout=(self.policy.connect_timeout, self.policy.read_timeout))
+        try:
+            resp_headers, body = swift_client.get_object(
+                connection.url, connection.token, self.location.container,
+                self.location.obj, http_conn=(parsed, http_conn),
+                resp_chunk_size=restart.CHUNK_SIZE, headers=headers)
+        except swiftclient.ClientException as exc:
+            http_conn.close()
+            if exc.http_status == 404:
+                raise exceptions.NotFound(
+                    message='Swift could not find object %s.'
+                    % self.location.obj)
+            if exc.http_status is None:
+                raise
+            return restart.Part(status=exc.http_status,
+                                etag=(exc.http_response_headers or {}).get(
+                                    'etag'))
+        except BaseException:
+            http_conn.close()
+            raise
+        restart.set_body_timeout(body.resp.raw, self.policy.stall_timeout)
+        length = resp_headers.get('content-length')
+        return restart.Part(
+            status=body.resp.status_code, body=body,
+            etag=resp_headers.get('etag'),
+            content_range=resp_headers.get('content-range'),
+            content_length=None if length is None else int(length),
+            close=http_conn.close)
+
+
+class _ManagedReader(restart.RestartingReader):
+    """A restarting read that holds its connection manager until it is
+    closed: the manager renews the token for restarts, and a multi-tenant
+    one revokes its trust when it is let go."""
+
+    def __init__(self, manager, *args, **kwargs):
+        self._manager = manager
+        try:
+            super().__init__(*args, **kwargs)
+        except BaseException:
+            self._let_go()
+            raise
+
+    def close(self):
+        try:
+            super().close()
+        finally:
+            self._let_go()
+
+    def _let_go(self):
+        manager, self._manager = self._manager, None
+        if manager is not None:
+            manager.__exit__(None, None, None)
+
+
+class _RestartingReads:
+    """Ranged, restarting reads for either Swift store class."""
+
+    _CAPABILITIES = (swift_store.BaseStore._CAPABILITIES
+                     | capabilities.BitMasks.READ_RANDOM)
+    OPTIONS = swift_store.BaseStore.OPTIONS + opts.store_read_opts
+
+    @capabilities.check
+    def get(self, location, connection=None, offset=0, chunk_size=None,
+            context=None):
+        """The object's bytes from ``offset`` on, ``chunk_size`` of them or
+        all that are left, and their number; see the module docstring.
+
+        :raises: ``glance_store.exceptions.NotFound`` if the object does
+            not exist; a :class:`~sizeaware.exceptions.BackendReadError`
+            when the first answer is not the one asked for. Once reading,
+            the stream raises one when it cannot go on, never ends short.
+        """
+        policy = restart.Policy.from_conf(self.store_conf)
+        store_location = location.store_location
+        manager = self.get_manager(store_location, context,
+                                   allow_reauth=policy.read_retries > 0)
+        reader = _ManagedReader(
+            manager, _ObjectRanges(self, manager, store_location, policy),
+            offset or 0, chunk_size, policy=policy, broken=BROKEN,
+            name='Swift object %s/%s' % (store_location.container,
+                                         store_location.obj))
+        return restart.indexable(reader), reader.expected
+
+
+class SingleTenantStore(_TrueSegmentLengths, _RestartingReads,
+                        swift_store.SingleTenantStore):
     """The single-tenant Swift store; see the module docstring."""
 
 
-class MultiTenantStore(_TrueSegmentLengths, swift_store.MultiTenantStore):
+class MultiTenantStore(_TrueSegmentLengths, _RestartingReads,
+                       swift_store.MultiTenantStore):
     """The multi-tenant Swift store; see the module docstring."""
 
 
@@ -156,7 +304,12 @@ def Store(conf, backend=None):
     multi-tenant; the same choice is then made with this driver's class.
     """
     stock = swift_store.Store(conf, backend=backend)
+    try:
+        conf.register_opts(opts.store_read_opts,
+                           group=backend or 'glance_store')
+    except cfg.DuplicateOptError:
+        pass
     return _OURS[type(stock)](conf, backend=backend)
 
 
-Store.OPTIONS = swift_store.Store.OPTIONS
+Store.OPTIONS = swift_store.Store.OPTIONS + opts.store_read_opts

@@ -16,6 +16,7 @@ from glance_store._drivers.swift import buffered
 from glance_store._drivers.swift import store as swift_store
 import pytest
 
+from sizeaware import opts
 from sizeaware.store import swift
 
 SEGMENT = 4_096_000
@@ -91,7 +92,10 @@ def test_glance_store_interfaces_this_driver_relies_on():
 
 def test_driver_classes_keep_the_stock_locations_and_claim_their_name():
     assert swift.StoreLocation is swift_store.StoreLocation
-    assert swift.Store.OPTIONS == swift_store.Store.OPTIONS
+    # The stock driver's options, then the read options of every
+    # sizeaware driver.
+    assert swift.Store.OPTIONS == (swift_store.Store.OPTIONS
+                                   + opts.store_read_opts)
     for ours, stock in swift._OURS.items():
         assert issubclass(stock, ours)
 
