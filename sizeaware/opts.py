@@ -142,6 +142,32 @@ Possible values:
 Related options:
     * ``session_inactivity_timeout``
 """),
+    cfg.BoolOpt(
+        'finalize_while_receiving',
+        default=False,
+        help="""
+Hand the image to Glance while the request that completes it is still
+arriving, instead of once every byte is in the spool.
+
+When a request's bytes complete the image (one ``PUT`` with the whole
+image, or the last tus ``PATCH``), Glance then reads the bytes already
+held from the spool and this request's bytes as they arrive, while they
+are also written to the spool; the checks of finalize still run before
+Glance receives the last byte. A single-stream upload then takes about as
+long as a plain upload, instead of the time to receive it plus the time
+for Glance to store it.
+
+The cost: if the Glance API worker dies (is killed, runs out of memory)
+while such a request is arriving, Glance leaves the image in ``saving``,
+as it does for a plain upload, and the upload cannot be finished; without
+this option the image stays ``queued`` and the client resumes. A dropped
+connection is not affected: the image goes back to ``queued`` and every
+byte that arrived is kept.
+
+Possible values:
+    * False (default): finalize once every byte is in the spool.
+    * True: finalize while the completing request arrives.
+"""),
 ]
 
 

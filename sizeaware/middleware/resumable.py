@@ -48,8 +48,8 @@ Deploy it in every pipeline of ``glance-api-paste.ini`` after ``context``
 
 It needs no option; those it reads (``spool_dir``, ``spool_max_bytes``,
 ``max_sessions_per_project``, ``session_inactivity_timeout``,
-``session_max_age`` and the size filter's ``max_image_size``) are
-documented once, in ``etc/sizeaware.conf.sample``.
+``session_max_age``, ``finalize_while_receiving`` and the size filter's
+``max_image_size``) are documented once, in ``etc/sizeaware.conf.sample``.
 
 tus clients may ask what the server supports with ``OPTIONS``, which the
 protocol wants answered without credentials; behind keystone, ``authtoken``
@@ -96,6 +96,7 @@ class ResumableFilter(base.ConfigurableMiddleware):
             max_bytes=option('spool_max_bytes'),
             inactivity_timeout=option('session_inactivity_timeout'),
             max_age=option('session_max_age')))
+        self.through = option('finalize_while_receiving')
 
     def __call__(self, environ, start_response):
         upload = routes.upload_target(environ)
@@ -131,7 +132,8 @@ class ResumableFilter(base.ConfigurableMiddleware):
 
     def _tus(self, environ, image_id, target, upload_id):
         return tus.handle(self.application, self.spool, environ, image_id,
-                          target, upload_id, self.max_image_size)
+                          target, upload_id, self.max_image_size,
+                          self.through)
 
     def _ranged_put(self, environ, image_id, target):
         first, last, size, chunked = ranged_put.parse(environ,
@@ -141,7 +143,7 @@ class ResumableFilter(base.ConfigurableMiddleware):
                                           environ, image_id, target, size)
         try:
             return ranged_put.write(self.application, environ, session,
-                                    first, last, chunked)
+                                    first, last, chunked, self.through)
         finally:
             session.close()
 

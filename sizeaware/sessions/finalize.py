@@ -19,8 +19,12 @@ from sizeaware.sessions import record as records
 from sizeaware.sessions import verify
 
 
-def finalize(app, environ, session, path):
+def finalize(app, environ, session, path, live=None):
     """Hand the session's image to Glance at ``path`` (the upload URL).
+
+    :param live: a :class:`~sizeaware.sessions.spool.Live` when the
+        request's own bytes are still arriving; its ``ended`` must move the
+        session to ``finalizing``.
 
     :returns: Glance's answer to the upload, a webob response.
     :raises sizeaware.exceptions.SizeawareError: a check failed.
@@ -33,7 +37,8 @@ def finalize(app, environ, session, path):
             raise exceptions.UploadConflict(
                 'The image is %s, no longer queued: the upload cannot be '
                 'finished.' % image.get('status'))
-        reader = verify.CheckedImage(session, image.get('disk_format'))
+        reader = verify.CheckedImage(session, image.get('disk_format'),
+                                     live)
     except exceptions.SizeawareError as error:
         session.fail(str(error))
         raise
@@ -44,7 +49,7 @@ def finalize(app, environ, session, path):
     try:
         response = downstream.put_image(app, environ, path, reader, rec.size)
     except Exception as exc:
-        if reader.refusal is None:
+        if reader.refusal is None and (live is None or live.error is None):
             with excutils.save_and_reraise_exception():
                 session.fail('Glance failed to store the image: %r' % (exc,))
         # Our refusal, raised inside Glance's read of the image (Glance
@@ -53,6 +58,11 @@ def finalize(app, environ, session, path):
         response = None
     finally:
         reader.close()
+    if live is not None and live.error is not None:
+        # The request's own failure (its body broke, or its bytes were
+        # refused): Glance's upload failed with it; the caller keeps what
+        # arrived.
+        raise live.error
     if reader.refusal is not None:
         session.fail(str(reader.refusal))
         raise reader.refusal

@@ -25,10 +25,10 @@ import webob
 from sizeaware import exceptions
 from sizeaware import framing
 from sizeaware import headers
-from sizeaware import stream
 from sizeaware.sessions import downstream
 from sizeaware.sessions import finalize
 from sizeaware.sessions import ranges
+from sizeaware.sessions import spool as spools
 
 RANGE_HEADER = 'Range'
 
@@ -94,17 +94,27 @@ def open_session(app, spool, environ, image_id, target, size):
     return session
 
 
-def write(app, environ, session, first, last, chunked):
+def write(app, environ, session, first, last, chunked, through=False):
     """Write the request's body as bytes ``first`` to ``last``.
 
+    :param through: when these bytes complete the image, finalize while
+        they arrive (``finalize_while_receiving``).
     :returns: the answer: 204 with the ranges held, or Glance's answer to
         the whole image when this request completed it.
     """
+    through = through and session.record.parts is None and (
+        ranges.is_complete(ranges.add(session.held(), first, last + 1),
+                           session.record.size))
     with session.writer(first, last) as stream_class:
         body = framing.open_body(environ, last - first + 1, chunked,
                                  stream_class)
         try:
-            while body.read(stream.DEFAULT_READ_SIZE):
+            if through:
+                return finalize.finalize(
+                    app, environ, session, environ['PATH_INFO'],
+                    live=spools.Live(first, body, lambda: _complete(
+                        session, first, last)))
+            while body.read(spools.PIECE_BYTES):
                 pass
         except (exceptions.ClientDisconnected,
                 exceptions.ClientTimeout):
@@ -122,3 +132,12 @@ def write(app, environ, session, first, last, chunked):
     response = webob.Response(status=204)
     response.headers[RANGE_HEADER] = ranges.header_value(held)
     return response
+
+
+def _complete(session, first, last):
+    """Claim the bytes of a request finalizing while they arrived; they
+    complete the image."""
+    if not session.commit(first, last + 1)[1]:
+        raise exceptions.UploadConflict(
+            'The upload of this image is being finished by another '
+            'request.')

@@ -66,7 +66,6 @@ from sizeaware import exceptions
 from sizeaware import framing
 from sizeaware import headers
 from sizeaware import routes
-from sizeaware import stream
 from sizeaware.sessions import downstream
 from sizeaware.sessions import finalize
 from sizeaware.sessions import record as records
@@ -106,7 +105,7 @@ class TusWriter(spools.SpoolWriter):
 
 
 def handle(app, spool, environ, image_id, target, upload_id,
-           max_image_size):
+           max_image_size, through=False):
     """Answer one tus request (see the module docstring).
 
     :returns: a webob response.
@@ -125,7 +124,8 @@ def handle(app, spool, environ, image_id, target, upload_id,
         if method != 'POST':
             raise exceptions.MethodNotAllowed(
                 'A tus creation URL answers OPTIONS and POST only.')
-        return create(app, spool, environ, image_id, target, max_image_size)
+        return create(app, spool, environ, image_id, target, max_image_size,
+                      through)
     if method not in ('HEAD', 'PATCH', 'DELETE'):
         raise exceptions.MethodNotAllowed(
             'A tus upload answers HEAD, PATCH and DELETE only.')
@@ -137,7 +137,7 @@ def handle(app, spool, environ, image_id, target, upload_id,
             session.set_phase(records.CANCELLED)
             session.remove()
             return webob.Response(status=204)
-        return patch(app, environ, session)
+        return patch(app, environ, session, through)
     finally:
         session.close()
 
@@ -180,7 +180,7 @@ def head(app, environ, session):
     return response
 
 
-def patch(app, environ, session):
+def patch(app, environ, session, through=False):
     rec = session.record
     if rec.concat and rec.concat.startswith(FINAL):
         raise exceptions.UploadForbidden(
@@ -191,10 +191,11 @@ def patch(app, environ, session):
         raise exceptions.MalformedHeader('Upload-Offset is required.')
     offset = headers.parse_byte_count('Upload-Offset',
                                       environ['HTTP_UPLOAD_OFFSET'])
-    return _write(app, environ, session, offset)
+    return _write(app, environ, session, offset, through)
 
 
-def create(app, spool, environ, image_id, target, max_image_size):
+def create(app, spool, environ, image_id, target, max_image_size,
+           through=False):
     concat = environ.get('HTTP_UPLOAD_CONCAT')
     if concat is not None and concat.strip().startswith(FINAL):
         return _create_final(app, spool, environ, image_id, target,
@@ -232,7 +233,7 @@ def create(app, spool, environ, image_id, target, max_image_size):
         location = _location(environ, upload_id)
         if has_body:
             try:
-                response = _write(app, environ, session, 0)
+                response = _write(app, environ, session, 0, through)
             except Exception:
                 # The client never learnt the upload's URL: nothing of it
                 # is kept, and the image takes a new creation at once.
@@ -254,9 +255,13 @@ def create(app, spool, environ, image_id, target, max_image_size):
 # -- internals ---------------------------------------------------------------
 
 
-def _write(app, environ, session, offset):
+def _write(app, environ, session, offset, through=False):
     """Append the request's body at ``offset``; the answer (204 with the
-    new offset, or Glance's refusal of the completed image)."""
+    new offset, or Glance's refusal of the completed image).
+
+    :param through: when the body completes the upload, finalize while it
+        arrives (``finalize_while_receiving``).
+    """
     rec = session.record
     checksum = _checksum(environ)
     chunked = headers.is_chunked(environ)
@@ -274,6 +279,8 @@ def _write(app, environ, session, offset):
         raise exceptions.BeyondUploadLength(
             'Upload-Offset %d plus Content-Length %d goes past the '
             'Upload-Length %d.' % (offset, length, rec.size))
+    through = (through and length is not None and offset + length == rec.size
+               and rec.concat != PARTIAL and rec.parts is None)
     digest = None if checksum is None else checksum[0]()
     stream_class = functools.partial(TusWriter, limit=rec.size - offset,
                                      digest=digest)
@@ -284,7 +291,10 @@ def _write(app, environ, session, offset):
             raise _offset_conflict(offset, current)
         body = framing.open_body(environ, length, chunked, writer_class)
         try:
-            while body.read(stream.DEFAULT_READ_SIZE):
+            if through:
+                return _through(app, environ, session, offset, body,
+                                checksum)
+            while body.read(spools.PIECE_BYTES):
                 pass
         except (exceptions.ClientDisconnected, exceptions.ClientTimeout):
             # Keep what arrived, unless it must be verified first.
@@ -293,10 +303,7 @@ def _write(app, environ, session, offset):
             raise
         finally:
             body.close()
-        if checksum is not None and digest.digest() != checksum[1]:
-            raise exceptions.ChecksumMismatch(
-                'The body does not match its Upload-Checksum; none of it '
-                'was kept.')
+        _check_checksum(checksum, body)
         end = offset + body.received
         finalizing = False
         if body.received:
@@ -306,6 +313,31 @@ def _write(app, environ, session, offset):
     if refusal is not None:
         return refusal
     return _written(session, end)
+
+
+def _check_checksum(checksum, body):
+    if checksum is not None and body.digest.digest() != checksum[1]:
+        raise exceptions.ChecksumMismatch(
+            'The body does not match its Upload-Checksum; none of it '
+            'was kept.')
+
+
+def _through(app, environ, session, offset, body, checksum):
+    """Finalize while the body that completes the upload arrives."""
+    size = session.record.size
+
+    def ended():
+        _check_checksum(checksum, body)
+        if not session.commit(offset, size)[1]:
+            raise exceptions.UploadConflict(
+                'The upload is being finished by another request.')
+    response = finalize.finalize(app, environ, session,
+                                 _upload_path(session.record),
+                                 live=spools.Live(offset, body, ended))
+    if response.status_int >= 300:
+        return response
+    _discard(response)
+    return _written(session, size)
 
 
 def _finalize(app, environ, session, finalizing):

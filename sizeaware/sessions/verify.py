@@ -31,6 +31,7 @@ from oslo_utils.imageutils import format_inspector
 
 from sizeaware import exceptions
 from sizeaware import stream
+from sizeaware.sessions import spool as spools
 
 #: Formats found in an image of each disk_format that are its own.
 _COMPATIBLE = {'raw': {'raw', 'gpt'}}
@@ -50,8 +51,10 @@ class DigestingStream(stream.BodyStream):
 class CheckedImage(stream.BodyStream):
     """A session's whole image, judged while it is read.
 
-    :param session: the session, every byte held.
+    :param session: the session, every byte held (or arriving: ``live``).
     :param disk_format: the image's ``disk_format``.
+    :param live: a :class:`~sizeaware.sessions.spool.Live`, the bytes of
+        the request still receiving them.
 
     The spool is read through the stream base (hashed only when a sha256
     was declared) and through the format inspector; before the last byte
@@ -59,20 +62,25 @@ class CheckedImage(stream.BodyStream):
     :attr:`refusal` and raised instead of that byte.
     """
 
-    def __init__(self, session, disk_format):
+    def __init__(self, session, disk_format, live=None):
         self.disk_format = disk_format
         self.declared = session.record.sha256
         self._spool = session.reader(
-            stream.BodyStream if self.declared is None else DigestingStream)
+            stream.BodyStream if self.declared is None else DigestingStream,
+            live)
         self._inspected = format_inspector.InspectWrapper(self._spool)
         self._inspected_open = True
         #: The :class:`~sizeaware.exceptions.ImageRefused` raised, if any.
         self.refusal = None
-        super().__init__(self._inspected.read, session.record.size,
-                         delimited=True)
+        super().__init__(self._pull, session.record.size, delimited=True)
         if not self.expected:
             # No byte will be read: an empty image is judged at once.
             self.judge()
+
+    def _pull(self, hint):
+        # Large pieces whatever the consumer's reads (Glance's are 64 KiB):
+        # the base hands them out in as many reads as it takes.
+        return self._inspected.read(max(hint, spools.PIECE_BYTES))
 
     def chunk_update(self, data):
         if self.received + len(data) == self.expected:
