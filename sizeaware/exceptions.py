@@ -192,6 +192,28 @@ class UploadForbidden(SizeawareError):
     of its partial uploads)."""
 
 
+class PreconditionFailed(SizeawareError):
+    """An ``If-Match`` that the image's validator does not match (RFC 9110
+    section 13.1.1)."""
+
+
+class DownloadCorrupt(SizeawareError):
+    """The image data a store handed back differs from the image's
+    recorded checksum, or ends before or after the image's size.
+
+    Found while the whole image streams out, after its status line was
+    sent: there is no answer left to give, only a connection to break
+    before the last byte, so no client holds a complete-looking wrong
+    image.
+
+    :param sent: bytes handed to the client before the break.
+    """
+
+    def __init__(self, message, sent):
+        super().__init__(message)
+        self.sent = sent
+
+
 class BackendReadError(SizeawareError):
     """A read from a store's backend that cannot go on as one continuous,
     exact stream (:mod:`sizeaware.store.restart`).
@@ -251,6 +273,7 @@ _HTTP_ERRORS = (
     (ImageTooLarge, webob.exc.HTTPRequestEntityTooLarge),
     (BeyondUploadLength, webob.exc.HTTPRequestEntityTooLarge),
     (ProtocolVersionUnsupported, webob.exc.HTTPPreconditionFailed),
+    (PreconditionFailed, webob.exc.HTTPPreconditionFailed),
     (UnsupportedMediaType, webob.exc.HTTPUnsupportedMediaType),
     (ChecksumMismatch, HTTPChecksumMismatch),
     (UploadForbidden, webob.exc.HTTPForbidden),

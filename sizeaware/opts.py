@@ -142,32 +142,6 @@ Possible values:
 Related options:
     * ``session_inactivity_timeout``
 """),
-    cfg.BoolOpt(
-        'finalize_while_receiving',
-        default=False,
-        help="""
-Hand the image to Glance while the request that completes it is still
-arriving, instead of once every byte is in the spool.
-
-When a request's bytes complete the image (one ``PUT`` with the whole
-image, or the last tus ``PATCH``), Glance then reads the bytes already
-held from the spool and this request's bytes as they arrive, while they
-are also written to the spool; the checks of finalize still run before
-Glance receives the last byte. A single-stream upload then takes about as
-long as a plain upload, instead of the time to receive it plus the time
-for Glance to store it.
-
-The cost: if the Glance API worker dies (is killed, runs out of memory)
-while such a request is arriving, Glance leaves the image in ``saving``,
-as it does for a plain upload, and the upload cannot be finished; without
-this option the image stays ``queued`` and the client resumes. A dropped
-connection is not affected: the image goes back to ``queued`` and every
-byte that arrived is kept.
-
-Possible values:
-    * False (default): finalize once every byte is in the spool.
-    * True: finalize while the completing request arrives.
-"""),
 ]
 
 
@@ -180,6 +154,53 @@ STORE_GROUP = 'backend'
 #: (:mod:`sizeaware.store.restart`). Each driver adds them to its
 #: ``OPTIONS``, so glance_store registers them in the section of each
 #: backend of that driver, beside the stock driver's own options.
+download_filter_opts = [
+    cfg.BoolOpt(
+        'verify_download',
+        default=False,
+        help="""
+Verify every whole-image download against the image's recorded checksum
+as it streams out.
+
+The download filter hashes the bytes the store hands back with the
+image's ``os_hash_algo`` and compares the result with its
+``os_hash_value`` (or, for an image without one, the MD5 ``checksum``)
+before the last byte leaves; on a mismatch, or a body that ends before or
+after the image's size, it breaks the connection instead, so a client never
+receives a complete-looking wrong image, and logs one line. A ranged
+download (206) is not verified: a part of an image cannot be checked
+against the whole image's checksum.
+
+The hash costs one pass over the image in the API process (SHA-512 runs
+at several hundred MiB/s per core).
+
+Possible values:
+    * False (default): downloads are passed on as the store hands them.
+    * True: whole-image downloads are verified.
+"""),
+    cfg.ListOpt(
+        'ranged_store_types',
+        default=['file', 'cinder'],
+        help="""
+The glance_store store types whose images Glance can serve in ranges.
+
+For an image stored in backends of these types only, the download filter
+answers ``Accept-Ranges: bytes`` and lets ranged requests through to
+Glance; for any other image it answers ``Accept-Ranges: none`` and serves
+a ranged request the whole image with 200, as RFC 9110 allows, where
+Glance would answer 400. A backend is matched by its name in
+``enabled_backends`` or by its type there; an image's backends are the
+``stores`` of its record (the ``default_store`` of ``[glance_store]``
+for a deployment without multiple backends).
+
+Possible values:
+    * A list of store types (``file``, ``cinder``, ``rbd``,
+      ``sizeaware_s3``, ...) or backend names. glance_store's filesystem
+      and cinder drivers read at an offset; a type named here that does
+      not would turn every resumed download of its images into 400.
+"""),
+]
+
 store_read_opts = [
     cfg.IntOpt(
         'read_retries',
@@ -280,7 +301,8 @@ def option_value(middleware, options, name):
 
 def list_opts():
     """Options for ``oslo-config-generator``, grouped by section."""
-    return [(GROUP, copy.deepcopy(size_filter_opts + resumable_opts))]
+    return [(GROUP, copy.deepcopy(size_filter_opts + resumable_opts
+                                  + download_filter_opts))]
 
 def list_store_opts():
     """The store drivers' read options, for ``.. show-options::`` (each

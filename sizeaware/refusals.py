@@ -53,10 +53,17 @@ def refuse(log, environ, error, *, named, what, fields=(), after=()):
         # names the answer.
         rid = rid or oslo_context.generate_request_id()
         response.headers[REQUEST_ID_HEADER] = rid
-    items = [('request_id', rid), *fields,
-             ('status', response.status_int), *after,
+    log_line(log, rid, error, what=what, status=response.status_int,
+             fields=fields, after=after)
+    return response
+
+
+def log_line(log, rid, error, *, what, status, fields=(), after=()):
+    """The one ``INFO`` line about a refusal, also one that has no answer
+    left to give (a download broken off after its status line was sent:
+    ``status`` then says what was sent)."""
+    items = [('request_id', rid), *fields, ('status', status), *after,
              ('reason', headers.quote(str(error), limit=None))]
     log.info('Refused %s: ' % what + ' '.join('%s=%%s' % name
                                                for name, _ in items),
              *[value for _, value in items])
-    return response

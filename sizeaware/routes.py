@@ -1,4 +1,5 @@
-"""Which requests are image uploads: one matcher for every filter.
+"""Which requests are image uploads and downloads: one matcher for every
+filter.
 
 A filter may sit anywhere in a deployer's pipeline, also before Glance's
 ``versionnegotiation`` (which rewrites ``/v2.1/...`` to ``/v2/...``), so
@@ -71,3 +72,19 @@ def upload_target(environ):
     if match is None:
         return None
     return match.group('image_id'), match.group('target')
+
+
+#: An image's data: ``GET`` downloads it.
+_DOWNLOAD_PATH = re.compile(
+    r'/v2(?:\.[0-9]+)?/images/(?P<image_id>[^/]+)/file/?')
+
+
+def download_target(environ):
+    """The image id of an image data download (``GET .../file``), else
+    None."""
+    if environ.get('REQUEST_METHOD') != 'GET':
+        return None
+    match = _DOWNLOAD_PATH.fullmatch(environ.get('PATH_INFO', ''))
+    if match is None:
+        return None
+    return match.group('image_id')

@@ -75,6 +75,9 @@ class BodyStream(io.RawIOBase):
         look for.
     """
 
+    #: What :meth:`read1` takes for "the whole pending piece".
+    _PIECE_MAX = 1 << 62
+
     def __init__(self, pull, expected=None, delimited=False):
         super().__init__()
         self._pull = pull
@@ -140,6 +143,19 @@ class BodyStream(io.RawIOBase):
 
     def readall(self):
         return self.read()
+
+    def read1(self, size=-1):
+        """Up to ``size`` bytes (the whole pending piece, if negative),
+        pulling at most once: each piece of a chunk source is handed on as
+        it came, uncopied, as an ``app_iter`` that relays one passes it
+        (a stream source is asked for ``size`` bytes: give one). ``b''``
+        only at the end of the body.
+        """
+        wanted = self._PIECE_MAX if size is None or size < 0 else size
+        available = self._available(wanted)
+        if not available:
+            return b''
+        return self._take(available)
 
     def readline(self, size=-1):
         wanted = None if size is None or size < 0 else size

@@ -8,10 +8,16 @@ closed and that no body was left half-read without a verdict.
 """
 
 import dataclasses
+import hashlib
 import io
 import json
 
 import webob
+from webob import byterange
+
+#: Keys of an image of :class:`FakeGlance` that describe its data, not its
+#: record.
+_DATA_KEYS = ('data', 'served', 'ranged', 'piece')
 
 
 @dataclasses.dataclass
@@ -55,7 +61,8 @@ class FakeGlance:
         'owner': project_id or None}}``: ``GET /v2/images/<id>`` answers the
         image as JSON (404 for an unknown one, or one whose owner is not
         the ``X-Project-Id`` of the request), and an upload answered with
-        a 2xx makes it ``active``.
+        a 2xx makes it ``active``. ``GET .../file`` downloads an image
+        with ``data`` (see :meth:`_download`).
     """
 
     def __init__(self, read_size=65536, on_error='raise', status=204,
@@ -75,6 +82,8 @@ class FakeGlance:
         call = Call(environ=dict(environ))
         self.calls.append(call)
         if self.images is not None and environ['REQUEST_METHOD'] == 'GET':
+            if environ['PATH_INFO'].rstrip('/').endswith('/file'):
+                return self._download(environ, start_response, call)
             return self._show(environ, start_response, call)
         if self.read_size is not None:
             pieces = []
@@ -109,8 +118,62 @@ class FakeGlance:
                 None, environ.get('HTTP_X_PROJECT_ID')):
             return self._answer(start_response, '404 Not Found')
         start_response('200 OK', [('Content-Type', 'application/json')])
+        record = {key: value for key, value in image.items()
+                  if key not in _DATA_KEYS}
         app_iter = LeakTrackingIter([json.dumps(dict(
-            image, id=image_id)).encode()])
+            record, id=image_id)).encode()])
+        self.app_iters.append(app_iter)
+        return app_iter
+
+    def _download(self, environ, start_response, call):
+        """``GET .../file`` as Glance 33 answers it on a store that reads
+        at an offset (``'ranged': False`` in the image: one that does not),
+        range cases included (``doc/source/download.rst`` lists them).
+
+        An image's ``data`` is its bytes; ``served`` (default ``data``) is
+        what the store hands back, in pieces of ``piece`` bytes (default
+        65536); ``Content-MD5`` is always the MD5 of ``data``.
+        """
+        call.finished = True
+        image_id = environ['PATH_INFO'].split('/')[3]
+        image = self.images.get(image_id)
+        if image is None or image.get('owner') not in (
+                None, environ.get('HTTP_X_PROJECT_ID')):
+            return self._answer(start_response, '404 Not Found')
+        if image.get('status') != 'active' or 'data' not in image:
+            return self._answer(start_response, '204 No Content')
+        data = image['data']
+        served = image.get('served', data)
+        size = len(data)
+        headers = [('Content-Type', 'application/octet-stream'),
+                   ('Content-MD5', hashlib.md5(data).hexdigest())]
+        status = '200 OK'
+        value = environ.get('HTTP_RANGE')
+        content_range = environ.get('HTTP_CONTENT_RANGE')
+        if value is not None or content_range is not None:
+            if not image.get('ranged', True):
+                return self._answer(start_response, '400 Bad Request')
+            if value is not None and ',' in value:
+                return self._answer(start_response, '400 Bad Request')
+            if value is not None:
+                requested = byterange.Range.parse(value)
+                span = requested and requested.range_for_length(size)
+            else:
+                requested = byterange.ContentRange.parse(content_range)
+                span = requested and (requested.start, min(requested.stop,
+                                                           size))
+            if not span or span[0] >= size:
+                return self._answer(start_response,
+                                    '416 Requested Range Not Satisfiable')
+            served = served[span[0]:span[1]]
+            status = '206 Partial Content'
+            headers.append(('Content-Range', 'bytes %d-%d/%d' % (
+                span[0], span[1] - 1, size)))
+        headers.append(('Content-Length', str(len(served))))
+        start_response(status, headers)
+        piece = image.get('piece', 65536)
+        app_iter = LeakTrackingIter(
+            [served[i:i + piece] for i in range(0, len(served), piece)])
         self.app_iters.append(app_iter)
         return app_iter
 

@@ -7,6 +7,7 @@ import sys
 from paste import deploy
 from stevedore import driver
 
+from sizeaware.middleware import download
 from sizeaware.middleware import resumable
 from sizeaware.middleware import size_filter
 from tests.unit import fakes
@@ -24,6 +25,11 @@ def test_resumable_filter_entry_point():
     assert factory == resumable.ResumableFilter.factory
 
 
+def test_download_filter_entry_point():
+    factory = driver.DriverManager('paste.filter_factory', 'download').driver
+    assert factory == download.DownloadFilter.factory
+
+
 def test_config_opts_entry_point_lists_the_group():
     list_opts = driver.DriverManager('oslo.config.opts', 'sizeaware').driver
     (group, options), = list_opts()
@@ -31,7 +37,8 @@ def test_config_opts_entry_point_lists_the_group():
     assert {o.name for o in options} == {
         'max_image_size', 'require_image_size', 'spool_dir',
         'spool_max_bytes', 'max_sessions_per_project',
-        'session_inactivity_timeout', 'session_max_age'}
+        'session_inactivity_timeout', 'session_max_age', 'verify_download',
+        'ranged_store_types'}
 
 
 def test_shipped_paste_ini_puts_the_filters_after_context_everywhere(
@@ -42,6 +49,8 @@ def test_shipped_paste_ini_puts_the_filters_after_context_everywhere(
     flt = deploy.loadfilter('config:%s' % ini, name='resumable',
                             global_conf={'spool_dir': str(tmp_path)})
     assert isinstance(flt(fakes.FakeGlance()), resumable.ResumableFilter)
+    flt = deploy.loadfilter('config:%s' % ini, name='download')
+    assert isinstance(flt(fakes.FakeGlance()), download.DownloadFilter)
     pipelines = [line.split('=', 1)[1].split()
                  for line in ini.read_text().splitlines()
                  if line.split('=')[0].strip() in (
@@ -54,6 +63,10 @@ def test_shipped_paste_ini_puts_the_filters_after_context_everywhere(
         assert pipeline[context[0] + 1] == 'resumable'
         assert pipeline[context[0] + 2] == 'sizeaware'
         assert pipeline.index('sizeaware') < pipeline.index('rootapp')
+        assert pipeline[context[0] + 3] == 'download'
+        assert pipeline.index('download') < min(
+            pipeline.index(name) for name in ('cache', 'rootapp')
+            if name in pipeline)
 
 
 def test_sample_config_is_up_to_date(tmp_path):
