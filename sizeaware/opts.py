@@ -142,18 +142,34 @@ Possible values:
 Related options:
     * ``session_inactivity_timeout``
 """),
+    cfg.BoolOpt(
+        'finalize_while_receiving',
+        default=False,
+        help="""
+Hand the image to Glance while the request that completes it is still
+arriving, instead of once every byte is in the spool.
+
+When a request's bytes complete the image (one ``PUT`` with the whole
+image, or the last tus ``PATCH``), Glance then reads the bytes already
+held from the spool and this request's bytes as they arrive, while they
+are also written to the spool; the checks of finalize still run before
+Glance receives the last byte. A single-stream upload then takes about as
+long as a plain upload, instead of the time to receive it plus the time
+for Glance to store it.
+
+The cost: if the Glance API worker dies (is killed, runs out of memory)
+while such a request is arriving, Glance leaves the image in ``saving``,
+as it does for a plain upload, and the upload cannot be finished; without
+this option the image stays ``queued`` and the client resumes. A dropped
+connection is not affected: the image goes back to ``queued`` and every
+byte that arrived is kept.
+
+Possible values:
+    * False (default): finalize once every byte is in the spool.
+    * True: finalize while the completing request arrives.
+"""),
 ]
 
-
-#: The section name :func:`list_store_opts` shows the store options under;
-#: each goes into the section of the backend whose type is a sizeaware
-#: driver (``[cloud]`` for ``enabled_backends = cloud:sizeaware_s3``).
-STORE_GROUP = 'backend'
-
-#: Options of the restartable reads of every sizeaware store driver
-#: (:mod:`sizeaware.store.restart`). Each driver adds them to its
-#: ``OPTIONS``, so glance_store registers them in the section of each
-#: backend of that driver, beside the stock driver's own options.
 download_filter_opts = [
     cfg.BoolOpt(
         'verify_download',
@@ -201,6 +217,16 @@ Possible values:
 """),
 ]
 
+
+#: The section name :func:`list_store_opts` shows the store options under;
+#: each goes into the section of the backend whose type is a sizeaware
+#: driver (``[cloud]`` for ``enabled_backends = cloud:sizeaware_s3``).
+STORE_GROUP = 'backend'
+
+#: Options of the restartable reads of every sizeaware store driver
+#: (:mod:`sizeaware.store.restart`). Each driver adds them to its
+#: ``OPTIONS``, so glance_store registers them in the section of each
+#: backend of that driver, beside the stock driver's own options.
 store_read_opts = [
     cfg.IntOpt(
         'read_retries',
@@ -303,6 +329,7 @@ def list_opts():
     """Options for ``oslo-config-generator``, grouped by section."""
     return [(GROUP, copy.deepcopy(size_filter_opts + resumable_opts
                                   + download_filter_opts))]
+
 
 def list_store_opts():
     """The store drivers' read options, for ``.. show-options::`` (each
