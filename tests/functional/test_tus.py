@@ -1,20 +1,16 @@
 """tus 1.0 against a real Glance, driven by unmodified tus clients.
 
-Glance 33 under uwsgi (two processes sharing one spool directory) with
-``... context resumable sizeaware rootapp``; identity from headers, for
-plain project users. The clients are tuspy and aiotus as published on
-PyPI, used through their public API only.
-
-The image is 64 MiB, not the 256 MiB of the issue: it is as many chunks,
-cuts and parallel parts, and keeps this module well under 90 s on the
-2-core CI machine.
+Glance 33 under uwsgi (two processes sharing one spool directory) behind
+the run's keystone, with ``... authtoken context resumable sizeaware
+rootapp``; the clients carry real tokens of member users of two projects.
+The clients are tuspy and aiotus as published on PyPI, used through their
+public API only, on a 256 MiB image.
 """
 
 import asyncio
 import hashlib
 import io
 import os
-import uuid
 
 import aiotus
 import pytest
@@ -22,25 +18,31 @@ import requests
 from tusclient import client as tus_client
 from tusclient import exceptions as tus_exceptions
 
+from sizeaware.sessions import spool as spools
 from tests.functional import client
+from tests.functional import conftest
 from tests.functional import faultproxy
 from teststack import glance as glance_stack
 
 MiB = 1024 * 1024
-DATA = os.urandom(64 * MiB)
+DATA = os.urandom(256 * MiB)
 SHA256 = hashlib.sha256(DATA).hexdigest()
 #: tuspy sends the file in PATCHes of this size (its default would read the
 #: whole file into memory and send one PATCH).
-CHUNK = 16 * MiB
+CHUNK = 64 * MiB
 #: Where the proxy drops the connection: in the third PATCH.
-CUT = 40 * MiB
-ROLES = ('member', 'reader')
+CUT = 160 * MiB
 
 
 @pytest.fixture(scope='module')
-def glance():
-    server = glance_stack.Glance('33', resumable={}, processes=2, threads=4)
+def glance(postgres, keystone):
+    server = glance_stack.Glance(
+        '33', flavor='keystone', resumable={}, processes=2, threads=4,
+        database_url=postgres.create_database('glance33tus'),
+        extra_conf=keystone.glance_conf())
     server.start()
+    server.tokens = {user: keystone.token(user)
+                     for user in conftest.KEYSTONE_USERS}
     yield server
     server.stop()
 
@@ -54,7 +56,7 @@ def image_file(tmp_path_factory):
 
 @pytest.fixture
 def identity(glance):
-    return glance.identity_headers(uuid.uuid4().hex, roles=ROLES)
+    return {'X-Auth-Token': glance.tokens[conftest.KEYSTONE_USERS[0]]}
 
 
 @pytest.fixture
@@ -90,16 +92,17 @@ def cut_upload(proxy, identity, image_file, image_id, target):
     offset = resumed.offset
     # Two whole PATCHes, and every byte of the third that reached the
     # filter: all but the request lines and headers the proxy counted, and
-    # the one read (of 64 KiB) that uwsgi's wsgi.input was filling when the
-    # connection broke, which it does not hand on.
-    assert CUT - 2 * 64 * 1024 < offset <= CUT, offset
+    # the one read (of a spool piece) that uwsgi's wsgi.input was filling
+    # when the connection broke, which it does not hand on.
+    assert CUT - spools.PIECE_BYTES - 64 * 1024 < offset <= CUT, offset
     resumed.upload()
     return offset
 
 
 def test_tuspy_cut_mid_patch_and_resumed(glance, identity, image_file,
                                          proxy):
-    """64 MiB in 16 MiB PATCHes, the third cut at 40 MiB by the proxy."""
+    """256 MiB in 64 MiB PATCHes, the third cut at 160 MiB by the
+    proxy."""
     api = client.GlanceClient(glance.url, identity)
     image_id = api.create_image()
     cut_upload(proxy, identity, image_file, image_id, 'file')
@@ -144,8 +147,8 @@ def test_another_project_gets_404_and_harms_nothing(glance, identity,
         '%s/v2/images/%s/file' % (glance.url, image_id), headers=identity)
     uploader = tus.uploader(file_path=image_file, chunk_size=CHUNK)
     uploader.upload(stop_at=CHUNK)
-    other = dict(glance.identity_headers(uuid.uuid4().hex, roles=ROLES),
-                 **{'Tus-Resumable': '1.0.0'})
+    other = {'X-Auth-Token': glance.tokens[conftest.KEYSTONE_USERS[1]],
+             'Tus-Resumable': '1.0.0'}
     assert requests.head(uploader.url, headers=other).status_code == 404
     assert requests.patch(uploader.url, data=DATA[CHUNK:CHUNK + 10],
                           headers=dict(other, **{
@@ -163,7 +166,7 @@ def test_another_project_gets_404_and_harms_nothing(glance, identity,
 
 def test_tuspy_patch_stalled_past_the_server_timeout_keeps_what_arrived(
         glance, identity, image_file, proxy):
-    """The third PATCH goes quiet at 40 MiB for longer than uwsgi's socket
+    """The third PATCH goes quiet at 160 MiB for longer than uwsgi's socket
     timeout (4 s): the server ends it, keeping what arrived."""
     api = client.GlanceClient(glance.url, identity)
     image_id = api.create_image()
