@@ -12,7 +12,8 @@ Each instance gets its own work directory (config, paste ini, sqlite
 database, store directories, log, pid files) and its own free port. The
 paste pipeline is the release's own shipped ``glance-api-paste.ini`` with
 ``sizeaware`` inserted right after ``context`` / ``unauthenticated-context``
-in every pipeline of ``[composite:api]`` (as an operator deploys it), plus
+and ``download`` right after ``sizeaware`` in every pipeline of
+``[composite:api]`` (as an operator deploys them), plus
 the test-only flavor ``sizeawaretest``: the ``keystone`` pipeline without
 ``authtoken``, so Glance's own ``context`` filter builds the request context
 from the ``X-Identity-Status``/``X-Project-Id``/``X-User-Id``/``X-Roles``
@@ -38,6 +39,7 @@ from teststack import venvs
 TEST_FLAVOR = 'sizeawaretest'
 FILTER_NAME = 'sizeaware'
 RESUMABLE_NAME = 'resumable'
+DOWNLOAD_NAME = 'download'
 DISCOVERY_NAME = 'tus_discovery'
 # The PID of the process that started a Glance; see clean_stale().
 OWNER_FILE = 'owner.pid'
@@ -77,7 +79,8 @@ def _section_options(lines):
 
 
 def build_paste_ini(shipped: str, *, with_filter=True, filter_options=None,
-                    test_flavor=TEST_FLAVOR, resumable=None) -> str:
+                    test_flavor=TEST_FLAVOR, resumable=None,
+                    download=None) -> str:
     """Derive the paste ini the stack runs from a release's shipped one.
 
     - with ``with_filter``: ``sizeaware`` right after ``context`` /
@@ -87,6 +90,9 @@ def build_paste_ini(shipped: str, *, with_filter=True, filter_options=None,
     - with ``resumable`` (a dict of its options) as well: ``resumable``
       right before ``sizeaware``, and its ``[filter:resumable]``;
       ``tus_discovery`` before ``authtoken``, and its section;
+    - with ``with_filter``, also ``download`` right after ``sizeaware``,
+      and ``[filter:download]`` (``use = egg:sizeaware#download`` plus
+      ``download``, a dict of its options);
     - with ``test_flavor``: a pipeline of that name in ``[composite:api]``
       (the ``keystone`` one without ``authtoken``) and its
       ``[composite:glance-api-<flavor>]``, a copy of the keystone one.
@@ -121,6 +127,9 @@ def build_paste_ini(shipped: str, *, with_filter=True, filter_options=None,
                 if 'authtoken' in pipeline:
                     pipeline.insert(pipeline.index('authtoken'),
                                     DISCOVERY_NAME)
+            if with_filter and DOWNLOAD_NAME not in pipeline:
+                pipeline.insert(pipeline.index(FILTER_NAME) + 1,
+                                DOWNLOAD_NAME)
             if flavor == 'keystone':
                 keystone_pipeline = list(pipeline)
             new_lines.append('%s = %s' % (flavor, ' '.join(pipeline)))
@@ -149,6 +158,12 @@ def build_paste_ini(shipped: str, *, with_filter=True, filter_options=None,
     if with_filter:
         lines = ['[filter:%s]' % FILTER_NAME, 'use = egg:sizeaware#sizeaware']
         for key, value in (filter_options or {}).items():
+            lines.append('%s = %s' % (key, config.ini_value(value)))
+        text += '\n' + '\n'.join(lines) + '\n'
+    if with_filter:
+        lines = ['[filter:%s]' % DOWNLOAD_NAME,
+                 'use = egg:sizeaware#download']
+        for key, value in (download or {}).items():
             lines.append('%s = %s' % (key, config.ini_value(value)))
         text += '\n' + '\n'.join(lines) + '\n'
     if with_filter and resumable is not None:
@@ -185,8 +200,10 @@ class Glance(process.Service):
     """One Glance API server, under uwsgi or eventlet.
 
     :param release: key of :data:`teststack.venvs.GLANCE_RELEASES`.
-    :param with_filter: deploy ``sizeaware`` in every pipeline.
+    :param with_filter: deploy ``sizeaware`` and ``download`` in every
+        pipeline.
     :param filter_options: extra ``[filter:sizeaware]`` lines.
+    :param download: ``[filter:download]`` options (``verify_download``).
     :param resumable: deploy ``resumable`` before ``sizeaware`` with these
         ``[filter:resumable]`` options (``spool_dir`` defaults to
         ``<workdir>/spool``); None (default) leaves it out.
@@ -228,7 +245,8 @@ class Glance(process.Service):
                  database_url=None, extra_conf=None, workdir=None,
                  processes=1, threads=4, paste_ini=None, port=None,
                  uwsgi_options=None, venv=None, policy=None,
-                 keep_workdir=None, server='uwsgi', resumable=None):
+                 keep_workdir=None, server='uwsgi', resumable=None,
+                 download=None):
         self.release = str(release)
         if self.release not in venvs.GLANCE_RELEASES:
             raise ValueError('unknown Glance release %r' % release)
@@ -243,6 +261,7 @@ class Glance(process.Service):
         self.with_filter = with_filter
         self.filter_options = dict(filter_options or {})
         self.resumable = None if resumable is None else dict(resumable)
+        self.download = dict(download or {})
         self.backends = dict(backends or {'fs': ('file', {})})
         self.default_backend = default_backend
         if default_backend not in self.backends:
@@ -403,6 +422,7 @@ class Glance(process.Service):
                 shipped_paste_ini(venv).read_text(),
                 with_filter=self.with_filter,
                 filter_options=self.filter_options,
+                download=self.download,
                 resumable=None if self.resumable is None else dict(
                     {'spool_dir': self.spool_dir}, **self.resumable))
         elif isinstance(self.paste_ini, pathlib.PurePath) or (

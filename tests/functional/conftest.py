@@ -11,7 +11,9 @@ they also run against under the release's own eventlet server
 (``glance-api``) instead of uwsgi, identity from headers: the two servers
 hand request bodies to the app differently. With
 ``SIZEAWARE_WITHOUT_FILTER=1`` Glance runs without the filter, which shows
-what each test guards against (most of them then fail).
+what each test guards against (most of them then fail). The download filter
+runs with ``verify_download`` on (:data:`DOWNLOAD_OPTIONS`), so every
+download of the suite is also verified.
 """
 
 import itertools
@@ -40,6 +42,8 @@ DEPLOYMENTS = ([(r, 'headers') for r in RELEASES] +
 DEPLOYMENT_IDS = ['glance%s-%s' % (d[0], d[-1]) for d in DEPLOYMENTS]
 #: Seconds a server waits for a silent client (eventlet's is set to it).
 STALL_TIMEOUT = 4
+#: ``[filter:download]`` of every deployment.
+DOWNLOAD_OPTIONS = {'verify_download': True}
 #: Member users of two different projects (see teststack.keystone).
 KEYSTONE_USERS = ('user1', 'user2')
 
@@ -75,6 +79,7 @@ def glance(request):
                                       STALL_TIMEOUT}}
         server = glance_stack.Glance(release, with_filter=WITH_FILTER,
                                      server=wsgi_server,
+                                     download=DOWNLOAD_OPTIONS,
                                      extra_conf=extra_conf)
         server.start()
         yield server
@@ -86,6 +91,7 @@ def glance(request):
     keystone.register_glance('http://127.0.0.1:%d' % port)
     server = glance_stack.Glance(
         release, with_filter=WITH_FILTER, flavor='keystone', port=port,
+        download=DOWNLOAD_OPTIONS,
         database_url=postgres.create_database('glance%s' % release),
         extra_conf=keystone.glance_conf())
     server.start()
