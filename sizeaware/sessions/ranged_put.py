@@ -25,6 +25,7 @@ import webob
 from sizeaware import exceptions
 from sizeaware import framing
 from sizeaware import headers
+from sizeaware import stream
 from sizeaware.sessions import downstream
 from sizeaware.sessions import finalize
 from sizeaware.sessions import ranges
@@ -114,7 +115,7 @@ def write(app, environ, session, first, last, chunked, through=False):
                     app, environ, session, environ['PATH_INFO'],
                     live=spools.Live(first, body, lambda: _complete(
                         session, first, last)))
-            while body.read(spools.PIECE_BYTES):
+            while body.read(stream.DEFAULT_READ_SIZE):
                 pass
         except (exceptions.ClientDisconnected,
                 exceptions.ClientTimeout):

@@ -70,10 +70,11 @@ _UPLOAD_ID = re.compile(r'[0-9a-f]{32}')
 #: A long write is made durable and claimed every this many bytes, so a
 #: killed worker loses at most this much of what it had received.
 CHECKPOINT_BYTES = 16 * 1024 * 1024
-#: How much of a request body is read at a time into the spool, and read
-#: back from it at finalize: a piece costs a write, a journal entry, a CRC
-#: and a turn of every format inspector, so 1 MiB pieces cost a sixteenth
-#: of 64 KiB ones per GiB.
+#: How much of the spool is read at a time at finalize, whatever Glance's
+#: reads: a piece costs a turn of every format inspector, so 1 MiB pieces
+#: cost a sixteenth of 64 KiB ones per GiB. (A request body is read in the
+#: stream base's smaller pieces: a read being filled when the connection
+#: breaks is lost, and a slow client's would take long to fill.)
 PIECE_BYTES = 1024 * 1024
 #: The reaper sweeps at most once per this many seconds (all processes),
 #: examines at most this many entries and removes at most this many.

@@ -66,6 +66,7 @@ from sizeaware import exceptions
 from sizeaware import framing
 from sizeaware import headers
 from sizeaware import routes
+from sizeaware import stream
 from sizeaware.sessions import downstream
 from sizeaware.sessions import finalize
 from sizeaware.sessions import record as records
@@ -294,7 +295,7 @@ def _write(app, environ, session, offset, through=False):
             if through:
                 return _through(app, environ, session, offset, body,
                                 checksum)
-            while body.read(spools.PIECE_BYTES):
+            while body.read(stream.DEFAULT_READ_SIZE):
                 pass
         except (exceptions.ClientDisconnected, exceptions.ClientTimeout):
             # Keep what arrived, unless it must be verified first.
