@@ -331,6 +331,12 @@ def list_opts():
                                   + download_filter_opts))]
 
 
+def list_download_opts():
+    """The download filter's options alone, for its page of the
+    documentation (``.. show-options:: sizeaware.download``)."""
+    return [(GROUP, copy.deepcopy(download_filter_opts))]
+
+
 def list_store_opts():
     """The store drivers' read options, for ``.. show-options::`` (each
     belongs in a backend's own section; see :data:`STORE_GROUP`)."""
