@@ -17,9 +17,12 @@ connection (the kernel has no netem).
     (tuspy ``Uploader``, then a new ``Uploader(url=...)``), as a ratio to
     the image size, and the excess in bytes and in the filter's 64 KiB
     writes;
-(b) throughput of a plain PUT (Content-Length), a tus upload (tuspy), a
-    one-stream and a four-stream ranged upload of the same image, and the
-    time from the last byte the client sent to the image being ``active``;
+(b) throughput of a plain PUT (Content-Length), tus uploads (tuspy, in
+    PATCHes of ``--tus-chunk`` and in one PATCH), a one-stream and a
+    four-stream ranged upload of the same image, and the time from the
+    last byte the client sent to the image being ``active``; the
+    one-request uploads also through ``/through/...``, whose ``resumable``
+    has ``finalize_while_receiving = true``;
 (c) one ranged stream against four over a slow link (each connection
     delayed 25 ms each way and capped at 20 MiB/s);
 (d) a plain PUT through ``/with`` and ``/without``: throughput and the
@@ -82,7 +85,7 @@ class Bench:
 
     # -- clients -------------------------------------------------------
 
-    def put_range(self, url, image_id, first, last, size):
+    def put_range(self, url, image_id, first, last, size, prefix=''):
         """One ranged PUT; its Result, or None when the connection broke
         before an answer."""
         headers = dict(self.identity)
@@ -90,7 +93,7 @@ class Bench:
         headers['Content-Range'] = 'bytes %d-%d/%d' % (first, last, size)
         try:
             result = _common.upload(
-                url, '/v2/images/%s/file' % image_id, self.image,
+                url, prefix + '/v2/images/%s/file' % image_id, self.image,
                 last - first + 1, chunked=False, headers=headers,
                 offset=first)
         except (OSError, http.client.HTTPException):
@@ -107,12 +110,13 @@ class Bench:
                                                           result))
         return result
 
-    def put_streams(self, url, image_id, size, streams):
+    def put_streams(self, url, image_id, size, streams, prefix=''):
         """``size`` bytes in ``streams`` ranges, each on its own
         connection, at once."""
         bounds = [size * i // streams for i in range(streams + 1)]
         futures = [self.pool.submit(self.put_range, url, image_id,
-                                    bounds[i], bounds[i + 1] - 1, size)
+                                    bounds[i], bounds[i + 1] - 1, size,
+                                    prefix)
                    for i in range(streams)]
         results = [future.result() for future in futures]
         if None in results:
@@ -126,15 +130,16 @@ class Bench:
             raise RuntimeError('session status: %s %r' % (status, body))
         return body
 
-    def tus_client(self, url, image_id):
+    def tus_client(self, url, image_id, prefix=''):
         from tusclient import client as tus_client
-        return tus_client.TusClient('%s/v2/images/%s/file' % (url, image_id),
-                                    headers=dict(self.identity))
+        return tus_client.TusClient('%s%s/v2/images/%s/file' % (
+            url, prefix, image_id), headers=dict(self.identity))
 
-    def tus_upload(self, url, image_id, resume_url=None):
-        tus = self.tus_client(url, image_id)
+    def tus_upload(self, url, image_id, resume_url=None, prefix='',
+                   chunk_size=None):
+        tus = self.tus_client(url, image_id, prefix)
         uploader = tus.uploader(file_path=str(self.image), url=resume_url,
-                                chunk_size=self.args.tus_chunk)
+                                chunk_size=chunk_size or self.args.tus_chunk)
         # With ``url`` tuspy's HEAD has given the offset the server kept.
         self.tus_offset = uploader.offset
         try:
@@ -205,9 +210,9 @@ class Bench:
 
     # -- parts b and c -------------------------------------------------
 
-    def timed(self, proxy, mode, streams=1):
+    def timed(self, proxy, mode, streams=1, prefix='', whole=False):
         """One upload through ``proxy``: (seconds, last byte to active,
-        workers' CPU seconds)."""
+        workers' CPU seconds); tus in one PATCH when ``whole``."""
         size = self.args.wan_size if proxy.rate else self.args.size
         image_id = self.api.create()
         try:
@@ -218,11 +223,12 @@ class Bench:
             if mode == 'plain':
                 self.plain_put(proxy.url, image_id, size)
             elif mode == 'tus':
-                _, done = self.tus_upload(proxy.url, image_id)
+                _, done = self.tus_upload(proxy.url, image_id, prefix=prefix,
+                                          chunk_size=size if whole else None)
                 if not done:
                     raise RuntimeError('tus upload failed')
             else:
-                self.put_streams(proxy.url, image_id, size, streams)
+                self.put_streams(proxy.url, image_id, size, streams, prefix)
             end = time.perf_counter()
             self.check_active(image_id, size)
             active = time.perf_counter()
@@ -261,12 +267,41 @@ def missing(held, size):
     return gaps
 
 
-B_MODES = (('plain', 1, 'plain PUT, Content-Length'),
-           ('tus', 1, 'tus (tuspy), 1 stream'),
-           ('ranged', 1, 'ranged PUT, 1 stream'),
-           ('ranged', STREAMS, 'ranged PUT, %d streams' % STREAMS))
-C_MODES = (('ranged', 1, 'ranged PUT, 1 stream'),
-           ('ranged', STREAMS, 'ranged PUT, %d streams' % STREAMS))
+#: The prefix of the pipeline whose ``resumable`` finalizes while the
+#: request completing an image arrives.
+THROUGH = '/through'
+#: ``(mode, streams, label, options of Bench.timed)``.
+B_MODES = (('plain', 1, 'plain PUT, Content-Length', {}),
+           ('tus', 1, 'tus (tuspy), PATCHes of --tus-chunk', {}),
+           ('tus', 1, 'tus (tuspy), 1 PATCH', {'whole': True}),
+           ('ranged', 1, 'ranged PUT, 1 stream', {}),
+           ('ranged', STREAMS, 'ranged PUT, %d streams' % STREAMS, {}),
+           ('tus', 1, 'tus, 1 PATCH, finalize while receiving',
+            {'whole': True, 'prefix': THROUGH}),
+           ('ranged', 1, 'ranged PUT, 1 stream, finalize while receiving',
+            {'prefix': THROUGH}))
+C_MODES = (('ranged', 1, 'ranged PUT, 1 stream', {}),
+           ('ranged', STREAMS, 'ranged PUT, %d streams' % STREAMS, {}))
+
+
+def with_through_pipeline(text, spool_dir):
+    """``text`` (a dual paste ini) plus ``/through/...``: the ``api``
+    pipeline with ``resumable`` finalizing while receiving."""
+    sections = glance_stack.split_sections(text)
+    api = dict(sections)['composite:api']
+    root = 'composite:glance-api-%s' % glance_stack.TEST_FLAVOR
+    out = []
+    for name, lines in sections:
+        if name == root:
+            lines = [line for line in lines if line.strip()] + [
+                '%s: api-through' % THROUGH, '']
+        out.extend(lines)
+    through = [line.replace(' resumable ', ' resumable-through ')
+               for line in api[1:]]
+    out += ['', '[composite:api-through]'] + through + [
+        '', '[filter:resumable-through]', 'use = egg:sizeaware#resumable',
+        'spool_dir = %s' % spool_dir, 'finalize_while_receiving = true', '']
+    return '\n'.join(out)
 
 
 def run(args, image):
@@ -282,8 +317,9 @@ def run(args, image):
             threads=args.threads,
             database_url=postgres.create_database('bench_resumable'),
             extra_conf={'DEFAULT': {'debug': False}})
-        glance.paste_ini = _common.dual_paste_ini(
-            venv, resumable={'spool_dir': str(glance.spool_dir)})
+        glance.paste_ini = with_through_pipeline(_common.dual_paste_ini(
+            venv, resumable={'spool_dir': str(glance.spool_dir)}),
+            glance.spool_dir)
         glance.start()
         bench = Bench(glance, args, image)
         target = ('127.0.0.1', glance.port)
@@ -314,10 +350,10 @@ def run(args, image):
             with faultproxy.FaultProxy(target, **options) as proxy:
                 for round_no in range(args.repeat):
                     order = modes if round_no % 2 == 0 else modes[::-1]
-                    for mode, streams, label in order:
+                    for mode, streams, label, timed in order:
                         loads.append(os.getloadavg()[0])
                         seconds, tail, cpu, conflicts = bench.timed(
-                            proxy, mode, streams)
+                            proxy, mode, streams, **timed)
                         results[part].setdefault(label, []).append(
                             (seconds, tail, cpu, conflicts))
                         _common.log('(%s) round %d, %-26s %6.2f s, last '
@@ -385,19 +421,22 @@ def table_b(args, results):
     base = results['plain PUT, Content-Length']
     base_mibps = _common.median([args.size / MiB / s for s, *_ in base])
     rows = []
-    for _, _, label in B_MODES:
+    for _, streams, label, _ in B_MODES:
         runs = results[label]
         mibps = _common.median([args.size / MiB / s for s, *_ in runs])
         paired = _common.median([b[0] / r[0] for r, b in zip(runs, base)])
         rows.append([
             label, '%.0f' % mibps, '%.3f' % (mibps / base_mibps),
             '%.3f' % paired,
+            '-' if 'plain' in label or streams > 1 else (
+                'yes' if min(mibps / base_mibps, paired) >= 0.85 else 'NO'),
             '%.2f' % _common.median([t for _, t, *_ in runs]),
             '%.2f' % _common.median([c for _, _, c, _ in runs]),
             sum(r[3] for r in runs),
             ' '.join('%.1f' % s for s, *_ in runs)])
     return _common.table(
-        ['upload', 'MiB/s', 'vs plain', 'paired', 'last byte to active s',
+        ['upload', 'MiB/s', 'vs plain', 'paired', '>= 0.85',
+         'last byte to active s',
          'workers CPU s', '409s', 'rounds (s)'],
         rows, title=(
             '(b) %s image through the proxy (no faults), %d rounds, medians; '
@@ -414,7 +453,7 @@ def table_c(args, results):
     one = results[C_MODES[0][2]]
     base = _common.median([s for s, *_ in one])
     rows = []
-    for _, streams, label in C_MODES:
+    for _, streams, label, _ in C_MODES:
         runs = results[label]
         seconds = _common.median([s for s, *_ in runs])
         speedup = base / seconds
