@@ -139,7 +139,9 @@ class Store(http.Store):
         try:
             reader = restart.RestartingReader(
                 open_range, offset, chunk_size, policy=policy,
-                broken=BROKEN, name=store_location.path or 'object')
+                broken=BROKEN, name='%s://%s%s' % (
+                    store_location.scheme, store_location.netloc,
+                    store_location.path))
         except sizeaware_exceptions.BackendReadFailed as exc:
             # Not one answer: the stock driver's error for a server it
             # cannot reach, which Glance answers with 503.
