@@ -271,7 +271,7 @@ class _RestartingReads:
             when the first answer is not the one asked for. Once reading,
             the stream raises one when it cannot go on, never ends short.
         """
-        policy = restart.Policy.from_conf(self.store_conf)
+        policy = restart.Policy.from_conf(self._read_conf())
         store_location = location.store_location
         manager = self.get_manager(store_location, context,
                                    allow_reauth=policy.read_retries > 0)
@@ -281,6 +281,18 @@ class _RestartingReads:
             name='Swift object %s/%s' % (store_location.container,
                                          store_location.obj))
         return restart.indexable(reader), reader.expected
+
+
+    def _read_conf(self):
+        """The backend's options: glance_store 5.x keeps them (with the
+        shared defaults grafted on) in ``store_conf``; 4.x reads the
+        backend's section itself."""
+        store_conf = getattr(self, 'store_conf', None)
+        if store_conf is not None:
+            return store_conf
+        if self.backend_group:
+            return getattr(self.conf, self.backend_group)
+        return self.conf.glance_store
 
 
 class SingleTenantStore(_TrueSegmentLengths, _RestartingReads,

@@ -7,6 +7,7 @@ image as a range, and a range that starts past the end.
 """
 
 import hashlib
+import http.client
 
 
 def satisfiable(size, piece):
@@ -56,3 +57,58 @@ def digest(data):
     """Length and sha256: compared instead of the bytes, so a failure
     prints two lines instead of megabytes."""
     return len(data), hashlib.sha256(data).hexdigest()
+
+
+class Streamed:
+    """What a client got from ``GET .../file``, read piece by piece:
+    ``status``, ``headers`` (names lower-cased), ``received`` bytes, their
+    ``sha256``, and ``error``, the exception that ended the body early (a
+    reset, or ``http.client.IncompleteRead`` for a body shorter than its
+    ``Content-Length``), or None.
+
+    :param pause_after: after this many bytes, call ``on_pause()`` before
+        reading on (the client stops reading meanwhile).
+    :param keep: keep the bytes in ``body``.
+    """
+
+    def __init__(self, api, image_id, headers=None, *, pause_after=None,
+                 on_pause=None, keep=False, piece=1024 * 1024):
+        conn = http.client.HTTPConnection(api.host, api.port, timeout=60)
+        sha = hashlib.sha256()
+        self.received = 0
+        self.error = None
+        self.body = bytearray() if keep else None
+        try:
+            conn.request('GET', '/v2/images/%s/file' % image_id,
+                         headers=dict(api.headers, **(headers or {})))
+            resp = conn.getresponse()
+            self.status = resp.status
+            self.headers = {k.lower(): v for k, v in resp.getheaders()}
+            try:
+                while True:
+                    want = piece
+                    if pause_after is not None:
+                        want = min(want, pause_after - self.received)
+                    data = resp.read(want)
+                    if not data:
+                        break
+                    sha.update(data)
+                    self.received += len(data)
+                    if keep:
+                        self.body += data
+                    if self.received == pause_after:
+                        on_pause()
+                        pause_after = None
+            except (http.client.HTTPException, OSError) as exc:
+                self.error = exc
+        finally:
+            conn.close()
+        self.sha256 = sha.hexdigest()
+        length = self.headers.get('content-length')
+        if self.error is None and length is not None and (
+                self.received < int(length)):
+            # http.client's read(n) returns b'' at a connection closed
+            # before the Content-Length, as if the body had ended; curl
+            # says "transfer closed with N bytes remaining" (exit 18).
+            self.error = http.client.IncompleteRead(
+                b'', int(length) - self.received)

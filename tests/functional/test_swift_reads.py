@@ -17,13 +17,20 @@ bytes, across segment boundaries too, 416 past the end. The negative
 control: the stock driver answers 400 to any ``Range``.
 """
 
+import hashlib
+import http.client
 import os
+import re
+import subprocess
+import time
+import urllib.parse
 import uuid
 
 import pytest
 
 from tests.functional import client
 from tests.functional import conftest
+from tests.functional import faultproxy
 from tests.functional import ranges
 from teststack import glance as glance_stack
 
@@ -147,3 +154,197 @@ def test_control_stock_driver_refuses_any_range(apis, images):
     image_id, _ = images['sizeaware_swift', 'plain']
     resp = ranges.download_range(apis['swift'], image_id, 'bytes=0-')
     assert resp.status == 400, resp
+
+
+# -- restarts ---------------------------------------------------------------
+#
+# A third Glance 33 (``sizeaware_swift``, its own container) reaches the
+# Swift proxy through a fault proxy (tests/functional/faultproxy.py), which
+# breaks Swift's answers to Glance at chosen offsets: resets, clean early
+# ends, stalls. Its images of 256 MiB are segmented (large objects from 200
+# "MB", segments of 64 "MB": 5 segments, the last one short), so every
+# restart is a ranged GET of a manifest pinned to its ETag. The client
+# reads Glance directly, hashing as it reads, and must get the whole image
+# with the right sha256, or a broken connection: never a short body that
+# looks complete, never bytes of another object spliced in.
+
+BIG = 256 * MIB
+RETRIES = 10
+STALL_TIMEOUT = 2
+READ_OPTIONS = {
+    'read_retries': RETRIES,
+    'retry_backoff': 0.002,
+    'connect_timeout': 5,
+    'read_timeout': 10,
+    'stall_timeout': STALL_TIMEOUT,
+}
+
+
+def random_bytes(size):
+    """``size`` bytes (a multiple of 1 MiB) that differ in every MiB: one
+    random block with a counter in front, quicker than ``os.urandom``."""
+    block = os.urandom(MIB - 8)
+    return b''.join(i.to_bytes(8, 'big') + block for i in range(size // MIB))
+
+
+@pytest.fixture(scope='module')
+def big_data():
+    data = random_bytes(BIG)
+    return data, hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture(scope='module')
+def proxy(swift):
+    target = urllib.parse.urlsplit(swift.url)
+    with faultproxy.FaultProxy((target.hostname, target.port)) as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def disarmed(request):
+    """No reply fault outlives its test."""
+    yield
+    if 'proxy' in request.fixturenames:
+        request.getfixturevalue('proxy').cut_reply_at()
+
+
+@pytest.fixture(scope='module')
+def faulty(swift, keystone, postgres, proxy):
+    """``(Glance, container)``: ``sizeaware_swift`` through the proxy."""
+    from tests.functional import test_swift_store
+    account = test_swift_store.swift_connection(keystone).get_auth()[0]
+    container = 'glance-%s' % uuid.uuid4().hex[:12]
+    server = swift_glance(
+        swift, postgres.create_database('swift_faults_%s'
+                                        % uuid.uuid4().hex[:8]),
+        container, 'sizeaware_swift',
+        endpoint='%s/v1/%s' % (proxy.url, account.split('/v1/')[1]),
+        swift_store_large_object_size=200,
+        swift_store_large_object_chunk_size=64, **READ_OPTIONS)
+    server.start()
+    yield server, container
+    server.stop()
+
+
+@pytest.fixture(scope='module')
+def fapi(faulty, project):
+    server, _ = faulty
+    return client.GlanceClient(server.url, server.identity_headers(project))
+
+
+@pytest.fixture(scope='module')
+def big_image(fapi, big_data):
+    image_id = fapi.create_image()
+    resp = fapi.upload(image_id, big_data[0], size=BIG)
+    assert resp.status == 204, resp
+    return image_id
+
+
+def restarts_logged(glance, image_id):
+    """The restarts the store logged for ``image_id`` so far."""
+    text = (glance.workdir / 'glance.log').read_text(errors='replace')
+    return len(re.findall(r'Restarting the read of Swift object \S+/%s '
+                          % image_id, text))
+
+
+def spread(count, size=BIG):
+    """``count`` offsets spread over the middle of the image."""
+    return [size // 10 + i * (size * 8 // 10) // count
+            for i in range(count)]
+
+
+@pytest.mark.parametrize('fault, count', [
+    ('cut', 1), ('cut', 3), ('cut', 10), ('truncate', 3), ('stall', 1)])
+def test_download_survives_broken_swift_reads(faulty, fapi, proxy, big_image,
+                                             big_data, fault, count):
+    glance, _ = faulty
+    before = restarts_logged(glance, big_image)
+    offsets = spread(count)
+    if fault == 'stall':
+        proxy.stall_reply_at(offsets[0], STALL_TIMEOUT + 2)
+    else:
+        getattr(proxy, '%s_reply_at' % fault)(*offsets)
+    got = ranges.Streamed(fapi, big_image)
+    assert got.error is None, got.error
+    assert got.status == 200
+    assert int(got.headers['content-length']) == BIG
+    assert (got.received, got.sha256) == (BIG, big_data[1])
+    assert proxy.reply_faults == count
+    # One request per break, no more.
+    assert restarts_logged(glance, big_image) - before == count
+
+
+def test_ranged_download_survives_a_cut(fapi, proxy, big_image, big_data):
+    first, last = 10 * MIB + 3, 200 * MIB - 5
+    proxy.cut_reply_at(50 * MIB)
+    got = ranges.Streamed(fapi, big_image,
+                          {'Range': 'bytes=%d-%d' % (first, last)})
+    assert (got.status, got.error) == (206, None)
+    assert got.headers['content-range'] == 'bytes %d-%d/%d' % (first, last,
+                                                               BIG)
+    assert got.sha256 == hashlib.sha256(
+        big_data[0][first:last + 1]).hexdigest()
+    assert proxy.reply_faults == 1
+
+
+def test_spent_retries_break_the_client_connection(fapi, proxy, big_image,
+                                                   big_data):
+    """A break, then every restart broken too: after ``read_retries``
+    restarts the client's connection breaks; it never gets a short body
+    that ends cleanly."""
+    first = BIG // 3
+    proxy.cut_reply_at(*[first + i for i in range(RETRIES + 1)])
+    got = ranges.Streamed(fapi, big_image)
+    assert got.status == 200
+    assert int(got.headers['content-length']) == BIG
+    assert isinstance(got.error, (http.client.IncompleteRead, OSError))
+    assert got.received < BIG
+    assert proxy.reply_faults == RETRIES + 1
+    # An unmodified client says so too: curl's "transfer closed with N
+    # bytes remaining to read" is exit status 18.
+    proxy.cut_reply_at(*[first + i for i in range(RETRIES + 1)])
+    curl = subprocess.run(
+        ['curl', '-sS', '-o', os.devnull, '-w', '%{size_download}',
+         *[a for name, value in fapi.headers.items()
+           for a in ('-H', '%s: %s' % (name, value))],
+         'http://%s:%d/v2/images/%s/file' % (fapi.host, fapi.port,
+                                            big_image)],
+        capture_output=True, text=True, timeout=120)
+    assert curl.returncode == 18, curl
+    assert int(curl.stdout) < BIG
+    proxy.cut_reply_at()
+    # The image itself is fine: the next download is whole.
+    assert ranges.Streamed(fapi, big_image).sha256 == big_data[1]
+
+
+def test_object_replaced_before_a_restart_is_not_spliced(
+        faulty, fapi, keystone, proxy):
+    """The client stops reading after 8 MiB, so every buffer fills and
+    Glance's read of Swift waits; the object is then replaced in Swift and
+    Glance's connection to Swift cut at its next byte. The restart's
+    ``If-Match`` gets 412: the client's connection breaks after bytes of
+    the first object only."""
+    from tests.functional import test_swift_store
+    glance, container = faulty
+    size = 64 * MIB
+    data, other = random_bytes(size), random_bytes(size)
+    image_id = fapi.create_image()
+    assert fapi.upload(image_id, data, size=size).status == 204
+    conn = test_swift_store.swift_connection(keystone)
+
+    def replace_and_cut():
+        time.sleep(1)
+        conn.put_object(container, image_id, other)
+        proxy.cut_reply_at(0)
+
+    before = restarts_logged(glance, image_id)
+    got = ranges.Streamed(fapi, image_id, keep=True, pause_after=8 * MIB,
+                          on_pause=replace_and_cut)
+    conn.close()
+    assert got.status == 200
+    assert isinstance(got.error, (http.client.IncompleteRead, OSError))
+    assert 8 * MIB <= got.received < size
+    assert bytes(got.body) == data[:got.received]
+    assert restarts_logged(glance, image_id) - before == 1
+    log = (glance.workdir / 'glance.log').read_text(errors='replace')
+    assert 'the object changed since the read began (412' in log
