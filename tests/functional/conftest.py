@@ -18,6 +18,7 @@ download of the suite is also verified.
 
 import itertools
 import os
+import subprocess
 import uuid
 
 import pytest
@@ -154,3 +155,15 @@ def swift(keystone):
     from teststack import swift as swift_stack
     with swift_stack.Swift(keystone) as server:
         yield server
+
+
+@pytest.fixture(scope='session')
+def qcow2_with_backing(tmp_path_factory):
+    """A qcow2 image whose backing file is a raw file on this host."""
+    directory = tmp_path_factory.mktemp('qcow2')
+    base = directory / 'base.raw'
+    base.write_bytes(b'\0' * 2**20)
+    image = directory / 'x.qcow2'
+    subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-b',
+                    str(base), '-F', 'raw', str(image)], check=True)
+    return image.read_bytes()

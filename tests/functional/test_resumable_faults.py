@@ -489,17 +489,6 @@ def test_body_past_the_declared_length(glance, api):
 # -- 3. finalize refuses unsafe or mismatched images -------------------------
 
 
-@pytest.fixture(scope='module')
-def qcow2_with_backing(tmp_path_factory):
-    directory = tmp_path_factory.mktemp('qcow2')
-    base = directory / 'base.raw'
-    base.write_bytes(b'\0' * MiB)
-    image = directory / 'x.qcow2'
-    subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-b',
-                    str(base), '-F', 'raw', str(image)], check=True)
-    return image.read_bytes()
-
-
 def test_qcow2_with_a_backing_file_is_refused(glance, api,
                                               qcow2_with_backing):
     data = qcow2_with_backing
