@@ -71,10 +71,17 @@ _PIECE = 64 * 1024
 
 
 class FaultProxy:
-    """See the module docstring. ``url`` is ``http://127.0.0.1:<port>``."""
+    """See the module docstring. ``url`` is ``http://127.0.0.1:<port>``.
+
+    ``target`` is one ``(host, port)``, or a list of them: each new
+    connection then goes to the next one, round-robin (two API servers
+    behind one address, as a load balancer spreads them).
+    """
 
     def __init__(self, target, *, latency=0.0, rate=None, window=4 << 20):
-        self.target = target
+        self.targets = (list(target) if isinstance(target, list)
+                        else [target])
+        self.target = self.targets[0]
         self.latency = latency
         self.rate = rate
         self.window = window
@@ -162,8 +169,9 @@ class FaultProxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
+            target = self.targets[self.connections % len(self.targets)]
             try:
-                server = socket.create_connection(self.target)
+                server = socket.create_connection(target)
             except OSError:
                 _close(client)
                 continue

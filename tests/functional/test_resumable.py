@@ -6,7 +6,8 @@ with two processes sharing one spool directory and ``... context
 resumable sizeaware rootapp``; identity from headers, for plain project
 users. Then Glance 33 behind the run's keystone, with real tokens of two
 projects' users; and two Glance API servers on one spool directory and one
-PostgreSQL database, one of whose workers is killed mid-write. curl, an
+PostgreSQL database behind a round-robin proxy, one of whose workers is
+killed mid-write. curl, an
 unmodified client, sends each range as an ordinary ``PUT`` with
 ``Content-Range``; a range cut mid-way is a curl killed while it sends,
 slowed down by ``--limit-rate``.
@@ -18,6 +19,7 @@ import os
 import signal
 import subprocess
 import time
+import types
 import urllib.parse
 import uuid
 
@@ -26,6 +28,7 @@ import pytest
 from sizeaware.sessions import spool as spools
 from tests.functional import client
 from tests.functional import conftest
+from tests.functional import faultproxy
 from tests.functional import procfs
 from teststack import glance as glance_stack
 
@@ -285,50 +288,66 @@ def glance_pair(postgres, tmp_path_factory):
             server.stop()
 
 
-def test_two_servers_one_spool_and_a_worker_killed_mid_write(glance_pair,
-                                                             tmp_path):
-    one, two = glance_pair
-    identity = one.identity_headers(uuid.uuid4().hex, roles=ROLES)
-    api_one = client.GlanceClient(one.url, identity)
-    api_two = client.GlanceClient(two.url, identity)
-    image_id = api_one.create_image()
-    parts = quarters()
-    assert put_range(one, dict(identity, **{'X-Image-Sha256': SHA256}),
-                     image_id, tmp_path, *parts[1]).communicate()[0] == '204'
-    assert put_range(two, identity, image_id, tmp_path,
-                     *parts[3]).communicate()[0] == '204'
-    # Quarter 1 to the first server, whose worker is killed mid-write.
-    data_file = one.spool_dir / ('%s.file' % image_id) / 'data'
-    cut = put_range(one, identity, image_id, tmp_path, *parts[0],
-                    rate='512k')
-    time.sleep(1.5)
-    (worker,) = procfs.pids_with_open(data_file)
-    assert worker not in one.pids.values()  # a worker, not the master
-    os.kill(worker, signal.SIGKILL)
-    assert cut.communicate()[0] != '204'
-    # The second server sees every byte that reached the spool, and
-    # claims none that is not on disk. The killed worker claimed nothing
-    # itself (it would every spool.CHECKPOINT_BYTES, 16 MiB): what is held
-    # of quarter 1 comes from its journal.
-    code, document = status(api_two, image_id)
-    assert code == 200
-    held = [tuple(r) for r in document['ranges_held']]
-    (first_held, second, fourth) = held
-    assert first_held[0] == 0 and 0 < first_held[1] < parts[0][1], held
-    assert (second, fourth) == (parts[1], parts[3])
-    assert document['phase'] == 'paused'
-    on_disk = data_file.read_bytes()
-    for first, last in held:
-        assert on_disk[first:last + 1] == DATA[first:last + 1]
-    # The first server's master has started another worker: the upload
-    # goes on, alternating, and ends on the second server.
-    one.wait_for_http(one.url + '/versions', 30, ok=(200, 300))
-    assert put_range(one, identity, image_id, tmp_path,
-                     *parts[2]).communicate()[0] == '204'
-    assert put_range(two, identity, image_id, tmp_path, first_held[1] + 1,
-                     parts[0][1]).communicate()[0] == '204'
-    assert_active_with(api_one, image_id, DATA)
-    assert status(api_two, image_id)[0] == 404
+def _parent(pid):
+    with open('/proc/%d/stat' % pid) as stat:
+        return int(stat.read().rsplit(')', 1)[1].split()[1])
+
+
+def test_two_servers_one_spool_behind_a_round_robin_proxy(glance_pair,
+                                                          tmp_path):
+    """Every request a new connection, and the proxy hands connections to
+    the two servers in turn: one upload served alternately, one server's
+    worker killed mid-write."""
+    servers = glance_pair
+    identity = servers[0].identity_headers(uuid.uuid4().hex, roles=ROLES)
+    with faultproxy.FaultProxy([('127.0.0.1', server.port)
+                                for server in servers]) as proxy:
+        front = types.SimpleNamespace(url=proxy.url)
+        api = client.GlanceClient(proxy.url, identity)
+        image_id = api.create_image()
+        parts = quarters()
+        assert put_range(front, dict(identity, **{
+            'X-Image-Sha256': SHA256}), image_id, tmp_path,
+            *parts[1]).communicate()[0] == '204'
+        assert put_range(front, identity, image_id, tmp_path,
+                         *parts[3]).communicate()[0] == '204'
+        # Quarter 1, whose worker is killed mid-write.
+        data_file = servers[0].spool_dir / ('%s.file' % image_id) / 'data'
+        cut = put_range(front, identity, image_id, tmp_path, *parts[0],
+                        rate='512k')
+        time.sleep(1.5)
+        (worker,) = procfs.pids_with_open(data_file)
+        (victim,) = [server for server in servers
+                     if _parent(worker) in server.pids.values()]
+        os.kill(worker, signal.SIGKILL)
+        assert cut.communicate()[0] != '204'
+        victim.wait_for_http(victim.url + '/versions', 30, ok=(200, 300))
+        # Either server sees every byte that reached the spool, and claims
+        # none that is not on disk. The killed worker claimed nothing
+        # itself (it would every spool.CHECKPOINT_BYTES, 16 MiB): what is
+        # held of quarter 1 comes from its journal.
+        documents = [status(api, image_id) for _ in servers]
+        assert documents[0] == documents[1]
+        code, document = documents[0]
+        assert code == 200
+        held = [tuple(r) for r in document['ranges_held']]
+        (first_held, second, fourth) = held
+        assert first_held[0] == 0 and 0 < first_held[1] < parts[0][1], held
+        assert (second, fourth) == (parts[1], parts[3])
+        assert document['phase'] == 'paused'
+        on_disk = data_file.read_bytes()
+        for first, last in held:
+            assert on_disk[first:last + 1] == DATA[first:last + 1]
+        # The upload goes on, alternating between the servers.
+        assert put_range(front, identity, image_id, tmp_path,
+                         *parts[2]).communicate()[0] == '204'
+        assert put_range(front, identity, image_id, tmp_path,
+                         first_held[1] + 1, parts[0][1]
+                         ).communicate()[0] == '204'
+        assert_active_with(api, image_id, DATA)
+        assert status(api, image_id)[0] == 404
+        # Both servers took part: every request was a connection.
+        assert proxy.connections >= 2 * len(servers)
 
 
 def test_another_projects_user_gets_404_for_a_tus_upload(glance_keystone):
