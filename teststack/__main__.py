@@ -88,8 +88,8 @@ def cmd_up(args):
         out = sys.stdout
         print('Glance %s is up%s, flavor %s' % (
             args.release,
-            '' if args.no_filter else ' with the resumable and sizeaware '
-            'filters', args.flavor), file=out)
+            '' if args.no_filter else ' with the resumable, sizeaware and '
+            'download filters', args.flavor), file=out)
         if args.server == 'uwsgi':
             served = 'uwsgi, %d processes x %d threads' % (args.processes,
                                                            args.threads)
