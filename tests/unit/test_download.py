@@ -365,6 +365,27 @@ def test_image_of_another_project_is_glance_answer(glance_app):
     assert 'ETag' not in resp.headers
 
 
+def test_record_glance_will_not_show_leaves_the_download_to_glance(
+        glance_app):
+    """An expired token, a server error: whatever Glance answers for the
+    record, the download goes to Glance as it came."""
+    glance = glance_app(images=image())
+
+    def app(environ, start_response):
+        if not environ['PATH_INFO'].endswith('/file'):
+            glance(environ, start_response).close()
+            start_response('401 Unauthorized', [('Content-Length', '0')])
+            return []
+        return glance(environ, start_response)
+
+    resp = get(stack(app), Range='bytes=-0', If_Match='"other"')
+    # Glance 33's own answer to bytes=-0: the whole image.
+    assert resp.status_int == 206
+    assert resp.body == DATA
+    assert 'ETag' not in resp.headers
+    assert glance_range(glance) == 'bytes=-0'
+
+
 def test_queued_image_is_glance_answer(glance_app):
     glance = glance_app(images=image(status='queued', size=None))
     resp = get(stack(glance), Range='bytes=0-')
