@@ -24,6 +24,8 @@ import urllib.parse
 import uuid
 
 import pytest
+from tusclient import client as tus_client
+from tusclient import exceptions as tus_exceptions
 
 from sizeaware.sessions import spool as spools
 from tests.functional import client
@@ -36,6 +38,7 @@ DATA = os.urandom(4 * 1024 * 1024 + 5)
 N = len(DATA)
 SHA256 = hashlib.sha256(DATA).hexdigest()
 ROLES = ('member', 'reader')
+MiB = 1024 * 1024
 #: ``(release, server)``: Glance 33 first, as before.
 SERVERS = sorted({(r, 'uwsgi') for r in conftest.RELEASES} |
                  {(r, 'eventlet') for r in conftest.EVENTLET_RELEASES},
@@ -150,6 +153,27 @@ def test_quarters_2_4_1_3_one_cut_and_resent(glance, identity, tmp_path):
     assert status(api, image_id)[0] == 404
     assert not [p for p in glance.spool_dir.iterdir()
                 if not p.name.startswith('.')]
+
+
+def test_tuspy_cut_mid_patch_and_resumed(glance, identity, tmp_path):
+    """tus on every server: tuspy in 1 MiB PATCHes, cut by the proxy in the
+    third, resumed by a new ``Uploader(url=...)``."""
+    image_file = tmp_path / 'image.raw'
+    image_file.write_bytes(DATA)
+    api = client.GlanceClient(glance.url, identity)
+    image_id = api.create_image()
+    with faultproxy.FaultProxy(('127.0.0.1', glance.port)) as proxy:
+        tus = tus_client.TusClient('%s/v2/images/%s/file' % (
+            proxy.url, image_id), headers=identity)
+        uploader = tus.uploader(file_path=str(image_file), chunk_size=MiB)
+        proxy.cut_at(2 * MiB + MiB // 2)
+        with pytest.raises(tus_exceptions.TusUploadFailed):
+            uploader.upload()
+        resumed = tus.uploader(file_path=str(image_file), url=uploader.url,
+                               chunk_size=MiB)
+        assert 2 * MiB <= resumed.offset < 2 * MiB + MiB // 2
+        resumed.upload()
+    assert_active_with(api, image_id, DATA)
 
 
 def test_four_parallel_streams(glance, identity, tmp_path):
