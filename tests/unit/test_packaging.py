@@ -107,3 +107,23 @@ def test_swift_driver_entry_point_is_the_factory():
                                    'sizeaware_swift').driver
     assert factory is swift.Store
     assert factory.OPTIONS
+
+
+def test_http_driver_entry_point_claims_its_name_and_declares_random_reads():
+    from glance_store import capabilities
+    store = driver.DriverManager('glance_store.drivers',
+                                 'sizeaware_http').driver
+    assert store._CAPABILITIES & capabilities.BitMasks.READ_RANDOM == (
+        capabilities.BitMasks.READ_RANDOM)
+    # An instance method of the HTTP driver; it reads no instance state.
+    schemes = store.get_schemes(store.__new__(store))
+    assert {'sizeaware_http', 'http', 'https'} <= set(schemes)
+
+
+def test_store_read_options_entry_point():
+    list_opts = driver.DriverManager('oslo.config.opts',
+                                     'sizeaware.store').driver
+    (group, options), = list_opts()
+    assert {o.name for o in options} == {
+        'read_retries', 'retry_backoff', 'connect_timeout', 'read_timeout',
+        'stall_timeout'}
