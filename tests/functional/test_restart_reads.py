@@ -444,3 +444,40 @@ def test_stock_and_sizeaware_drivers_read_each_others_images(
             check_all(server)
         finally:
             server.stop()
+
+
+def test_upstream_bug_stock_drivers_end_the_download_short(
+        radosgw, bucket, web, proxies):
+    """Negative control: the same cut under glance_store's own ``s3`` and
+    ``http`` drivers. Glance has already answered 200 with the whole
+    ``Content-Length``; the stock drivers do not restart, and the client's
+    body ends where the store's connection broke. This is what the
+    sizeaware drivers exist to prevent; the day glance_store restarts
+    reads itself, this test fails and says so."""
+    server = glance_stack.Glance(
+        '33', default_backend='cloud',
+        extra_conf=glance_conf(proxies['http'].port),
+        backends={'cloud': s3_backend('s3', radosgw, proxies['s3'].url,
+                                      bucket),
+                  'web': ('http', {})})
+    server.start()
+    try:
+        api = client.GlanceClient(server.url, server.identity_headers(
+            uuid.uuid4().hex))
+        size = 64 * MIB
+        data = random_bytes(size)
+        images = {'s3': add_s3_image(api, data),
+                  'http': add_http_image(api, web, proxies['http'].url,
+                                         data)}
+        for store, image_id in images.items():
+            proxies[store].cut_reply_at(size // 2)
+            got = Download(api, image_id)
+            assert proxies[store].reply_faults == 1
+            assert got.status == 200
+            assert int(got.headers['content-length']) == size
+            assert got.error is not None and got.received < size, (
+                'glance_store\'s stock %s driver delivered the whole image '
+                'across a broken connection: the upstream bug this test '
+                'documents looks fixed' % store)
+    finally:
+        server.stop()
