@@ -259,7 +259,14 @@ class RestartingReader(stream.BodyStream):
                 '%s: the read broke at byte %d and the backend gave no '
                 'strong ETag to pin a restart to' % (self.name,
                                                      self.position)))
-        return self._attempt(self._want())
+        try:
+            return self._attempt(self._want())
+        except exceptions.BackendReadError:
+            raise
+        except Exception as exc:
+            # The driver's own error (the object gone: 404): kept, and
+            # raised again by every later call, as the stream's errors are.
+            self._fail(exc)
 
     def _attempt(self, want, first=False):
         """Send ``want`` until an answer is usable or the retries are

@@ -285,6 +285,22 @@ def test_first_request_errors_reach_the_caller_unchanged():
         reader(backend)
 
 
+def test_a_drivers_error_on_a_restart_is_kept_and_raised_again():
+    class NotFound(Exception):
+        pass
+
+    backend = FakeBackend(cuts=[1000])
+    backend.script = [None, NotFound('gone')]
+    stream = reader(backend)
+    assert stream.read(1000) == DATA[:1000]
+    with pytest.raises(NotFound):
+        stream.read(1)
+    with pytest.raises(NotFound):
+        stream.read(1)
+    assert len(backend.wants) == 2
+    assert backend.all_closed()
+
+
 def test_first_request_is_retried_when_the_connection_fails():
     backend = FakeBackend()
     backend.script = [ConnectionRefusedError(111, 'refused'),
