@@ -196,24 +196,29 @@ Possible values:
 """),
     cfg.ListOpt(
         'ranged_store_types',
-        default=['file', 'cinder'],
+        default=[],
         help="""
-The glance_store store types whose images Glance can serve in ranges.
+The glance_store store types (or backend names) whose images Glance can
+serve in ranges; empty to ask glance_store.
 
-For an image stored in backends of these types only, the download filter
+For an image whose backends all read at an offset, the download filter
 answers ``Accept-Ranges: bytes`` and lets ranged requests through to
 Glance; for any other image it answers ``Accept-Ranges: none`` and serves
 a ranged request the whole image with 200, as RFC 9110 allows, where
-Glance would answer 400. A backend is matched by its name in
-``enabled_backends`` or by its type there; an image's backends are the
-``stores`` of its record (the ``default_store`` of ``[glance_store]``
-for a deployment without multiple backends).
+Glance would answer 400. An image's backends are the ``stores`` of its
+record (the ``default_store`` of ``[glance_store]`` for a deployment
+without multiple backends).
 
 Possible values:
-    * A list of store types (``file``, ``cinder``, ``rbd``,
-      ``sizeaware_s3``, ...) or backend names. glance_store's filesystem
-      and cinder drivers read at an offset; a type named here that does
-      not would turn every resumed download of its images into 400.
+    * Empty (default): ask glance_store, in the Glance API process,
+      whether each backend's driver declares random-access reads
+      (``READ_RANDOM``), as Glance itself does before it serves a range:
+      ``file``, ``cinder`` and sizeaware's drivers do, the stock ``rbd``,
+      ``s3``, ``swift`` and ``http`` do not.
+    * A list of store types (``file``, ``sizeaware_s3``, ...) or backend
+      names of ``enabled_backends``: only these. A type named here whose
+      driver does not read at an offset turns every resumed download of
+      its images into 400.
 """),
 ]
 

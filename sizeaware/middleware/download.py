@@ -52,6 +52,7 @@ from oslo_log import log as logging
 from oslo_middleware import base
 import webob
 
+from sizeaware import backends
 from sizeaware import exceptions
 from sizeaware import headers
 from sizeaware import opts
@@ -82,6 +83,11 @@ class DownloadFilter(base.ConfigurableMiddleware):
         self.ranged_store_types = frozenset(option('ranged_store_types'))
         self.backend_types = _backend_types(self.oslo_conf)
         self.default_store = _default_store(self.oslo_conf)
+        #: How a backend's store is found (glance_store's own lookup).
+        self.find_store = backends.find_store
+        # Backend name -> whether its store reads at an offset, asked of
+        # glance_store once per process.
+        self._reads_at_offset = {}
 
     def __call__(self, environ, start_response):
         image_id = routes.download_target(environ)
@@ -130,10 +136,29 @@ class DownloadFilter(base.ConfigurableMiddleware):
                      if name.strip()]
         else:
             names = [self.default_store]
-        return all(name is not None and (
-            name in self.ranged_store_types
-            or self.backend_types.get(name) in self.ranged_store_types)
-            for name in names)
+        return all(name is not None and self.reads_at_offset(name)
+                   for name in names)
+
+    def reads_at_offset(self, name):
+        """Whether backend ``name`` reads at an offset: by
+        ``ranged_store_types`` when set, else as glance_store declares."""
+        if self.ranged_store_types:
+            return (name in self.ranged_store_types
+                    or self.backend_types.get(name) in self.ranged_store_types)
+        known = self._reads_at_offset.get(name)
+        if known is None:
+            try:
+                known = backends.reads_at_offset(self.find_store(
+                    name, multi=bool(self.backend_types)))
+            except Exception as exc:
+                # Not a store glance_store knows here: no ranges, as
+                # Glance would answer 400 to one.
+                LOG.warning('The download filter cannot tell whether '
+                            'backend %s reads at an offset (%r): its images '
+                            'are served whole.', headers.quote(name), exc)
+                known = False
+            self._reads_at_offset[name] = known
+        return known
 
     def _forward(self, environ, start_response, image_id, representation,
                  plan):

@@ -5,6 +5,8 @@ import hashlib
 import logging
 import os
 
+from glance_store._drivers import filesystem
+from glance_store._drivers import http
 from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -29,12 +31,14 @@ RID = 'req-6f1c2a77-0000-4000-8000-0000000000d1'
 
 def config(**overrides):
     """Glance's configuration as the filter finds it: two backends, a
-    file one and an rbd one."""
+    file one and an rbd one; unless told otherwise, the store types that
+    read at an offset named (glance_store is not configured here)."""
     conf = cfg.ConfigOpts()
     conf.register_opt(cfg.DictOpt('enabled_backends'))
     conf.register_opts(opts.download_filter_opts, group=opts.GROUP)
     conf(args=[], default_config_files=[], default_config_dirs=[])
     conf.set_override('enabled_backends', {'fs': 'file', 'ceph': 'rbd'})
+    overrides.setdefault('ranged_store_types', ['file'])
     for name, value in overrides.items():
         conf.set_override(name, value, group=opts.GROUP)
     return conf
@@ -263,7 +267,61 @@ def test_deployment_without_backends_uses_the_default_store(glance_app):
                       group='glance_store')
     conf(args=[], default_config_files=[], default_config_dirs=[])
     app = download.DownloadFilter(glance, conf)
+    asked = []
+
+    def find_store(name, multi):
+        asked.append((name, multi))
+        return filesystem.Store(conf)
+
+    app.find_store = find_store
     assert_part(get(app, Range='bytes=1-2'), 1, 3)
+    assert asked == [('file', False)]
+
+
+def glance_store_drivers():
+    """Real glance_store drivers, unconfigured: a filesystem store (reads
+    at an offset) and an HTTP store (does not)."""
+    conf = cfg.ConfigOpts()
+    conf(args=[], default_config_files=[], default_config_dirs=[])
+    return {'fs': filesystem.Store(conf, backend='fs'),
+            'ceph': http.Store(conf, backend='ceph')}
+
+
+def test_by_default_glance_store_says_which_backend_reads_at_offsets(
+        glance_app):
+    glance = glance_app(images=dict(image(stores='fs'), **{
+        'other': dict(image()[IMAGE], stores='ceph', ranged=False)}))
+    app = stack(glance, ranged_store_types=[])
+    drivers = glance_store_drivers()
+    asked = []
+
+    def find_store(name, multi):
+        asked.append((name, multi))
+        return drivers[name]
+
+    app.find_store = find_store
+    for _ in range(2):
+        assert_part(get(app, Range='bytes=1-2'), 1, 3)
+        resp = get(app, path='/v2/images/other/file', Range='bytes=1-2')
+        assert resp.status_int == 200
+        assert resp.headers['Accept-Ranges'] == 'none'
+        assert resp.body == DATA
+    # Once per backend and process.
+    assert asked == [('fs', True), ('ceph', True)]
+
+
+def test_backend_glance_store_does_not_know_is_served_whole(glance_app,
+                                                            caplog):
+    glance = glance_app(images=image(stores='fs'))
+    app = stack(glance, ranged_store_types=[])
+    caplog.set_level(logging.WARNING, logger=download.__name__)
+    # glance_store is not configured in this process: its own lookup fails.
+    for _ in range(2):
+        resp = get(app, Range='bytes=1-2')
+        assert resp.status_int == 200
+        assert resp.headers['Accept-Ranges'] == 'none'
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "backend 'fs'" in line
 
 
 def test_paste_section_options(glance_app):

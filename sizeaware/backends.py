@@ -1,0 +1,34 @@
+"""Whether the store holding an image reads it at an offset.
+
+Glance serves a ``Range`` only from a store whose glance_store driver
+declares random-access reads (``READ_RANDOM``); from any other it answers
+400. The download filter runs in Glance's own process, where glance_store
+is configured, and asks glance_store the same question about the backends
+an image's record names (its ``stores``), so that ``Accept-Ranges`` and
+what Glance does with a range agree by construction, for stock drivers and
+for sizeaware's (``sizeaware_s3``, ``sizeaware_swift``, ``sizeaware_http``,
+``sizeaware_rbd`` read at an offset).
+"""
+
+from glance_store import capabilities
+
+
+def find_store(name, multi):
+    """The glance_store store of backend ``name`` (of ``enabled_backends``)
+    or, in a deployment without multiple backends, of scheme ``name``.
+
+    :raises Exception: whatever glance_store raises for a backend it does
+        not know (``UnknownScheme``), or one not configured in this
+        process.
+    """
+    if multi:
+        from glance_store import multi_backend
+        return multi_backend.get_store_from_store_identifier(name)
+    from glance_store import backend
+    return backend.get_store_from_scheme(name)
+
+
+def reads_at_offset(store):
+    """Whether ``store`` declares random-access reads, as Glance checks
+    before it asks it for a range."""
+    return store.is_capable(capabilities.BitMasks.READ_RANDOM)
