@@ -648,3 +648,28 @@ def test_any_single_range(size, first, length, suffix):
         assert resp.body == data[want[0]:want[1]]
         assert resp.headers['Content-Range'] == 'bytes %d-%d/%d' % (
             want[0], want[1] - 1, size)
+
+
+def test_download_closed_mid_way_closes_glance_and_logs_nothing(
+        glance_app, caplog):
+    """A client gone mid-download: the server closes the verified body
+    after a few pieces; Glance's body is closed and nothing is refused."""
+    glance = glance_app(images=image())
+    caplog.set_level(logging.INFO, logger=download.__name__)
+    app_iter = stack(glance, verify_download=True)(get_environ(),
+                                                   lambda *a: None)
+    assert next(app_iter) == DATA[:4096]
+    assert next(app_iter) == DATA[4096:8192]
+    app_iter.close()
+    assert all(i.closed for i in glance.app_iters)
+    assert caplog.records == []
+
+
+def test_unverified_answers_are_glance_own_body(glance_app):
+    glance = glance_app(images=image())
+    for app, headers in ((stack(glance), {}),
+                         (stack(glance, verify_download=True),
+                          {'Range': 'bytes=0-9'})):
+        app_iter = app(get_environ(**headers), lambda *a: None)
+        assert app_iter is glance.app_iters[-1]
+        app_iter.close()
