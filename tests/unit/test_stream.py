@@ -189,6 +189,30 @@ def test_reads_span_chunks_so_only_the_end_is_short():
     assert reader.read(5) == b'f'
 
 
+def test_read1_hands_on_each_piece_as_it_came():
+    chunks = [os.urandom(700), os.urandom(3000), os.urandom(5)]
+    reader = stream.BodyStream(fakes.ChunkSource(list(chunks)), 3705)
+    pieces = [reader.read1() for _ in range(3)]
+    assert all(a is b for a, b in zip(pieces, chunks))
+    assert reader.read1() == b''
+
+
+def test_read1_takes_at_most_one_piece_and_at_most_size():
+    reader = stream.BodyStream(fakes.ChunkSource([b'abcdef', b'gh']), 8)
+    assert reader.read1(4) == b'abcd'
+    assert reader.read1(100) == b'ef'
+    assert reader.read1(100) == b'gh'
+    assert reader.read1(100) == b''
+
+
+def test_read1_proves_the_end_before_the_last_piece():
+    reader = stream.BodyStream(fakes.ChunkSource([b'abcd', b'ef', b'x']), 6)
+    assert reader.read1() == b'abcd'
+    with pytest.raises(exceptions.BodyTooLong):
+        reader.read1()
+    assert reader.received == 4
+
+
 def test_chunk_past_the_expected_length_fails_before_delivering():
     reader = stream.BodyStream(fakes.ChunkSource([b'abcdef']), 4)
     with pytest.raises(exceptions.BodyTooLong):
