@@ -1,0 +1,408 @@
+"""``sizeaware download``: an image's data into a file, verified, resumed
+after any break, never spliced from an answer that is not the rest of the
+same image.
+
+The data goes to a partial file beside the destination
+(``.<name>.sizeaware-part``) with a state file beside it (``...part.json``)
+listing the units (the manifest's chunks, else pieces of
+:data:`DEFAULT_UNIT`) already written; a later run for the same image
+resumes from them, after a ``kill -9`` too. Each request after the first
+asks for ``Range: bytes=a-b`` with ``If-Range`` and the first answer's
+``ETag``, and its answer is written only if it is a 206 of exactly that
+range with that ``ETag`` (:func:`sizeaware.client.answers.check_part`);
+without an ``ETag`` the image's record is fetched again and compared
+before a resumed answer is kept. A server that answers 200 to a ranged
+request is detected and the download starts over with one whole-image
+request. Chunks with digests in the image's properties are checked as they
+arrive, and only a bad chunk is fetched again. The whole file is checked
+against ``os_hash_value`` (``os_hash_algo``), else the MD5 ``checksum``,
+then fsynced and renamed into place.
+"""
+
+import concurrent.futures
+import contextlib
+import hashlib
+import os
+import pathlib
+import sys
+import threading
+import time
+
+from sizeaware.client import answers
+from sizeaware.client import connection
+from sizeaware.client import errors
+from sizeaware.client import manifest as manifest_mod
+from sizeaware.client import progress as progress_mod
+from sizeaware.client import retry
+from sizeaware.client import spans
+from sizeaware.client import state
+
+#: Unit of resumption and of parallel splitting without a manifest.
+DEFAULT_UNIT = 8 * 2**20
+#: Bytes read from a response at a time.
+READ_SIZE = 1 << 20
+STATE_INTERVAL = 1.0
+#: Times a chunk whose digest is wrong is fetched again.
+REFETCHES = 3
+
+
+class RangesIgnored(errors.NotSpliceable):
+    """The server answered 200 to a ranged request."""
+
+
+class WholeHasher:
+    """The whole image's digest, computed from the bytes written in order.
+
+    Pieces arriving at the cursor are hashed as they come (a single stream
+    is hashed in one pass); the rest is read back from the file by
+    :meth:`finish`. :meth:`checkpoint` marks verified ground and
+    :meth:`rewind` goes back to it when a chunk turns out bad.
+    """
+
+    def __init__(self, algorithm):
+        self._hash = hashlib.new(algorithm)
+        self.cursor = 0
+        self._mark = (self._hash.copy(), 0)
+        self._lock = threading.Lock()
+
+    def feed(self, offset, data):
+        with self._lock:
+            if offset == self.cursor:
+                self._hash.update(data)
+                self.cursor += len(data)
+
+    def checkpoint(self, offset):
+        with self._lock:
+            if self.cursor == offset:
+                self._mark = (self._hash.copy(), offset)
+
+    def rewind(self, offset):
+        with self._lock:
+            if self.cursor > offset:
+                self._hash, self.cursor = self._mark[0].copy(), self._mark[1]
+
+    def finish(self, fd, size):
+        with self._lock:
+            while self.cursor < size:
+                data = os.pread(fd, min(4 << 20, size - self.cursor),
+                                self.cursor)
+                if not data:
+                    raise errors.IntegrityError('the partial file is short')
+                self._hash.update(data)
+                self.cursor += len(data)
+            return self._hash.hexdigest()
+
+
+def part_paths(destination):
+    destination = pathlib.Path(destination)
+    part = destination.with_name('.%s.sizeaware-part' % destination.name)
+    return part, part.with_name(part.name + '.json')
+
+
+class Download:
+    """One download. :meth:`run` returns a dict of figures."""
+
+    def __init__(self, conn, image_id, destination, *, parallel=1,
+                 verify_chunks=True, show_progress=None, log=None,
+                 backoff=retry.Backoff, unit=DEFAULT_UNIT):
+        self.conn = conn
+        self.image_id = image_id
+        self.destination = pathlib.Path(destination)
+        self.parallel = max(1, parallel)
+        self.verify_chunks = verify_chunks
+        self.show_progress = show_progress
+        self.log = log or (lambda text: print(text, file=sys.stderr))
+        self.new_backoff = backoff
+        self.default_unit = unit
+        self.path = '/v2/images/%s/file' % image_id
+        self._lock = threading.Lock()
+        self._saved_at = 0.0
+        self.fetched = 0
+        self.refetched = 0
+        self.bad_chunks = set()
+        self.requests = 0
+
+    # -- the whole download -----------------------------------------------
+
+    def run(self):
+        started = time.monotonic()
+        record = self.conn.get_image(self.image_id)
+        if record.get('status') != 'active':
+            raise errors.Refused(409, 'image %s is %s, not active'
+                                 % (self.image_id, record.get('status')))
+        self.record = record
+        self.size = size = int(record['size'])
+        self.manifest = None
+        if self.verify_chunks:
+            try:
+                self.manifest = manifest_mod.Manifest.from_properties(
+                    record, size)
+            except ValueError as exc:
+                self.log('ignoring the chunk digests: %s' % exc)
+        self.unit = (self.manifest.chunk_size if self.manifest
+                     else self.default_unit)
+        self.count = manifest_mod.chunk_count(size, self.unit)
+        algorithm = record.get('os_hash_algo')
+        expected = record.get('os_hash_value')
+        if not (algorithm and expected):
+            algorithm, expected = 'md5', record.get('checksum')
+        self.part, self.state_path = part_paths(self.destination)
+        self.identity = {
+            'image_id': self.image_id, 'endpoint': self.conn.endpoint,
+            'size': size, 'os_hash_value': record.get('os_hash_value'),
+            'checksum': record.get('checksum'),
+            'updated_at': record.get('updated_at'), 'unit': self.unit}
+        previous = state.load(self.state_path)
+        self.done = set()
+        self.etag = None
+        if (previous and previous.get('identity') == self.identity
+                and self.part.exists()
+                and self.part.stat().st_size == size):
+            self.done = {int(i) for i in previous.get('done', [])}
+            self.etag = previous.get('etag')
+        self.destination.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.part, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.ftruncate(self.fd, size)
+            self.resumed_from = sum(
+                min(self.unit, size - i * self.unit) for i in self.done)
+            if self.done:
+                self.log('resuming: %d of %d bytes are in %s'
+                         % (self.resumed_from, size, self.part))
+            self.algorithm = algorithm
+            self.hasher = WholeHasher(algorithm)
+            self.progress = progress_mod.Progress(
+                size, self.resumed_from, 'download', self.show_progress)
+            try:
+                self._fetch_all()
+            finally:
+                self.progress.close()
+            self._save(force=True)
+            digest = self.hasher.finish(self.fd, size)
+            if expected and digest != expected:
+                self._discard()
+                raise errors.IntegrityError(
+                    'the downloaded image differs from its recorded %s '
+                    '(got %s); the partial file was removed'
+                    % (algorithm, digest))
+            if not expected:
+                self.log('image %s records no hash: not verified'
+                         % self.image_id)
+            os.fsync(self.fd)
+        finally:
+            os.close(self.fd)
+        os.replace(self.part, self.destination)
+        _fsync_dir(self.destination.parent)
+        state.remove(self.state_path)
+        return {'size': size, 'fetched': self.fetched,
+                'refetched': self.refetched,
+                'bad_chunks': len(self.bad_chunks),
+                'resumed_from': self.resumed_from, 'requests': self.requests,
+                'verified': algorithm if expected else None,
+                'seconds': time.monotonic() - started}
+
+    def _fetch_all(self):
+        todo = [i for i in range(self.count) if i not in self.done]
+        work = spans.runs(todo, self.unit, self.size)
+        if self.parallel > 1 and spans.total(work) > self.unit:
+            if self._accepts_ranges():
+                work = spans.split(work, self.parallel, self.unit)
+        try:
+            self._run_spans(work)
+        except RangesIgnored as exc:
+            self.log('%s; starting again with one whole-image request'
+                     % exc)
+            with self._lock:
+                self.done.clear()
+                self.hasher = WholeHasher(self.algorithm)
+            self._save(force=True)
+            self._fetch_span(0, self.size, ranges=False)
+        for _attempt in range(REFETCHES):
+            bad = sorted(i for i in range(self.count) if i not in self.done)
+            if not bad:
+                return
+            self.log('fetching again %d chunk(s) whose digest was wrong: %s'
+                     % (len(bad), ', '.join(map(str, bad))))
+            for index in bad:
+                start, stop = self.manifest.bounds(index)
+                before = self.fetched
+                self._fetch_span(start, stop)
+                self.refetched += self.fetched - before
+        bad = sorted(i for i in range(self.count) if i not in self.done)
+        if bad:
+            self._discard()
+            raise errors.IntegrityError(
+                'chunk(s) %s stay corrupt after %d fetches; the partial file '
+                'was removed' % (', '.join(map(str, bad)), REFETCHES + 1))
+
+    def _run_spans(self, work):
+        if len(work) == 1 or self.parallel == 1:
+            for span in work:
+                self._fetch_span(*span)
+            return
+        with concurrent.futures.ThreadPoolExecutor(self.parallel) as pool:
+            futures = [pool.submit(self._fetch_span, *span) for span in work]
+            for future in futures:
+                future.result()
+
+    def _accepts_ranges(self):
+        """Does the server answer a range with a 206? One byte to know."""
+        response = self._get({'Range': 'bytes=0-0'})
+        with contextlib.closing(response):
+            answers.raise_for_status(response, 'GET image data')
+            if response.status_code == 206:
+                self._learn_etag(response.headers.get('ETag'))
+                return True
+        self.log('the server does not answer ranges: one stream')
+        return False
+
+    def _get(self, headers):
+        with self._lock:
+            self.requests += 1
+        return self.conn.request('GET', self.path, headers=headers,
+                                 stream=True)
+
+    def _learn_etag(self, etag):
+        with self._lock:
+            if self.etag is None and etag:
+                self.etag = etag
+
+    # -- one span ---------------------------------------------------------
+
+    def _fetch_span(self, start, stop, ranges=True):
+        """Write bytes ``[start, stop)``, resuming from the exact offset
+        after every break."""
+        backoff = self.new_backoff()
+        position = start
+        first = True
+        while position < stop:
+            if not ranges:
+                # Only a whole-image request: each try starts over.
+                position = start
+            headers = {}
+            whole = position == 0 and stop == self.size
+            if ranges and not (whole and first and not self.etag):
+                headers['Range'] = 'bytes=%d-%d' % (position, stop - 1)
+                if self.etag:
+                    headers['If-Range'] = self.etag
+            if not first and not self.etag:
+                answers.same_record(self.record,
+                                    self.conn.get_image(self.image_id))
+            first = False
+            verifier = None
+            if self.manifest:
+                verifier = manifest_mod.ChunkHasher(
+                    self.manifest, position, self._chunk_checked,
+                    read_at=self._read_at)
+            began = position
+            try:
+                response = self._get(headers)
+                with contextlib.closing(response):
+                    answers.raise_for_status(response, 'GET image data')
+                    self._learn_etag(response.headers.get('ETag'))
+                    try:
+                        answers.check_part(
+                            response.status_code, response.headers,
+                            position, stop, self.size, self.etag)
+                    except errors.ImageChanged:
+                        self._discard()
+                        raise
+                    except errors.NotSpliceable as exc:
+                        if response.status_code == 200:
+                            raise RangesIgnored(str(exc)) from None
+                        raise
+                    position = self._receive(response, position, stop,
+                                             verifier)
+                if position < stop:
+                    raise errors.Transient('the answer ended at byte %d of '
+                                           '%d' % (position, stop))
+            except (errors.Transient,) + connection.CONNECTION_ERRORS as exc:
+                if position > began:
+                    backoff.progressed()
+                backoff.failed(exc)
+                self.log('the download broke at byte %d (%s); resuming'
+                         % (position, _short(exc)))
+
+    def _receive(self, response, position, stop, verifier):
+        for data in response.raw.stream(READ_SIZE, decode_content=False):
+            if position + len(data) > stop:
+                raise errors.Transient('the answer is longer than asked')
+            for piece in self._pieces(data, position):
+                os.pwrite(self.fd, piece, position)
+                self.hasher.feed(position, piece)
+                position += len(piece)
+                if verifier is not None:
+                    verifier.feed(piece)
+                elif position % self.unit == 0 or position == self.size:
+                    self._unit_done(position)
+                with self._lock:
+                    self.fetched += len(piece)
+                self.progress.update(len(piece))
+        return position
+
+    def _pieces(self, data, position):
+        """``data`` cut where units end, so each unit's verdict comes
+        before the next unit's first byte is hashed."""
+        view = memoryview(data)
+        while len(view):
+            take = min(len(view), self.unit - position % self.unit)
+            yield view[:take]
+            view = view[take:]
+            position += take
+
+    def _unit_done(self, position):
+        index = (position - 1) // self.unit
+        with self._lock:
+            self.done.add(index)
+        self._save()
+
+    def _chunk_checked(self, index, digest):
+        start, stop = self.manifest.bounds(index)
+        if digest == self.manifest.digests.get(index):
+            self.hasher.checkpoint(stop)
+            with self._lock:
+                self.done.add(index)
+                self.bad_chunks.discard(index)
+            self._save()
+            return
+        self.log('chunk %d (bytes %d-%d) does not match its digest'
+                 % (index, start, stop - 1))
+        self.hasher.rewind(start)
+        with self._lock:
+            self.bad_chunks.add(index)
+            self.done.discard(index)
+
+    def _read_at(self, offset, count):
+        return os.pread(self.fd, count, offset)
+
+    # -- state ------------------------------------------------------------
+
+    def _save(self, force=False):
+        now = time.monotonic()
+        with self._lock:
+            if not force and now - self._saved_at < STATE_INTERVAL:
+                return
+            self._saved_at = now
+            done = sorted(self.done)
+            etag = self.etag
+        # The data first, then the record saying it is there.
+        os.fdatasync(self.fd)
+        state.save(self.state_path, {'identity': self.identity,
+                                     'etag': etag, 'done': done})
+
+    def _discard(self):
+        state.remove(self.state_path)
+        with contextlib.suppress(FileNotFoundError):
+            self.part.unlink()
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _short(exc):
+    return (' '.join(str(exc).split()) or type(exc).__name__)[:200]

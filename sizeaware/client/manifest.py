@@ -1,0 +1,184 @@
+"""Per-chunk digests of an image, kept in the image's properties.
+
+Glance limits a property value to 255 characters and, by default, an image
+to 128 properties (``image_property_quota``). The manifest takes one
+header property and at most :data:`MAX_DIGEST_PROPERTIES` more, whatever
+the image's size: the chunk size doubles (from :data:`MIN_CHUNK`) until
+the chunks' digests fit.
+
+``sizeaware_chunks``
+    ``v1 <algorithm> <chunk size> <chunk count> <digest bytes>``, e.g.
+    ``v1 sha256 16777216 640 8``.
+``sizeaware_chunks_00`` ... ``sizeaware_chunks_NN``
+    the digests, each truncated to ``<digest bytes>``, concatenated in
+    chunk order and encoded in unpadded URL-safe base64,
+    :data:`PER_PROPERTY` digests to a property (246 characters).
+
+A truncated digest detects accidental corruption (a 64-bit digest misses
+one in 2**64); the whole-image ``os_hash_value`` Glance records stays the
+check against anything else.
+"""
+
+import base64
+import hashlib
+
+PREFIX = 'sizeaware_chunks'
+VERSION = 'v1'
+DEFAULT_ALGORITHM = 'sha256'
+DIGEST_BYTES = 8
+MAX_VALUE = 255
+#: Digests in one property: as many as fit in 255 base64 characters.
+PER_PROPERTY = (MAX_VALUE * 3 // 4) // DIGEST_BYTES
+#: Properties the digests may take, besides the header.
+MAX_DIGEST_PROPERTIES = 32
+MAX_CHUNKS = PER_PROPERTY * MAX_DIGEST_PROPERTIES
+MIN_CHUNK = 4 * 2**20
+
+
+def chunk_size_for(size, wanted=None):
+    """The chunk size for an image of ``size`` bytes: ``wanted`` (or
+    :data:`MIN_CHUNK`), doubled until the digests fit the properties."""
+    chunk = wanted or MIN_CHUNK
+    while -(-size // chunk) > MAX_CHUNKS:
+        chunk *= 2
+    return chunk
+
+
+def chunk_count(size, chunk):
+    return -(-size // chunk)
+
+
+def digest(algorithm, data, length=DIGEST_BYTES):
+    return hashlib.new(algorithm, data).digest()[:length]
+
+
+class Manifest:
+    """The chunk layout and digests of one image."""
+
+    def __init__(self, size, chunk_size, algorithm=DEFAULT_ALGORITHM,
+                 digests=None, digest_bytes=DIGEST_BYTES):
+        self.size = size
+        self.chunk_size = chunk_size
+        self.algorithm = algorithm
+        self.digest_bytes = digest_bytes
+        self.count = chunk_count(size, chunk_size)
+        #: chunk index -> truncated digest (bytes)
+        self.digests = dict(digests or {})
+
+    def bounds(self, index):
+        start = index * self.chunk_size
+        return start, min(start + self.chunk_size, self.size)
+
+    def index_of(self, offset):
+        return offset // self.chunk_size
+
+    def new_hash(self):
+        return hashlib.new(self.algorithm)
+
+    def truncate(self, full_digest):
+        return full_digest[:self.digest_bytes]
+
+    @property
+    def complete(self):
+        return len(self.digests) == self.count
+
+    def to_properties(self):
+        """The properties to record, a dict of strings."""
+        if not self.complete:
+            raise ValueError('digests of %d chunks missing'
+                             % (self.count - len(self.digests)))
+        props = {PREFIX: '%s %s %d %d %d' % (
+            VERSION, self.algorithm, self.chunk_size, self.count,
+            self.digest_bytes)}
+        per = (MAX_VALUE * 3 // 4) // self.digest_bytes
+        ordered = [self.digests[i] for i in range(self.count)]
+        for number, first in enumerate(range(0, self.count, per)):
+            raw = b''.join(ordered[first:first + per])
+            value = base64.urlsafe_b64encode(raw).rstrip(b'=').decode()
+            props['%s_%02d' % (PREFIX, number)] = value
+        return props
+
+    @classmethod
+    def from_properties(cls, properties, size):
+        """The manifest recorded in an image's ``properties`` (the image
+        record itself will do), or None when there is none. Raises
+        ValueError when one is there but does not describe ``size``
+        bytes or is damaged."""
+        header = properties.get(PREFIX)
+        if not header:
+            return None
+        try:
+            version, algorithm, chunk, count, length = header.split()
+            chunk, count, length = int(chunk), int(count), int(length)
+        except ValueError:
+            raise ValueError('malformed %s: %r' % (PREFIX, header)) from None
+        if version != VERSION:
+            raise ValueError('unknown manifest version %r' % version)
+        hashlib.new(algorithm)  # ValueError for an unknown algorithm
+        if chunk <= 0 or count != chunk_count(size, chunk):
+            raise ValueError('manifest of %d chunks of %d bytes does not '
+                             'describe %d bytes' % (count, chunk, size))
+        raw = b''
+        for number in range(MAX_DIGEST_PROPERTIES + 1):
+            value = properties.get('%s_%02d' % (PREFIX, number))
+            if value is None:
+                break
+            raw += base64.urlsafe_b64decode(value + '=' * (-len(value) % 4))
+        if len(raw) != count * length:
+            raise ValueError('manifest holds %d digest bytes, not %d'
+                             % (len(raw), count * length))
+        digests = {i: raw[i * length:(i + 1) * length] for i in range(count)}
+        return cls(size, chunk, algorithm, digests, length)
+
+
+def footprint(size, chunk=None):
+    """``(properties, characters)`` the manifest of a ``size``-byte image
+    takes in Glance, header included."""
+    chunk = chunk_size_for(size, chunk)
+    count = chunk_count(size, chunk)
+    manifest = Manifest(size, chunk, digests={
+        i: b'\0' * DIGEST_BYTES for i in range(count)})
+    props = manifest.to_properties()
+    return len(props), sum(len(k) + len(v) for k, v in props.items())
+
+
+class ChunkHasher:
+    """Digests the chunks of one span as its bytes pass, in order.
+
+    :param offset: where the span's bytes start; when that is inside a
+        chunk, ``read_at(start, length)`` supplies the chunk's bytes before
+        it (from the local file: a span resumed mid-chunk).
+    :param on_chunk: called with ``(index, truncated digest)`` for each
+        chunk completed.
+    """
+
+    def __init__(self, manifest, offset, on_chunk, read_at=None):
+        chunk_start = manifest.bounds(manifest.index_of(offset))[0]
+        self._start(manifest, chunk_start, on_chunk)
+        while self.offset < offset:
+            data = read_at(self.offset, min(offset - self.offset, 1 << 20))
+            if not data:
+                raise ValueError('the local copy ends at %d' % self.offset)
+            self.feed(data)
+
+    def _start(self, manifest, offset, on_chunk):
+        self.manifest = manifest
+        self.offset = offset
+        self._on_chunk = on_chunk
+        self._hash = manifest.new_hash()
+        self._index = manifest.index_of(offset)
+        self._chunk_stop = manifest.bounds(self._index)[1]
+
+    def feed(self, data):
+        view = memoryview(data)
+        while len(view):
+            take = min(len(view), self._chunk_stop - self.offset)
+            self._hash.update(view[:take])
+            view = view[take:]
+            self.offset += take
+            if self.offset == self._chunk_stop:
+                self._on_chunk(self._index,
+                               self.manifest.truncate(self._hash.digest()))
+                self._index += 1
+                self._hash = self.manifest.new_hash()
+                self._chunk_stop = self.manifest.bounds(self._index)[1]

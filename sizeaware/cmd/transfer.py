@@ -1,0 +1,205 @@
+"""``sizeaware``: upload and download Glance images, resumably."""
+
+import argparse
+import sys
+
+from sizeaware.client import connection
+from sizeaware.client import download
+from sizeaware.client import errors
+from sizeaware.client import manifest
+from sizeaware.client import upload
+
+DESCRIPTION = """\
+Upload and download the data of OpenStack Glance images over links that
+break, stall and corrupt, and after the client itself was killed.
+
+Credentials are read as the openstack CLI reads them: OS_* variables,
+--os-cloud / OS_CLOUD and clouds.yaml. --os-image-url (OS_IMAGE_URL)
+overrides the catalog's image endpoint; with it and no credentials, no
+token is sent and --os-header adds any headers (a Glance without
+keystone).
+"""
+
+EPILOG = """\
+upload
+  Sends X-OpenStack-Image-Size and a Content-Length body (never chunked
+  for a file; give --size for standard input). Where Glance runs
+  sizeaware's resumable filter, the image goes as ranged PUTs, --parallel
+  at once, and after a break only the bytes the server does not hold are
+  sent again; the same command resumes after the client was killed (its
+  state is in --state-dir). Elsewhere one PUT, started again after a
+  break. Digests of fixed-size chunks, computed as the bytes go, are
+  recorded in the image's properties (sizeaware_chunks*).
+
+download
+  Writes to .FILE.sizeaware-part beside FILE and renames it only once
+  the whole image matches its os_hash_value (else its checksum). Resumes
+  with Range after a break, keeping an answer only if it is a 206 of the
+  exact range with the same ETag; the same command resumes a download
+  whose client was killed. Checks each chunk against the recorded digests
+  as it arrives and fetches again only a bad one.
+
+exit status
+  0 done; 1 the transfer failed (network, integrity, retries spent);
+  2 bad usage; 3 refused by the server (a 4xx).
+
+examples
+  sizeaware upload --parallel 4 IMAGE_ID disk.raw
+  xz -dc disk.raw.xz | sizeaware upload --size 10737418240 IMAGE_ID -
+  sizeaware download --parallel 4 IMAGE_ID disk.raw
+"""
+
+
+def _size(text):
+    """A byte count: digits, optionally with K, M, G or T (powers of
+    1024)."""
+    units = {'k': 1, 'm': 2, 'g': 3, 't': 4}
+    text = text.strip().lower().rstrip('ib').rstrip('i')
+    factor = 1
+    if text and text[-1] in units:
+        factor = 1024 ** units[text[-1]]
+        text = text[:-1]
+    try:
+        value = int(text) * factor
+    except ValueError:
+        raise argparse.ArgumentTypeError('not a size: %r' % text) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError('a size cannot be negative')
+    return value
+
+
+def _positive(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError('must be at least 1')
+    return value
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog='sizeaware', description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group('connection')
+    group.add_argument('--os-cloud', metavar='NAME',
+                       help='a cloud of clouds.yaml (default: OS_CLOUD)')
+    group.add_argument('--os-image-url', metavar='URL',
+                       help='the image endpoint (default: OS_IMAGE_URL, '
+                       'else the catalog)')
+    group.add_argument('--os-header', metavar='"NAME: VALUE"',
+                       action='append', default=[],
+                       help='a header for every request (repeatable)')
+    group.add_argument('--connect-timeout', type=float,
+                       default=connection.CONNECT_TIMEOUT, metavar='S',
+                       help='seconds to connect (default %(default)s)')
+    group.add_argument('--read-timeout', type=float,
+                       default=connection.READ_TIMEOUT, metavar='S',
+                       help='seconds of silence after which a connection '
+                       'counts as stalled and is made again (default '
+                       '%(default)s)')
+    group.add_argument('--parallel', type=_positive, default=1, metavar='K',
+                       help='streams at once (default 1)')
+    group.add_argument('--no-progress', action='store_true',
+                       help='no progress bar (there is none when stderr is '
+                       'not a terminal)')
+    commands = parser.add_subparsers(dest='command', metavar='COMMAND',
+                                     required=True)
+
+    up = commands.add_parser(
+        'upload', parents=[common], help='upload an image\'s data',
+        description='Upload FILE (or standard input, "-") as the data of '
+        'the queued image IMAGE.')
+    up.add_argument('image', metavar='IMAGE', help='the image\'s id')
+    up.add_argument('file', metavar='FILE', help='a file, or - for '
+                    'standard input')
+    up.add_argument('--size', type=_size, metavar='N',
+                    help='the size in bytes (required for standard input)')
+    up.add_argument('--stage', action='store_true',
+                    help='stage the data (PUT .../stage, for '
+                    'glance-direct import) instead of uploading it')
+    up.add_argument('--chunk-size', type=_size, metavar='S',
+                    help='the digests\' chunk size, at least %d MiB, '
+                    'doubled as the image needs (default: the smallest '
+                    'that fits)' % (manifest.MIN_CHUNK // 2**20))
+    up.add_argument('--state-dir', metavar='DIR',
+                    help='where to keep the state that lets a killed '
+                    'upload resume (default ~/.cache/sizeaware)')
+    up.add_argument('--no-digests', action='store_true',
+                    help='record no chunk digests')
+
+    down = commands.add_parser(
+        'download', parents=[common], help='download an image\'s data',
+        description='Download the data of the active image IMAGE into '
+        'FILE.')
+    down.add_argument('image', metavar='IMAGE', help='the image\'s id')
+    down.add_argument('file', metavar='FILE', help='the file to write')
+    down.add_argument('--no-chunk-check', action='store_true',
+                      help='ignore the chunk digests (the whole image is '
+                      'still verified)')
+    return parser
+
+
+def _connect(args):
+    headers = dict(connection.parse_header(h) for h in args.os_header)
+    return connection.GlanceConnection.from_config(
+        cloud=args.os_cloud, image_url=args.os_image_url, headers=headers,
+        connect_timeout=args.connect_timeout,
+        read_timeout=args.read_timeout)
+
+
+def _mib(count):
+    return count / 2**20
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    show = False if args.no_progress else None
+    try:
+        conn = _connect(args)
+        if args.command == 'upload':
+            stats = upload.Upload(
+                conn, args.image, args.file, size=args.size,
+                target='stage' if args.stage else 'file',
+                parallel=args.parallel, chunk_size=args.chunk_size,
+                state_dir=args.state_dir, show_progress=show,
+                digests=None if args.no_digests else
+                manifest.DEFAULT_ALGORITHM).run()
+            print('uploaded %d bytes to image %s in %.1f s (%.1f MiB/s); '
+                  'sent %d bytes%s' % (
+                      stats['size'], args.image, stats['seconds'],
+                      _mib(stats['size'] - stats['resumed_from'])
+                      / max(stats['seconds'], 1e-6), stats['sent'],
+                      ', resumed from %d' % stats['resumed_from']
+                      if stats['resumed_from'] else ''), file=sys.stderr)
+        else:
+            stats = download.Download(
+                conn, args.image, args.file, parallel=args.parallel,
+                verify_chunks=not args.no_chunk_check,
+                show_progress=show).run()
+            print('downloaded %d bytes of image %s to %s in %.1f s '
+                  '(%.1f MiB/s); fetched %d bytes in %d requests; '
+                  're-fetched %d bytes of %d bad chunk(s); verified: %s%s'
+                  % (stats['size'], args.image, args.file, stats['seconds'],
+                     _mib(stats['fetched']) / max(stats['seconds'], 1e-6),
+                     stats['fetched'], stats['requests'], stats['refetched'],
+                     stats['bad_chunks'], stats['verified'],
+                     ', resumed from %d' % stats['resumed_from']
+                     if stats['resumed_from'] else ''), file=sys.stderr)
+    except errors.Refused as exc:
+        print('sizeaware: refused: %s' % exc, file=sys.stderr)
+        return 3
+    except errors.TransferError as exc:
+        print('sizeaware: %s' % exc, file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        parser.error(str(exc))
+    except KeyboardInterrupt:
+        print('sizeaware: interrupted; the same command resumes',
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
