@@ -50,6 +50,9 @@ each of the next two after 1 byte more)::
 ``stall_reply_at(offset, seconds)``
     delivers exactly ``offset`` bytes, then nothing more on that
     connection for ``seconds``, then goes on.
+``corrupt_reply_at(*offsets)``
+    flips every bit of the byte at each offset and goes on: the client
+    gets a reply of the right length with one wrong byte.
 
 ``reply_faults`` counts the reply faults fired since they were armed.
 
@@ -130,6 +133,9 @@ class FaultProxy:
 
     def stall_reply_at(self, offset, seconds):
         self._arm_replies('stall', [offset], seconds)
+
+    def corrupt_reply_at(self, *offsets):
+        self._arm_replies('corrupt', offsets)
 
     def reset_counters(self):
         with self._lock:
@@ -237,6 +243,7 @@ class FaultProxy:
 
     def _downstream(self, server, client, link):
         """Server to client, where the reply faults are."""
+        flip = False  # a corruption armed at the end of a piece
         try:
             while True:
                 data = server.recv(_PIECE)
@@ -244,6 +251,8 @@ class FaultProxy:
                     break
                 with self._lock:
                     self.replied += len(data)
+                if flip:
+                    data, flip = bytes([data[0] ^ 0xFF]) + data[1:], False
                 while data:
                     allowed, fault = self._reply_allowance(len(data))
                     if allowed:
@@ -254,6 +263,12 @@ class FaultProxy:
                     if fault is None:
                         continue
                     kind, _, seconds = fault
+                    if kind == 'corrupt':
+                        if data:
+                            data = bytes([data[0] ^ 0xFF]) + data[1:]
+                        else:
+                            flip = True
+                        continue
                     link.flush()
                     if kind == 'stall':
                         time.sleep(seconds)
