@@ -59,9 +59,14 @@ from glance_store import exceptions
 from glance_store._drivers.swift import store as swift_store
 from oslo_config import cfg
 import requests
-import swiftclient
-from swiftclient import client as swift_client
 import urllib3
+
+try:
+    from swiftclient import client as swift_client
+except ImportError:
+    # As glance_store's own driver: the store then refuses to configure,
+    # and the module still imports (for the documentation, for instance).
+    swift_client = None
 
 from sizeaware import opts
 from sizeaware.store import restart
@@ -204,7 +209,7 @@ class _ObjectRanges:
                 connection.url, connection.token, self.location.container,
                 self.location.obj, http_conn=(parsed, http_conn),
                 resp_chunk_size=restart.CHUNK_SIZE, headers=headers)
-        except swiftclient.ClientException as exc:
+        except swift_client.ClientException as exc:
             http_conn.close()
             if exc.http_status == 404:
                 raise exceptions.NotFound(
