@@ -7,6 +7,7 @@ store, whose files lie in ``glance.store_dirs['fs']``. Every body is
 checked by sha256.
 """
 
+import contextlib
 import hashlib
 import os
 import pathlib
@@ -18,12 +19,15 @@ import time
 import pytest
 
 from tests.functional import conftest
+from tests.functional import faultproxy
 
 DATA = os.urandom(2 * 2**20 + 7)
 N = len(DATA)
-#: Large enough for a client held to :data:`RATE` to be killed mid-way.
+#: Large enough for a client on a link of :data:`RATE` to be killed
+#: mid-way.
 BIG = os.urandom(12 * 2**20 + 3)
-RATE = '3M'
+#: Bytes per second of the slow link (the fault proxy's rate cap).
+RATE = 3 * 2**20
 
 
 def sha256(data):
@@ -38,6 +42,7 @@ class Uploaded:
     """An active image, and the client of the project that owns it."""
 
     def __init__(self, glance, data):
+        self.glance = glance
         self.api = conftest.client_for(glance)
         self.image_id = self.api.create_image()
         resp = self.api.upload(self.image_id, data, size=len(data))
@@ -48,6 +53,14 @@ class Uploaded:
 
     def get(self, **headers):
         return self.api.request('GET', self.path, headers=headers)
+
+    @contextlib.contextmanager
+    def slow_url(self):
+        """The image's URL through a link of :data:`RATE` bytes per
+        second."""
+        with faultproxy.FaultProxy(('127.0.0.1', self.glance.port),
+                                   rate=RATE) as proxy:
+            yield proxy.url + self.path
 
     def header_args(self, flag):
         args = []
@@ -204,8 +217,8 @@ def need(tool):
 
 def kill_midway(argv, output, size, cwd=None):
     """Run a client, then kill it with SIGKILL once ``output`` holds more
-    than a quarter of ``size`` bytes (well before the end: the client is
-    held to :data:`RATE`)."""
+    than a quarter of ``size`` bytes (well before the end: the client's
+    link carries :data:`RATE`)."""
     proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
@@ -227,7 +240,8 @@ def test_curl_resumes_after_being_killed(big, tmp_path):
     curl = need('curl')
     out = tmp_path / 'image'
     base = [curl, '-sS', '--fail', '-o', str(out)] + big.header_args('-H')
-    kill_midway(base + ['--limit-rate', RATE, big.url], out, len(BIG))
+    with big.slow_url() as url:
+        kill_midway(base + [url], out, len(BIG))
     done = subprocess.run(base + ['-C', '-', '-w', '%{http_code}',
                                   big.url], capture_output=True, text=True,
                           timeout=60)
@@ -240,8 +254,8 @@ def test_wget_resumes_after_being_killed(big, tmp_path):
     wget = need('wget')
     out = tmp_path / 'file'
     base = [wget, '-q', '-c'] + big.header_args('--header')
-    kill_midway(base + ['--limit-rate', RATE, big.url], out, len(BIG),
-                cwd=tmp_path)
+    with big.slow_url() as url:
+        kill_midway(base + [url], out, len(BIG), cwd=tmp_path)
     done = subprocess.run(base + ['-S', big.url], cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
