@@ -26,13 +26,22 @@ The stores, each a class below (:data:`STORES`; add one there):
     with their size (multipart).
 ``http``
     nginx (``teststack.nginx.Nginx``), images added to Glance by location.
+``swift``
+    a one-node Swift 2.38 behind Keystone (``teststack.swift``, with its
+    own PostgreSQL and Keystone), images uploaded through Glance with their
+    size (one object each, below ``swift_store_large_object_size``).
+``rbd``
+    an RBD pool of a one-node Ceph (``teststack.ceph``), images uploaded
+    through Glance with their size. Part (a) only: librados talks to the
+    monitors and OSDs itself, there is no one connection to cut, and
+    ``sizeaware_rbd`` adds ranged reads, not restarts.
 
 The client reads each download into one reused buffer and checks its
 length (and once per image, its sha256, outside the timing). Run from the
-repository root with the tests venv's Python::
+repository root with a Glance venv's Python::
 
-    .stack/venvs/tests/bin/python benchmarks/store_reads.py
-    .stack/venvs/tests/bin/python benchmarks/store_reads.py \\
+    .stack/venvs/glance-33/bin/python benchmarks/store_reads.py
+    .stack/venvs/glance-33/bin/python benchmarks/store_reads.py \\
         --stores s3 --size 256M --repeat 3
 
 Not a test: nothing is asserted about timings.
@@ -158,7 +167,97 @@ class HTTPStore:
         self.web.stop()
 
 
-STORES = {'s3': S3Store, 'http': HTTPStore}
+class SwiftStore:
+    """Swift behind Keystone; images uploaded through Glance."""
+
+    name = 'swift'
+    stock, ours = 'swift', 'sizeaware_swift'
+
+    def __init__(self, args):
+        from teststack import keystone as keystone_stack
+        from teststack import postgres as postgres_stack
+        from teststack import swift as swift_stack
+        self.services = []
+        try:
+            postgres = postgres_stack.Postgres().start()
+            self.services.append(postgres)
+            self.keystone = keystone_stack.Keystone(
+                postgres.create_database('keystone')).start()
+            self.services.append(self.keystone)
+            self.swift = swift_stack.Swift(self.keystone).start()
+            self.services.append(self.swift)
+        except BaseException:
+            self.stop()
+            raise
+        swift = urllib.parse.urlsplit(self.swift.url)
+        self.target = (swift.hostname, swift.port)
+
+    def backend(self, kind, proxy=None):
+        endpoint = None
+        if proxy is not None:
+            # The storage URL of Glance's account, through the proxy.
+            endpoint = proxy.url + urllib.parse.urlsplit(
+                self._storage_url()).path
+        options = self.swift.glance_backend('bench', endpoint=endpoint)
+        if kind == self.ours:
+            options.update(READ_OPTIONS)
+        return kind, options
+
+    def _storage_url(self):
+        from keystoneauth1 import session
+        from keystoneauth1.identity import v3
+
+        from teststack import keystone as keystone_stack
+        user = self.keystone.users[keystone_stack.GLANCE_USER]
+        auth = v3.Password(
+            auth_url=self.keystone.auth_url,
+            username=keystone_stack.GLANCE_USER, password=user['password'],
+            project_name=user['project_name'],
+            user_domain_name=keystone_stack.DOMAIN,
+            project_domain_name=keystone_stack.DOMAIN)
+        return session.Session(auth=auth).get_endpoint(
+            service_type='object-store', interface='public')
+
+    def conf(self):
+        return {}
+
+    add_image = S3Store.add_image
+
+    def stop(self):
+        for service in reversed(self.services):
+            service.stop()
+
+
+class RBDStore:
+    """An RBD pool; images uploaded through Glance; no fault part."""
+
+    name = 'rbd'
+    stock, ours = 'rbd', 'sizeaware_rbd'
+    #: No proxy can stand between librados and the cluster: part (a) only.
+    target = None
+
+    def __init__(self, args):
+        from teststack import ceph
+        self.cluster = ceph.RadosGW(osd_size=max(20 * GiB, 8 * args.size))
+        self.cluster.start()
+        self.pool = self.cluster.add_rbd_pool('images', user='glance')
+
+    def backend(self, kind, proxy=None):
+        return kind, {'rbd_store_pool': self.pool.name,
+                      'rbd_store_user': self.pool.user,
+                      'rbd_store_ceph_conf': self.pool.conf_path}
+
+    def conf(self):
+        return {}
+
+    add_image = S3Store.add_image
+
+    def stop(self):
+        self.cluster.stop()
+
+
+STORES = {'s3': S3Store, 'http': HTTPStore, 'swift': SwiftStore,
+          'rbd': RBDStore}
 
 
 def download(url, identity, image_id, size, digest=False):
@@ -197,10 +296,12 @@ def restarts_logged(server):
 
 
 def bench_store(store, args, image, image_sha):
-    proxy = faultproxy.FaultProxy(store.target).__enter__()
+    proxy = None
     backends = {'stock': store.backend(store.stock),
-                'ours': store.backend(store.ours),
-                'cut': store.backend(store.ours, proxy)}
+                'ours': store.backend(store.ours)}
+    if store.target is not None:
+        proxy = faultproxy.FaultProxy(store.target).__enter__()
+        backends['cut'] = store.backend(store.ours, proxy)
     # One Glance per backend: Glance maps an added location to the first
     # backend whose URL prefix it starts with, and every http backend's
     # prefix is "http".
@@ -253,7 +354,7 @@ def bench_store(store, args, image, image_sha):
                                 _common.human(args.size), args.repeat)))
         # (b) cuts
         rows = []
-        for cuts in args.cuts:
+        for cuts in args.cuts if proxy is not None else ():
             offsets = [args.size // 10 + i * (args.size * 8 // 10) // cuts
                        for i in range(cuts)]
             server = servers['cut']
@@ -274,23 +375,24 @@ def bench_store(store, args, image, image_sha):
                          _common.human(max(extra, 0)),
                          _common.human(max(extra, 0) // cuts), 0,
                          '%.2f' % seconds])
-        tables.append(_common.table(
+        tables.extend(rows and [_common.table(
             ['cuts', 'extra requests', 'per cut', 'new connections',
              'backend bytes beyond the image', 'per cut',
              'bytes re-sent to the client', 's (with sha256)'],
             rows, title='(b) %s: sizeaware_%s, connection reset at spread '
-                        'offsets' % (store.name, store.name)))
+                        'offsets' % (store.name, store.name))])
     finally:
         for server in servers.values():
             server.stop()
-        proxy.close()
+        if proxy is not None:
+            proxy.close()
     return tables
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--stores', default='s3,http',
-                        help='comma-separated, of: %s (default s3,http)'
+    parser.add_argument('--stores', default=','.join(STORES),
+                        help='comma-separated, of: %s (default all)'
                              % ', '.join(STORES))
     parser.add_argument('--size', type=_common.parse_size, default='1G',
                         help='image size (default 1G)')
