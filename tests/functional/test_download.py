@@ -99,6 +99,7 @@ RANGES = {
     'last_byte': ('bytes=%d-%d' % (N - 1, N - 1), N - 1, N),
     'middle': ('bytes=65533-200000', 65533, 200001),
     'suffix': ('bytes=-1000', N - 1000, N),
+    'suffix_longer_than_image': ('bytes=-%d' % (N + 1), 0, N),
     'end_past_size': ('bytes=%d-%d' % (N - 10, N + 10), N - 10, N),
 }
 
@@ -125,7 +126,7 @@ def test_unsatisfiable_range_is_416_with_content_range(small, value):
 
 
 @pytest.mark.parametrize('value', ['bytes=9-5', 'bytes=0-1,5-9',
-                                   'pages=1-2'])
+                                   'pages=1-2', 'bytes=-'])
 def test_range_glance_refuses_is_ignored(small, value):
     assert_whole(small.get(Range=value))
 

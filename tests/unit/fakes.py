@@ -158,6 +158,9 @@ class FakeGlance:
             if value is not None:
                 requested = byterange.Range.parse(value)
                 span = requested and requested.range_for_length(size)
+                if requested and requested.end is None and (
+                        requested.start < -size):
+                    span = (0, size)  # Glance: a longer suffix is all
             else:
                 requested = byterange.ContentRange.parse(content_range)
                 span = requested and (requested.start, min(requested.stop,

@@ -225,6 +225,13 @@ def test_glance_alone_refuses_ranges_it_should_ignore(glance_app, case):
     assert get(glance, Range=IGNORED[case]).status_int in (400, 416)
 
 
+def test_glance_alone_fails_on_an_empty_suffix(glance_app):
+    # webob raises from inside Glance: the server drops the connection.
+    glance = glance_app(images=image())
+    with pytest.raises(ValueError):
+        get(glance, Range='bytes=-')
+
+
 def test_content_range_on_a_get_is_not_a_range(glance_app):
     glance = glance_app(images=image())
     assert_whole(get(stack(glance), Content_Range='bytes 0-9/%d' % N),
