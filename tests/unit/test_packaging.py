@@ -127,3 +127,12 @@ def test_store_read_options_entry_point():
     assert {o.name for o in options} == {
         'read_retries', 'retry_backoff', 'connect_timeout', 'read_timeout',
         'stall_timeout'}
+
+
+def test_download_options_entry_point():
+    list_opts = driver.DriverManager('oslo.config.opts',
+                                     'sizeaware.download').driver
+    (group, options), = list_opts()
+    assert group == 'sizeaware'
+    assert {o.name for o in options} == {'verify_download',
+                                         'ranged_store_types'}
