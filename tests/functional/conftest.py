@@ -49,6 +49,23 @@ DOWNLOAD_OPTIONS = {'verify_download': True}
 KEYSTONE_USERS = ('user1', 'user2')
 
 
+def glance_on(release, server, **kwargs):
+    """A (not yet started) Glance of ``release`` under ``server``
+    (``'uwsgi'`` or ``'eventlet'``); ``kwargs`` go to
+    :class:`teststack.glance.Glance`.
+
+    Under eventlet a client that goes quiet is cut off after
+    :data:`STALL_TIMEOUT`, as uwsgi's socket-timeout does (Glance's
+    default is 900 s).
+    """
+    if server == 'eventlet':
+        extra_conf = dict(kwargs.pop('extra_conf', None) or {})
+        extra_conf['DEFAULT'] = dict(extra_conf.get('DEFAULT', {}),
+                                     client_socket_timeout=STALL_TIMEOUT)
+        kwargs['extra_conf'] = extra_conf
+    return glance_stack.Glance(release, server=server, **kwargs)
+
+
 @pytest.fixture(scope='session')
 def postgres():
     """The run's PostgreSQL (see ``teststack.process.shared``)."""
@@ -72,16 +89,8 @@ def glance(request):
     release, auth, *wsgi_server = request.param
     if auth == 'headers':
         wsgi_server = (wsgi_server or ['uwsgi'])[0]
-        extra_conf = None
-        if wsgi_server == 'eventlet':
-            # A client that goes quiet is cut off after this, as uwsgi's
-            # socket-timeout (4 s) does; Glance's default is 900 s.
-            extra_conf = {'DEFAULT': {'client_socket_timeout':
-                                      STALL_TIMEOUT}}
-        server = glance_stack.Glance(release, with_filter=WITH_FILTER,
-                                     server=wsgi_server,
-                                     download=DOWNLOAD_OPTIONS,
-                                     extra_conf=extra_conf)
+        server = glance_on(release, wsgi_server, with_filter=WITH_FILTER,
+                           download=DOWNLOAD_OPTIONS)
         server.start()
         yield server
         server.stop()

@@ -65,18 +65,12 @@ SERVERS = [('33', 'uwsgi')] + (
                 ids=['glance%s-%s' % d for d in SERVERS])
 def glance(request, tmp_path_factory):
     release, server = request.param
-    extra_conf = None
-    if server == 'eventlet':
-        # As conftest's eventlet deployments: a quiet client is cut off
-        # after uwsgi's socket-timeout, not Glance's 900 s.
-        extra_conf = {'DEFAULT': {'client_socket_timeout':
-                                  conftest.STALL_TIMEOUT}}
     # A work directory of the test's, so a stop keeps spool, store and
     # database for the start after it.
     workdir = tmp_path_factory.mktemp('faults')
-    server = glance_stack.Glance(
-        release, resumable={'spool_max_bytes': SPOOL_MAX}, processes=2,
-        threads=4, workdir=workdir, server=server, extra_conf=extra_conf)
+    server = conftest.glance_on(
+        release, server, resumable={'spool_max_bytes': SPOOL_MAX},
+        processes=2, threads=4, workdir=workdir)
     server.start()
     yield server
     server.stop()
@@ -491,7 +485,12 @@ def test_body_past_the_declared_length(glance, api):
 
 def test_qcow2_with_a_backing_file_is_refused(glance, api,
                                               qcow2_with_backing):
-    data = qcow2_with_backing
+    assert_qcow2_refused(glance, api, qcow2_with_backing)
+
+
+def assert_qcow2_refused(glance, api, data):
+    """A qcow2 with a backing file sent in one range: 400 with the
+    reason, the image untouched, the session failed and holding nothing."""
     image_id = api.create_image(disk_format='qcow2')
     resp = api.request('PUT', '/v2/images/%s/file' % image_id, body=data,
                        headers={'Content-Range': 'bytes 0-%d/%d' % (
