@@ -89,7 +89,8 @@ LOG = logging.getLogger(__name__)
 
 #: The longest wait between two attempts, in seconds.
 MAX_BACKOFF = 30.0
-#: What a read asks its source for per piece.
+#: What :func:`chunks` reads per piece unless told (drivers pass their
+#: stock driver's ``READ_CHUNKSIZE``).
 CHUNK_SIZE = 64 * 1024
 #: Answers after which the same request may succeed.
 RETRYABLE_STATUSES = frozenset((408, 429, 500, 502, 503, 504))

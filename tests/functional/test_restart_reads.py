@@ -44,8 +44,6 @@ READ_OPTIONS = {
     'stall_timeout': STALL_TIMEOUT,
 }
 STORES = ['s3', 'http']
-#: Store types whose images Glance serves in ranges.
-RANGED_TYPES = ('file', 'cinder', 'sizeaware_s3', 'sizeaware_http')
 
 
 def random_bytes(size):
@@ -117,8 +115,6 @@ def glance(radosgw, bucket, proxies):
     server = glance_stack.Glance(
         '33', default_backend='cloud',
         extra_conf=glance_conf(proxies['http'].port),
-        # The download filter lets ranges through to these stores.
-        download={'ranged_store_types': ','.join(RANGED_TYPES)},
         backends={
             'cloud': s3_backend('sizeaware_s3', radosgw,
                                 proxies['s3'].url, bucket, **READ_OPTIONS),
