@@ -120,6 +120,8 @@ class Download:
         self.fetched = 0
         self.refetched = 0
         self.bad_chunks = set()
+        #: Every chunk found bad at least once.
+        self.chunks_found_bad = set()
         self.requests = 0
 
     # -- the whole download -----------------------------------------------
@@ -196,7 +198,7 @@ class Download:
         state.remove(self.state_path)
         return {'size': size, 'fetched': self.fetched,
                 'refetched': self.refetched,
-                'bad_chunks': len(self.bad_chunks),
+                'bad_chunks': len(self.chunks_found_bad),
                 'resumed_from': self.resumed_from, 'requests': self.requests,
                 'verified': algorithm if expected else None,
                 'seconds': time.monotonic() - started}
@@ -253,7 +255,8 @@ class Download:
             if response.status_code == 206:
                 self._learn_etag(response.headers.get('ETag'))
                 return True
-        self.log('the server does not answer ranges: one stream')
+        self.log('the server answers a range with %d, not spliced: it does '
+                 'not answer ranges, one stream' % response.status_code)
         return False
 
     def _get(self, headers):
@@ -295,6 +298,7 @@ class Download:
                     self.manifest, position, self._chunk_checked,
                     read_at=self._read_at)
             began = position
+            cursor = [position]  # moved by _receive as bytes are written
             try:
                 response = self._get(headers)
                 with contextlib.closing(response):
@@ -311,19 +315,24 @@ class Download:
                         if response.status_code == 200:
                             raise RangesIgnored(str(exc)) from None
                         raise
-                    position = self._receive(response, position, stop,
-                                             verifier)
+                    self._receive(response, cursor, stop, verifier)
+                position = cursor[0]
                 if position < stop:
                     raise errors.Transient('the answer ended at byte %d of '
                                            '%d' % (position, stop))
             except (errors.Transient,) + connection.CONNECTION_ERRORS as exc:
+                position = cursor[0]
                 if position > began:
                     backoff.progressed()
                 backoff.failed(exc)
                 self.log('the download broke at byte %d (%s); resuming'
                          % (position, _short(exc)))
 
-    def _receive(self, response, position, stop, verifier):
+    def _receive(self, response, cursor, stop, verifier):
+        """Write the answer's bytes from ``cursor[0]`` on, moving it past
+        each piece written (so that a break leaves it at the exact offset
+        to resume from)."""
+        position = cursor[0]
         for data in response.raw.stream(READ_SIZE, decode_content=False):
             if position + len(data) > stop:
                 raise errors.Transient('the answer is longer than asked')
@@ -335,10 +344,10 @@ class Download:
                     verifier.feed(piece)
                 elif position % self.unit == 0 or position == self.size:
                     self._unit_done(position)
+                cursor[0] = position
                 with self._lock:
                     self.fetched += len(piece)
                 self.progress.update(len(piece))
-        return position
 
     def _pieces(self, data, position):
         """``data`` cut where units end, so each unit's verdict comes
@@ -370,6 +379,7 @@ class Download:
         self.hasher.rewind(start)
         with self._lock:
             self.bad_chunks.add(index)
+            self.chunks_found_bad.add(index)
             self.done.discard(index)
 
     def _read_at(self, offset, count):

@@ -1,0 +1,427 @@
+"""The transfer client (``sizeaware upload`` / ``sizeaware download``, the
+console script) against Glance 33 behind the run's keystone, with the
+resumable and download filters, through the fault proxy.
+
+Each test proves one of:
+
+* a 256 MiB upload in four parallel ranged streams, cut once and stalled
+  once, completes exactly: the image is ``active`` with the data's sha512,
+  the server received hardly more than the image's bytes (nothing was
+  sent twice but what was in flight), and the chunk digests recorded in
+  the image's properties are those of the data;
+* a 256 MiB download in one stream and in four, its replies cut and then
+  stalled, completes exactly: the file is the image, and the client
+  received hardly more than the image's bytes;
+* a byte corrupted in flight is found by its chunk's digest and only that
+  chunk (4 MiB) is fetched again; corruption in Glance's store is found,
+  and nothing is renamed into place;
+* a server that ignores ``Range`` (it answers 200) is detected: its answer
+  is never spliced into the partial file, and the download starts over;
+* ``kill -9`` of the client mid-upload and mid-download, then the same
+  command, finishes without starting over (the proxy counts the bytes of
+  the second run);
+* a 4xx ends the command with status 3 and the server's reason.
+"""
+
+import hashlib
+import http.server
+import json
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from sizeaware.client import download as download_mod
+from sizeaware.client import manifest
+from tests.functional import conftest
+from tests.functional import faultproxy
+from teststack import glance as glance_stack
+
+MiB = 2**20
+N = 256 * MiB
+CHUNK = manifest.MIN_CHUNK
+#: Bytes a broken connection may have had in flight to the server
+#: (socket buffers), counted by the proxy but never stored.
+IN_FLIGHT = 8 * MiB
+#: Headers, status documents and records exchanged besides the data.
+OVERHEAD = 512 * 1024
+USER = 'user1'
+CLI = str(pathlib.Path(sys.executable).with_name('sizeaware'))
+
+
+@pytest.fixture(scope='module')
+def glance(postgres, keystone):
+    """Glance 33 behind keystone, resumable uploads on."""
+    if not conftest.KEYSTONE_RELEASES:
+        pytest.skip('no keystone deployments in this run')
+    server = glance_stack.Glance(
+        '33', flavor='keystone', resumable={}, processes=2, threads=4,
+        database_url=postgres.create_database('glance33client'),
+        extra_conf=keystone.glance_conf())
+    server.start()
+    server.keystone = keystone
+    server.tokens = {user: keystone.token(user)
+                     for user in conftest.KEYSTONE_USERS}
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope='module')
+def data():
+    return os.urandom(N)
+
+
+@pytest.fixture(scope='module')
+def data_file(data, tmp_path_factory):
+    path = tmp_path_factory.mktemp('client-data') / 'image.raw'
+    path.write_bytes(data)
+    return path
+
+
+@pytest.fixture
+def api(glance):
+    return conftest.client_for(glance, USER)
+
+
+def cli_env(glance, image_url, home):
+    """The environment of a user who has sourced an openrc."""
+    keystone = glance.keystone
+    env = {k: v for k, v in os.environ.items() if not k.startswith('OS_')}
+    env.update({
+        'OS_AUTH_URL': keystone.auth_url,
+        'OS_IDENTITY_API_VERSION': '3',
+        'OS_USERNAME': USER,
+        'OS_PASSWORD': keystone.users[USER]['password'],
+        'OS_PROJECT_NAME': keystone.users[USER]['project_name'],
+        'OS_USER_DOMAIN_NAME': 'Default',
+        'OS_PROJECT_DOMAIN_NAME': 'Default',
+        'OS_IMAGE_URL': image_url,
+        'HOME': str(home),
+        'XDG_CACHE_HOME': str(pathlib.Path(home) / 'cache'),
+    })
+    return env
+
+
+def run_cli(env, *args, timeout=300):
+    return subprocess.run([CLI, *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def chunk_digests(data, chunk=CHUNK):
+    """The digests the manifest must hold, computed here independently."""
+    return {i: hashlib.sha256(data[o:o + chunk]).digest()[:8]
+            for i, o in enumerate(range(0, len(data), chunk))}
+
+
+def assert_uploaded(api, image_id, data):
+    image = api.get_image(image_id)
+    assert image['status'] == 'active'
+    assert image['size'] == len(data)
+    assert image['os_hash_value'] == hashlib.sha512(data).hexdigest()
+    recorded = manifest.Manifest.from_properties(image, len(data))
+    assert recorded.chunk_size == CHUNK
+    assert recorded.digests == chunk_digests(data)
+
+
+def fetched(result):
+    """The bytes a download wrote, as its summary line says."""
+    return int(re.search(r'fetched (\d+) bytes', result.stderr).group(1))
+
+
+def sha256(path):
+    digest = hashlib.sha256()
+    with open(path, 'rb') as handle:
+        while piece := handle.read(4 * MiB):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope='module')
+def stored(glance, data, data_file, tmp_path_factory):
+    """An image holding ``data``, uploaded by the client (so its chunk
+    digests are recorded), straight to Glance."""
+    home = tmp_path_factory.mktemp('client-home')
+    api = conftest.client_for(glance, USER)
+    image_id = api.create_image()
+    result = run_cli(cli_env(glance, glance.url, home), 'upload', image_id,
+                     str(data_file))
+    assert result.returncode == 0, result.stderr
+    assert_uploaded(api, image_id, data)
+    return image_id
+
+
+# -- uploads ----------------------------------------------------------------
+
+
+def test_upload_in_four_streams_cut_and_stalled_completes_exactly(
+        glance, api, data, data_file, tmp_path):
+    image_id = api.create_image()
+    with faultproxy.FaultProxy(('127.0.0.1', glance.port)) as proxy:
+        proxy.cut_at(70 * MiB)
+        fired = []
+
+        def then_stall():
+            if proxy.cut.wait(60):
+                fired.append('cut')  # stall_at clears proxy.cut
+                proxy.stall_at(60 * MiB, 6)
+        watcher = threading.Thread(target=then_stall)
+        watcher.start()
+        result = run_cli(cli_env(glance, proxy.url, tmp_path), 'upload',
+                         '--parallel', '4', '--read-timeout', '3', image_id,
+                         str(data_file))
+        watcher.join()
+        forwarded = proxy.forwarded
+        assert fired == ['cut'] and proxy.stalled.is_set()
+    assert result.returncode == 0, result.stderr
+    assert_uploaded(api, image_id, data)
+    assert N <= forwarded <= N + IN_FLIGHT + OVERHEAD, forwarded
+    # The state file is gone once the upload is done.
+    assert not list((tmp_path / 'cache' / 'sizeaware').glob('upload-*'))
+
+
+def test_upload_of_a_queued_image_of_another_project_is_refused(
+        glance, data_file, tmp_path):
+    other = conftest.client_for(glance, 'user2')
+    image_id = other.create_image()
+    result = run_cli(cli_env(glance, glance.url, tmp_path), 'upload',
+                     image_id, str(data_file))
+    assert result.returncode == 3, result.stderr
+    assert 'refused: 404' in result.stderr
+    assert other.get_image(image_id)['status'] == 'queued'
+
+
+def test_killed_upload_resumes_without_starting_over(
+        glance, api, data, data_file, tmp_path):
+    image_id = api.create_image()
+    env = cli_env(glance, None, tmp_path)
+    with faultproxy.FaultProxy(('127.0.0.1', glance.port),
+                               rate=64 * MiB) as proxy:
+        env['OS_IMAGE_URL'] = proxy.url
+        args = ['upload', image_id, str(data_file)]
+        child = subprocess.Popen([CLI, *args], env=env,
+                                 stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while proxy.forwarded < 100 * MiB and time.monotonic() < deadline:
+            time.sleep(0.05)
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+        child.stderr.close()
+        assert child.returncode == -signal.SIGKILL
+        # The slow link still delivers what it holds: wait for it.
+        settled = -1
+        while settled != proxy.forwarded:
+            settled = proxy.forwarded
+            time.sleep(1)
+        status = api.request('GET', '/v2/images/%s/file/session' % image_id)
+        held = status.json()['bytes_held']
+        assert 90 * MiB <= held < N
+        assert list((tmp_path / 'cache' / 'sizeaware').glob('upload-*'))
+        proxy.reset_counters()
+        result = run_cli(env, *args)
+        forwarded = proxy.forwarded
+    assert result.returncode == 0, result.stderr
+    assert 'resumed from %d' % held in result.stderr
+    assert N - held <= forwarded <= N - held + OVERHEAD, (held, forwarded)
+    assert_uploaded(api, image_id, data)
+
+
+# -- downloads --------------------------------------------------------------
+
+
+@pytest.mark.parametrize('parallel', ['1', '4'])
+def test_download_cut_and_stalled_completes_exactly(
+        glance, stored, data, tmp_path, parallel):
+    target = tmp_path / 'out.raw'
+    with faultproxy.FaultProxy(('127.0.0.1', glance.port)) as proxy:
+        proxy.cut_reply_at(60 * MiB)
+
+        def then_stall():
+            deadline = time.monotonic() + 60
+            while not proxy.reply_faults and time.monotonic() < deadline:
+                time.sleep(0.01)
+            proxy.stall_reply_at(50 * MiB, 6)
+        watcher = threading.Thread(target=then_stall)
+        watcher.start()
+        result = run_cli(cli_env(glance, proxy.url, tmp_path), 'download',
+                         '--parallel', parallel, '--read-timeout', '2',
+                         stored, str(target))
+        watcher.join()
+        delivered = proxy.delivered
+        assert proxy.reply_faults == 1  # the stall, re-armed after the cut
+    assert result.returncode == 0, result.stderr
+    assert sha256(target) == hashlib.sha256(data).hexdigest()
+    assert result.stderr.count('the download broke') == 2, result.stderr
+    # The client wrote each byte once; the proxy also counts what it sent
+    # to the stalled connection's buffers after the client gave up on it.
+    assert fetched(result) == N, result.stderr
+    assert N <= delivered <= N + IN_FLIGHT + OVERHEAD, delivered
+    assert not list(tmp_path.glob('.out.raw.sizeaware-part*'))
+
+
+def test_a_chunk_corrupted_in_flight_is_fetched_again_alone(
+        glance, stored, data, tmp_path):
+    target = tmp_path / 'out.raw'
+    with faultproxy.FaultProxy(('127.0.0.1', glance.port)) as proxy:
+        proxy.corrupt_reply_at(100 * MiB)
+        result = run_cli(cli_env(glance, proxy.url, tmp_path), 'download',
+                         stored, str(target))
+        delivered = proxy.delivered
+        assert proxy.reply_faults == 1
+    assert result.returncode == 0, result.stderr
+    assert sha256(target) == hashlib.sha256(data).hexdigest()
+    assert 're-fetched %d bytes of 1 bad chunk' % CHUNK in result.stderr
+    assert fetched(result) == N + CHUNK
+    assert N + CHUNK <= delivered <= N + CHUNK + OVERHEAD, delivered
+
+
+def test_corruption_in_the_store_is_found_and_nothing_is_renamed(
+        glance, api, tmp_path):
+    small = os.urandom(3 * CHUNK + 5)
+    source = tmp_path / 'small.raw'
+    source.write_bytes(small)
+    env = cli_env(glance, glance.url, tmp_path)
+    image_id = api.create_image()
+    assert run_cli(env, 'upload', image_id, str(source)).returncode == 0
+    stored_file = glance.store_dirs['fs'] / image_id
+    with open(stored_file, 'r+b') as handle:
+        handle.seek(CHUNK + 7)
+        byte = handle.read(1)
+        handle.seek(CHUNK + 7)
+        handle.write(bytes([byte[0] ^ 1]))
+    target = tmp_path / 'out.raw'
+    result = run_cli(env, 'download', image_id, str(target))
+    assert result.returncode == 1, result.stderr
+    assert 'chunk(s) 1 stay corrupt' in result.stderr
+    assert not target.exists()
+    assert not list(tmp_path.glob('.out.raw.sizeaware-part*'))
+    # Without the chunk digests, the whole image's sha512 finds it.
+    result = run_cli(env, 'download', '--no-chunk-check', image_id,
+                     str(target))
+    assert result.returncode == 1, result.stderr
+    assert 'differs from its recorded sha512' in result.stderr
+    assert not target.exists()
+
+
+def test_download_of_an_image_that_is_not_active_is_refused(
+        glance, api, tmp_path):
+    image_id = api.create_image()
+    result = run_cli(cli_env(glance, glance.url, tmp_path), 'download',
+                     image_id, str(tmp_path / 'out'))
+    assert result.returncode == 3, result.stderr
+    assert 'queued, not active' in result.stderr
+
+
+def test_killed_download_resumes_without_starting_over(
+        glance, stored, data, tmp_path):
+    target = tmp_path / 'out.raw'
+    part, state_path = download_mod.part_paths(target)
+    env = cli_env(glance, None, tmp_path)
+    with faultproxy.FaultProxy(('127.0.0.1', glance.port),
+                               rate=64 * MiB) as proxy:
+        env['OS_IMAGE_URL'] = proxy.url
+        args = ['download', stored, str(target)]
+        child = subprocess.Popen([CLI, *args], env=env,
+                                 stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while proxy.delivered < 120 * MiB and time.monotonic() < deadline:
+            time.sleep(0.05)
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+        child.stderr.close()
+        assert child.returncode == -signal.SIGKILL
+        done = len(json.loads(state_path.read_text())['done']) * CHUNK
+        # The state is written once a second at most, after the data.
+        assert 32 * MiB <= done < N
+        assert not target.exists()
+        proxy.reset_counters()
+        result = run_cli(env, *args)
+        delivered = proxy.delivered
+    assert result.returncode == 0, result.stderr
+    assert 'resumed from %d' % done in result.stderr
+    assert N - done <= delivered <= N - done + OVERHEAD, (done, delivered)
+    assert sha256(target) == hashlib.sha256(data).hexdigest()
+
+
+# -- a server that ignores Range ---------------------------------------------
+
+
+class IgnoresRange(http.server.ThreadingHTTPServer):
+    """Serves one image's record and data as Glance's API does, but
+    answers every ``GET .../file`` with 200 and the whole image, whatever
+    its ``Range``; the first answer ends after ``cut`` bytes."""
+
+    daemon_threads = True
+
+    def __init__(self, image_id, data, cut):
+        self.image_id, self.data, self.cut = image_id, data, cut
+        self.ranges = []  # the Range header of each GET .../file
+        self.record = {
+            'id': image_id, 'status': 'active', 'size': len(data),
+            'os_hash_algo': 'sha512',
+            'os_hash_value': hashlib.sha512(data).hexdigest(),
+            'checksum': hashlib.md5(data).hexdigest(),
+            'updated_at': '2026-01-01T00:00:00Z'}
+        super().__init__(('127.0.0.1', 0), _IgnoresRangeHandler)
+        self.url = 'http://127.0.0.1:%d' % self.server_address[1]
+
+
+class _IgnoresRangeHandler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        server = self.server
+        if self.path == '/v2/images/%s' % server.image_id:
+            body = json.dumps(server.record).encode()
+            self.send_response(200)
+            self.send_header('Content-Type', 'application/json')
+            self.send_header('Content-Length', str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        server.ranges.append(self.headers.get('Range'))
+        self.send_response(200)
+        self.send_header('Content-Length', str(len(server.data)))
+        self.send_header('Connection', 'close')
+        self.end_headers()
+        if len(server.ranges) == 1:
+            self.wfile.write(server.data[:server.cut])
+            self.close_connection = True
+            return
+        self.wfile.write(server.data)
+
+
+@pytest.mark.parametrize('parallel', ['1', '4'])
+def test_a_200_to_a_ranged_request_is_never_spliced(tmp_path, parallel):
+    data = os.urandom(10 * MiB + 3)
+    cut = 3 * MiB + 11
+    server = IgnoresRange('c0ffee', data, cut)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith('OS_')}
+        target = tmp_path / 'out.raw'
+        result = run_cli(env, 'download', '--os-image-url', server.url,
+                         '--parallel', parallel, 'c0ffee', str(target))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 0, result.stderr
+    assert target.read_bytes() == data
+    assert 'not spliced' in result.stderr
+    if parallel == '1':
+        # Whole, cut; the rest asked for and answered 200; whole again.
+        assert server.ranges == [None, 'bytes=%d-%d' % (cut, len(data) - 1),
+                                 None]
+    else:
+        # The one-byte probe is answered 200 (cut, and thrown away): then
+        # one whole-image request.
+        assert server.ranges == ['bytes=0-0', None]
+        assert 'does not answer ranges' in result.stderr
