@@ -288,9 +288,7 @@ class Download:
                 headers['Range'] = 'bytes=%d-%d' % (position, stop - 1)
                 if self.etag:
                     headers['If-Range'] = self.etag
-            if not first and not self.etag:
-                answers.same_record(self.record,
-                                    self.conn.get_image(self.image_id))
+            check_record = not first and not self.etag
             first = False
             verifier = None
             if self.manifest:
@@ -300,6 +298,9 @@ class Download:
             began = position
             cursor = [position]  # moved by _receive as bytes are written
             try:
+                if check_record:
+                    answers.same_record(self.record,
+                                        self.conn.get_image(self.image_id))
                 response = self._get(headers)
                 with contextlib.closing(response):
                     answers.raise_for_status(response, 'GET image data')

@@ -3,6 +3,7 @@
 import os
 
 from sizeaware import stream
+from sizeaware.client import errors
 
 
 class FileSpan(stream.BodyStream):
@@ -31,6 +32,10 @@ class FileSpan(stream.BodyStream):
         if count <= 0:
             return b''
         data = os.pread(self._fd, count, self._position)
+        if not data:
+            raise errors.TransferError(
+                'the file ends at byte %d, before its size: it changed '
+                'during the upload' % self._position)
         self._position += len(data)
         return data
 

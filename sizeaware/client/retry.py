@@ -35,3 +35,13 @@ class Backoff:
                 % (self.attempts, reason))
         delay = min(self.cap, self.base * 2 ** (self.failures - 1))
         self._sleep(delay * (0.5 + random.random() / 2))
+
+
+def call(backoff, function, transient):
+    """``function()``, tried again after each of the ``transient``
+    exceptions, with ``backoff``'s waits and limit."""
+    while True:
+        try:
+            return function()
+        except transient as exc:
+            backoff.failed(exc)

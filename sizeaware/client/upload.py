@@ -38,8 +38,8 @@ from sizeaware.client import state
 PIPE_PART = 8 * 2**20
 #: How often the state file is rewritten while digests complete.
 STATE_INTERVAL = 1.0
-#: Phases of the status document that end a session.
-FINISHED = 'finished'
+#: What is worth another try.
+TRANSIENT = (errors.Transient,) + connection.CONNECTION_ERRORS
 
 
 class Upload:
@@ -288,15 +288,17 @@ class Upload:
                 if exc.status != 409:
                     raise
                 reason = exc  # another writer still winding up, or done
-            except (errors.Transient,) + connection.CONNECTION_ERRORS as exc:
+            except TRANSIENT as exc:
                 reason = exc
             self._count(attempt[0])
             self.progress.update(-attempt[0])
             backoff.failed(reason)
-            todo, status = self._missing()
+            todo, status = retry.call(backoff, self._missing, TRANSIENT)
             if status is None:
                 # No session: finished, or gone (expired, cancelled).
-                image = self.conn.get_image(self.image_id)
+                image = retry.call(
+                    backoff, lambda: self.conn.get_image(self.image_id),
+                    TRANSIENT)
                 if image['status'] != 'queued':
                     return
             left = [(a, b) for a, b in (
@@ -337,7 +339,7 @@ class Upload:
                     answers.raise_for_status(response, 'PUT the image')
                 self._count(attempt[0])
                 return
-            except (errors.Transient,) + connection.CONNECTION_ERRORS as exc:
+            except TRANSIENT as exc:
                 self._count(attempt[0])
                 self.progress.update(-attempt[0])
                 if pipe:
@@ -346,7 +348,7 @@ class Upload:
                         'be read again; this Glance keeps no partial '
                         'uploads' % exc) from exc
                 backoff.failed(exc)
-            image = self._settle()
+            image = retry.call(backoff, self._settle, TRANSIENT)
             if image['status'] != 'queued':
                 return
             self.log('the upload broke; Glance keeps nothing of it: '
@@ -371,7 +373,7 @@ class Upload:
         while True:
             try:
                 image = self.conn.get_image(self.image_id)
-            except (errors.Transient,) + connection.CONNECTION_ERRORS as exc:
+            except TRANSIENT as exc:
                 backoff.failed(exc)
                 continue
             if image['status'] == done_status:

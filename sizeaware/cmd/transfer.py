@@ -192,6 +192,12 @@ def main(argv=None):
     except errors.TransferError as exc:
         print('sizeaware: %s' % exc, file=sys.stderr)
         return 1
+    except errors.Transient as exc:
+        print('sizeaware: %s' % exc, file=sys.stderr)
+        return 1
+    except connection.CONNECTION_ERRORS as exc:
+        print('sizeaware: cannot reach Glance: %s' % exc, file=sys.stderr)
+        return 1
     except ValueError as exc:
         parser.error(str(exc))
     except KeyboardInterrupt:

@@ -1,0 +1,312 @@
+"""The transfer client's logic: range arithmetic, the checks made on
+answers before splicing, state files, request bodies, the whole-image
+hasher and the command line."""
+
+import hashlib
+import os
+
+import hypothesis
+from hypothesis import strategies as st
+import pytest
+import requests
+
+from sizeaware.client import answers
+from sizeaware.client import connection
+from sizeaware.client import download
+from sizeaware.client import errors
+from sizeaware.client import readers
+from sizeaware.client import spans
+from sizeaware.client import state
+from sizeaware.cmd import transfer
+
+# -- spans ------------------------------------------------------------------
+
+
+def _covered(pairs):
+    return {b for a, z in pairs for b in range(a, z)}
+
+
+@hypothesis.given(size=st.integers(0, 300),
+                  held=st.lists(st.tuples(st.integers(0, 299),
+                                          st.integers(0, 40)), max_size=6))
+def test_missing_is_the_complement_of_what_is_held(size, held):
+    inclusive = [(a, a + n) for a, n in held]
+    gaps = spans.missing(inclusive, size)
+    held_bytes = {b for a, z in inclusive for b in range(a, z + 1)}
+    assert _covered(gaps) == set(range(size)) - held_bytes
+    assert all(a < z for a, z in gaps)
+    assert gaps == sorted(gaps)
+
+
+@hypothesis.given(size=st.integers(1, 5000), parts=st.integers(1, 8),
+                  align=st.integers(1, 300),
+                  held=st.lists(st.tuples(st.integers(0, 4999),
+                                          st.integers(0, 400)), max_size=4))
+def test_split_covers_the_same_bytes_on_aligned_cuts(size, parts, align,
+                                                     held):
+    todo = spans.missing([(a, a + n) for a, n in held], size)
+    work = spans.split(todo, parts, align)
+    assert _covered(work) == _covered(todo)
+    assert spans.total(work) == spans.total(todo)
+    edges = {a for a, _ in todo} | {z for _, z in todo}
+    for start, stop in work:
+        assert start < stop
+        assert start in edges or start % align == 0
+
+
+def test_split_gives_each_stream_a_share():
+    work = spans.split([(0, 100 * 4)], 4, 4)
+    assert work == [(0, 100), (100, 200), (200, 300), (300, 400)]
+    assert spans.split([(0, 10)], 4, 8) == [(0, 8), (8, 10)]
+
+
+def test_runs_joins_neighbouring_units():
+    assert spans.runs([0, 1, 3, 4, 5], 10, 55) == [(0, 20), (30, 55)]
+    assert spans.runs([], 10, 55) == []
+
+
+# -- answers ----------------------------------------------------------------
+
+
+SIZE = 1000
+ETAG = '"abc"'
+
+
+def test_a_206_of_exactly_the_range_with_the_etag_is_kept():
+    answers.check_part(206, {'Content-Range': 'bytes 10-99/1000',
+                             'ETag': ETAG}, 10, 100, SIZE, ETAG)
+    answers.check_part(206, {'Content-Range': 'bytes 10-99/1000'},
+                       10, 100, SIZE, None)
+
+
+@pytest.mark.parametrize('content_range', [
+    'bytes 10-98/1000', 'bytes 11-99/1000', 'bytes 10-99/1001',
+    'bytes */1000', 'bytes 10-99/*', None, 'garbage'])
+def test_a_206_of_another_range_is_not_spliced(content_range):
+    headers = {'ETag': ETAG}
+    if content_range:
+        headers['Content-Range'] = content_range
+    with pytest.raises(errors.NotSpliceable):
+        answers.check_part(206, headers, 10, 100, SIZE, ETAG)
+
+
+def test_another_etag_means_the_image_changed():
+    with pytest.raises(errors.ImageChanged):
+        answers.check_part(206, {'Content-Range': 'bytes 10-99/1000',
+                                 'ETag': '"other"'}, 10, 100, SIZE, ETAG)
+    # A stale If-Range gets the new image whole: never spliced.
+    with pytest.raises(errors.ImageChanged):
+        answers.check_part(200, {'ETag': '"other"'}, 10, 100, SIZE, ETAG)
+
+
+def test_a_200_is_kept_only_for_the_whole_image():
+    answers.check_part(200, {'Content-Length': '1000'}, 0, SIZE, SIZE, None)
+    with pytest.raises(errors.NotSpliceable):
+        answers.check_part(200, {'Content-Length': '999'}, 0, SIZE, SIZE,
+                           None)
+    for start, stop in [(10, SIZE), (0, 999)]:
+        with pytest.raises(errors.NotSpliceable) as caught:
+            answers.check_part(200, {'ETag': ETAG}, start, stop, SIZE, ETAG)
+        assert not isinstance(caught.value, errors.ImageChanged)
+    with pytest.raises(errors.NotSpliceable):
+        answers.check_part(304, {}, 10, 100, SIZE, None)
+
+
+def test_without_an_etag_the_record_is_compared():
+    first = {'size': 5, 'os_hash_value': 'a', 'checksum': 'c',
+             'updated_at': 't', 'status': 'active'}
+    answers.same_record(first, dict(first, name='renamed'))
+    for key in ('size', 'os_hash_value', 'updated_at', 'status'):
+        with pytest.raises(errors.ImageChanged):
+            answers.same_record(first, dict(first, **{key: 'other'}))
+
+
+class _Response:
+    def __init__(self, status, text=''):
+        self.status_code, self.text = status, text
+
+
+@pytest.mark.parametrize('status, error', [
+    (200, None), (204, None), (206, None),
+    (500, errors.Transient), (503, errors.Transient),
+    (408, errors.Transient), (429, errors.Transient),
+    (400, errors.Refused), (403, errors.Refused), (404, errors.Refused),
+    (409, errors.Refused), (416, errors.Refused)])
+def test_statuses_are_retried_or_refused(status, error):
+    response = _Response(status, 'some\n  reason')
+    if error is None:
+        answers.raise_for_status(response, 'GET')
+        return
+    with pytest.raises(error) as caught:
+        answers.raise_for_status(response, 'GET')
+    assert 'some reason' in str(caught.value)
+
+
+# -- state files ------------------------------------------------------------
+
+
+def test_state_is_saved_atomically_and_a_damaged_one_ignored(tmp_path):
+    path = tmp_path / 'sub' / 'upload-x.json'
+    assert state.load(path) is None
+    state.save(path, {'done': [1, 2]})
+    assert state.load(path) == {'done': [1, 2]}
+    assert not path.with_name(path.name + '.tmp').exists()
+    path.write_text('{"done": [1,')  # torn by hand
+    assert state.load(path) is None
+    path.write_text('[1, 2]')
+    assert state.load(path) is None
+    state.remove(path)
+    state.remove(path)
+    assert not path.exists()
+
+
+def test_each_upload_has_its_own_state_file(tmp_path):
+    names = {state.upload_path(tmp_path, e, i, t)
+             for e in ('http://a', 'http://b') for i in ('1', '2')
+             for t in ('file', 'stage')}
+    assert len(names) == 8
+
+
+def test_the_default_state_dir_follows_xdg(monkeypatch, tmp_path):
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path))
+    assert state.default_dir() == tmp_path / 'sizeaware'
+
+
+# -- request bodies ---------------------------------------------------------
+
+
+def test_a_file_span_is_framed_with_content_length(tmp_path):
+    path = tmp_path / 'f'
+    data = os.urandom(3 * readers.FileSpan.PIECE + 17)
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        seen = []
+        body = readers.FileSpan(fd, 100, len(data) - 5, seen.append)
+        prepared = requests.Request('PUT', 'http://h/', data=body).prepare()
+        assert prepared.headers['Content-Length'] == str(len(data) - 105)
+        assert 'Transfer-Encoding' not in prepared.headers
+        out = b''
+        while piece := body.read(16384):
+            out += piece
+        assert out == data[100:-5]
+        assert b''.join(bytes(s) for s in seen) == out
+    finally:
+        os.close(fd)
+
+
+def test_a_file_that_shrank_is_a_short_body(tmp_path):
+    path = tmp_path / 'f'
+    path.write_bytes(b'x' * 10)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        body = readers.FileSpan(fd, 0, 20)
+        with pytest.raises(errors.TransferError) as caught:
+            while body.read(4):
+                pass
+        assert 'changed during the upload' in str(caught.value)
+    finally:
+        os.close(fd)
+
+
+# -- the whole-image hasher -------------------------------------------------
+
+
+def test_the_whole_hasher_reads_back_what_came_out_of_order(tmp_path):
+    data = os.urandom(10000)
+    path = tmp_path / 'f'
+    path.write_bytes(data)
+    hasher = download.WholeHasher('sha512')
+    hasher.feed(0, data[:3000])
+    hasher.feed(5000, data[5000:])  # another stream: not at the cursor
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert hasher.finish(fd, len(data)) == hashlib.sha512(
+            data).hexdigest()
+    finally:
+        os.close(fd)
+
+
+def test_the_whole_hasher_rewinds_past_a_bad_chunk(tmp_path):
+    data = os.urandom(300)
+    path = tmp_path / 'f'
+    path.write_bytes(data)
+    hasher = download.WholeHasher('sha256')
+    hasher.feed(0, data[:100])
+    hasher.checkpoint(100)
+    hasher.feed(100, b'\0' * 100)  # a chunk that turns out bad
+    hasher.rewind(100)
+    assert hasher.cursor == 100
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert hasher.finish(fd, 300) == hashlib.sha256(data).hexdigest()
+    finally:
+        os.close(fd)
+
+
+def test_partial_files_live_beside_the_destination(tmp_path):
+    part, state_path = download.part_paths(tmp_path / 'disk.raw')
+    assert part == tmp_path / '.disk.raw.sizeaware-part'
+    assert state_path == tmp_path / '.disk.raw.sizeaware-part.json'
+
+
+# -- connection and command line ---------------------------------------------
+
+
+@pytest.mark.parametrize('url', ['http://g:9292', 'http://g:9292/',
+                                 'http://g:9292/v2', 'http://g:9292/v2/',
+                                 'http://g:9292/v2.16'])
+def test_the_image_endpoint_is_its_root(url):
+    assert connection.root_url(url) == 'http://g:9292'
+
+
+def test_headers_are_name_colon_value():
+    assert connection.parse_header('X-Roles: a, b') == ('X-Roles', 'a, b')
+    with pytest.raises(ValueError):
+        connection.parse_header('nocolon')
+
+
+def test_without_credentials_an_image_url_means_no_token(monkeypatch):
+    for name in list(os.environ):
+        if name.startswith('OS_'):
+            monkeypatch.delenv(name)
+    conn = connection.GlanceConnection.from_config(
+        image_url='http://g:9292/v2', headers={'X-A': '1'})
+    assert conn.endpoint == 'http://g:9292'
+    assert conn.authenticated is False
+    assert conn.headers == {'X-A': '1'}
+
+
+@pytest.mark.parametrize('text, value', [
+    ('123', 123), ('4k', 4096), ('4M', 4 * 2**20), ('2GiB', 2 * 2**30),
+    ('1t', 2**40)])
+def test_sizes_on_the_command_line(text, value):
+    args = transfer.build_parser().parse_args(
+        ['upload', '--size', text, 'img', '-'])
+    assert args.size == value
+
+
+def test_the_help_reads_like_a_manual(capsys):
+    with pytest.raises(SystemExit):
+        transfer.build_parser().parse_args(['--help'])
+    out = capsys.readouterr().out
+    for word in ('exit status', 'examples', 'OS_IMAGE_URL', 'upload',
+                 'download', 'kill'):
+        assert word in out or word in transfer.EPILOG
+
+
+def test_bad_usage_exits_2(capsys):
+    with pytest.raises(SystemExit) as caught:
+        transfer.main(['upload', '--parallel', '0', 'img', 'f'])
+    assert caught.value.code == 2
+
+
+def test_an_unreachable_glance_exits_1(capsys, monkeypatch, tmp_path):
+    for name in list(os.environ):
+        if name.startswith('OS_'):
+            monkeypatch.delenv(name)
+    code = transfer.main(['download', '--os-image-url',
+                          'http://127.0.0.1:9', '--connect-timeout', '1',
+                          'img', str(tmp_path / 'out')])
+    assert code == 1
+    assert 'cannot reach Glance' in capsys.readouterr().err
