@@ -217,9 +217,9 @@ class _ObjectRanges:
                     % self.location.obj)
             if exc.http_status is None:
                 raise
+            headers = getattr(exc, 'http_response_headers', None) or {}
             return restart.Part(status=exc.http_status,
-                                etag=(exc.http_response_headers or {}).get(
-                                    'etag'))
+                                etag=headers.get('etag'))
         except BaseException:
             http_conn.close()
             raise
@@ -286,7 +286,6 @@ class _RestartingReads:
             name='Swift object %s/%s' % (store_location.container,
                                          store_location.obj))
         return restart.indexable(reader), reader.expected
-
 
     def _read_conf(self):
         """The backend's options: glance_store 5.x keeps them (with the
