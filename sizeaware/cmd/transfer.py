@@ -126,6 +126,10 @@ def build_parser():
                     'upload resume (default ~/.cache/sizeaware)')
     up.add_argument('--no-digests', action='store_true',
                     help='record no chunk digests')
+    up.add_argument('--no-resumable', action='store_true',
+                    help='one plain PUT even where Glance keeps partial '
+                    'uploads (it then starts again from the first byte '
+                    'after a break)')
 
     down = commands.add_parser(
         'download', parents=[common], help='download an image\'s data',
@@ -163,6 +167,7 @@ def main(argv=None):
                 target='stage' if args.stage else 'file',
                 parallel=args.parallel, chunk_size=args.chunk_size,
                 state_dir=args.state_dir, show_progress=show,
+                resumable=False if args.no_resumable else None,
                 digests=None if args.no_digests else
                 manifest.DEFAULT_ALGORITHM).run()
             print('uploaded %d bytes to image %s in %.1f s (%.1f MiB/s); '

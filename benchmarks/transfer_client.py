@@ -1,0 +1,242 @@
+"""The transfer client (``sizeaware upload`` / ``download``) against
+python-glanceclient and openstacksdk, on one Glance and one image.
+
+One Glance 33 under uwsgi (2 processes of 8 threads by default) with the
+resumable and download filters, identity from headers, sqlite and the
+filesystem store. One run (no repeats; the load is printed with the
+figures). Measured:
+
+* single-stream upload and download throughput on loopback: the CLI (a
+  subprocess, as a user runs it, its start-up included) against
+  python-glanceclient and openstacksdk in this process. The CLI uploads
+  once as ranged PUTs into the resumable filter's spool (what it does by
+  default where the filter runs) and once as one plain PUT
+  (``--no-resumable``, what the two libraries send);
+* 4 streams against 1 through an emulated WAN (``FaultProxy(target,
+  latency=0.025, rate=20 MiB/s)``, a per-connection cap), for uploads and
+  downloads, on a smaller image (``--wan-size``);
+* the cost of per-chunk digests: upload with and without
+  (``--no-digests``), download with and without checking them
+  (``--no-chunk-check``);
+* the CLI's peak RSS (``ru_maxrss`` of the subprocess, from ``wait4``)
+  for each transfer of the image, and of a ``--big`` one if asked (a
+  sparse file: it needs that much free disk twice, in the store and in
+  the spool, and minutes).
+
+Run from the repository root::
+
+    .stack/venvs/tests/bin/python benchmarks/transfer_client.py
+    .stack/venvs/tests/bin/python benchmarks/transfer_client.py \\
+        --size 256M --wan-size 64M
+
+Not a test: nothing is asserted about timings.
+"""
+
+import argparse
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import _common
+from _common import MiB
+
+from tests.functional import client as raw_client
+from tests.functional import faultproxy
+from teststack import glance as glance_stack
+
+CLI = str(pathlib.Path(sys.executable).with_name('sizeaware'))
+
+
+class Stack:
+    def __init__(self, glance):
+        self.glance = glance
+        # One role: python-glanceclient percent-encodes header values, so
+        # "admin,member" would reach Glance as "admin%2Cmember".
+        self.headers = glance.identity_headers(uuid.uuid4().hex,
+                                               roles=('admin',))
+        self.api = raw_client.GlanceClient(glance.url, self.headers)
+
+    def new_image(self):
+        return self.api.create_image()
+
+    def cli(self, url, *args):
+        """Run the CLI; (seconds, peak RSS in MiB)."""
+        argv = [CLI, *args[:1], '--os-image-url', url, '--no-progress']
+        for name, value in self.headers.items():
+            argv += ['--os-header', '%s: %s' % (name, value)]
+        argv += list(args[1:])
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith('OS_')}
+        started = time.perf_counter()
+        child = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(child.pid, 0)
+        seconds = time.perf_counter() - started
+        err = child.stderr.read().decode()
+        child.stderr.close()
+        child.returncode = os.waitstatus_to_exitcode(status)
+        if child.returncode:
+            raise RuntimeError('%s: %s' % (' '.join(argv), err))
+        return seconds, usage.ru_maxrss / 1024
+
+
+def glanceclient_for(stack):
+    from glanceclient import client as gc
+    return gc.Client('2', endpoint=stack.glance.url,
+                     identity_headers=dict(stack.headers))
+
+
+def sdk_for(stack):
+    from keystoneauth1 import noauth
+    from keystoneauth1 import session
+    import openstack.connection
+    sess = session.Session(auth=noauth.NoAuth(),
+                           additional_headers=dict(stack.headers))
+    return openstack.connection.Connection(
+        session=sess, image_endpoint_override=stack.glance.url)
+
+
+def timed(function):
+    started = time.perf_counter()
+    function()
+    return time.perf_counter() - started
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--size', type=_common.parse_size, default='1G')
+    parser.add_argument('--wan-size', type=_common.parse_size,
+                        default='128M')
+    parser.add_argument('--big', type=_common.parse_size, default=None,
+                        help='also the peak RSS of a transfer this big')
+    _common.add_glance_options(parser)
+    args = parser.parse_args()
+    size = args.size
+    path = _common.image_file(size)
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix='sizeaware-bench-'))
+    glance = glance_stack.Glance(args.release, resumable={},
+                                 processes=args.processes,
+                                 threads=args.threads)
+    glance.start()
+    rows = {}
+    try:
+        stack = Stack(glance)
+        url = glance.url
+        mb = size / MiB
+
+        # -- single stream, loopback -----------------------------------
+        _common.log('uploads, one stream, %s' % _common.human(size))
+        image = stack.new_image()
+        t, rss_up = stack.cli(url, 'upload', image, str(path))
+        rows['upload cli (ranged PUT, spool)'] = mb / t
+        stored = image
+        image = stack.new_image()
+        t, _ = stack.cli(url, 'upload', '--no-resumable', image, str(path))
+        rows['upload cli (plain PUT)'] = mb / t
+        image = stack.new_image()
+        t, _ = stack.cli(url, 'upload', '--no-resumable', '--no-digests',
+                         image, str(path))
+        rows['upload cli (plain PUT, no digests)'] = mb / t
+        gclient = glanceclient_for(stack)
+        image = stack.new_image()
+        with open(path, 'rb') as handle:
+            t = timed(lambda: gclient.images.upload(image, handle,
+                                                    image_size=size))
+        rows['upload python-glanceclient'] = mb / t
+        sdk = sdk_for(stack)
+        image = stack.new_image()
+        with open(path, 'rb') as handle:
+            def sdk_upload():
+                record = sdk.image.get_image(image)
+                record.data = handle
+                record.upload(sdk.image)
+            t = timed(sdk_upload)
+        rows['upload openstacksdk'] = mb / t
+
+        _common.log('downloads, one stream')
+        out = workdir / 'out.raw'
+        t, rss_down = stack.cli(url, 'download', stored, str(out))
+        rows['download cli'] = mb / t
+        out.unlink()
+        t, _ = stack.cli(url, 'download', '--no-chunk-check', stored,
+                         str(out))
+        rows['download cli (no chunk check)'] = mb / t
+        out.unlink()
+
+        def glanceclient_download():
+            with open(out, 'wb') as handle:
+                for piece in gclient.images.data(stored):
+                    handle.write(piece)
+        rows['download python-glanceclient'] = mb / timed(
+            glanceclient_download)
+        out.unlink()
+        rows['download openstacksdk'] = mb / timed(
+            lambda: sdk.image.download_image(stored, output=str(out)))
+        out.unlink()
+
+        # -- the emulated WAN ------------------------------------------
+        wan_path = _common.image_file(args.wan_size)
+        wan_mb = args.wan_size / MiB
+        _common.log('WAN, %s' % _common.human(args.wan_size))
+        wan = {}
+        with faultproxy.FaultProxy(('127.0.0.1', glance.port),
+                                   latency=0.025, rate=20 * MiB) as proxy:
+            for streams in ('1', '4'):
+                image = stack.new_image()
+                t, _ = stack.cli(proxy.url, 'upload', '--parallel', streams,
+                                 image, str(wan_path))
+                wan['upload', streams] = wan_mb / t
+                t, _ = stack.cli(proxy.url, 'download', '--parallel',
+                                 streams, image, str(out))
+                out.unlink()
+                wan['download', streams] = wan_mb / t
+
+        big = None
+        if args.big:
+            _common.log('peak RSS, %s (sparse)' % _common.human(args.big))
+            big_path = workdir / 'big.raw'
+            with open(big_path, 'wb') as handle:
+                handle.truncate(args.big)
+            image = stack.new_image()
+            _, big_up = stack.cli(url, 'upload', image, str(big_path))
+            big_path.unlink()
+            _, big_down = stack.cli(url, 'download', image, str(out))
+            out.unlink()
+            big = (big_up, big_down)
+    finally:
+        glance.stop()
+
+    lines = ['Transfer client, %s image, one stream on loopback (MiB/s; '
+             'ratio to python-glanceclient)' % _common.human(size), '']
+    for kind in ('upload', 'download'):
+        base = rows['%s python-glanceclient' % kind]
+        for name, rate in rows.items():
+            if name.startswith(kind):
+                lines.append('  %-40s %8.1f  %5.2f' % (name, rate,
+                                                       rate / base))
+    lines += ['', 'Emulated WAN (25 ms, 20 MiB/s per connection), %s '
+              '(MiB/s)' % _common.human(args.wan_size)]
+    for kind in ('upload', 'download'):
+        one, four = wan[kind, '1'], wan[kind, '4']
+        lines.append('  %-10s 1 stream %6.1f   4 streams %6.1f   %.2fx'
+                     % (kind, one, four, four / one))
+    up = rows['upload cli (plain PUT)']
+    up_bare = rows['upload cli (plain PUT, no digests)']
+    down = rows['download cli']
+    down_bare = rows['download cli (no chunk check)']
+    lines += ['', 'Per-chunk digests: upload costs %+.1f %%, download '
+              'costs %+.1f %% of the time' % (
+                  (up_bare / up - 1) * 100, (down_bare / down - 1) * 100),
+              '', 'Peak RSS of the CLI: %s upload %.0f MiB, download '
+              '%.0f MiB' % (_common.human(size), rss_up, rss_down)]
+    if big:
+        lines.append('Peak RSS of the CLI: %s upload %.0f MiB, download '
+                     '%.0f MiB' % (_common.human(args.big), *big))
+    _common.print_tables(['\n'.join(lines)])
+
+
+if __name__ == '__main__':
+    main()
