@@ -43,7 +43,6 @@ import urllib.parse
 from glance_store import capabilities
 from glance_store import exceptions
 from glance_store._drivers import http
-import glance_store.driver
 import requests
 import urllib3
 
@@ -150,10 +149,7 @@ class Store(http.Store):
         return restart.indexable(reader, self.READ_CHUNKSIZE), reader.expected
 
     def _store_conf(self):
-        if self.backend_group:
-            return glance_store.driver.BackendGroupConfiguration(
-                self.OPTIONS, self.backend_group, conf=self.conf)
-        return self.conf.glance_store
+        return restart.backend_options(self)
 
     def _session(self):
         """One connection pool for the store's reads."""

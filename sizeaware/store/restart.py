@@ -393,6 +393,21 @@ def indexable(reader, size=CHUNK_SIZE):
     return _Indexable(chunks(reader, size), reader.expected)
 
 
+def backend_options(store):
+    """A glance_store store's options, its read options among them: the
+    backend's section (through glance_store 5.x's
+    ``BackendGroupConfiguration``, which grafts on the shared defaults;
+    glance_store 4.x reads the section itself), or ``[glance_store]`` for
+    a deployment without multiple backends."""
+    if not store.backend_group:
+        return store.conf.glance_store
+    from glance_store import driver
+    group_conf = getattr(driver, 'BackendGroupConfiguration', None)
+    if group_conf is None:
+        return getattr(store.conf, store.backend_group)
+    return group_conf(store.OPTIONS, store.backend_group, conf=store.conf)
+
+
 def set_body_timeout(raw, seconds) -> bool:
     """Give the socket under a urllib3 response ``raw`` the timeout
     ``seconds`` for the rest of its body; False if it has none to set.

@@ -36,6 +36,7 @@ of :data:`sizeaware.opts.store_read_opts`::
     read_retries = 5
 """
 
+import inspect
 import threading
 
 import boto3
@@ -44,7 +45,6 @@ from botocore import exceptions as boto_exceptions
 from glance_store import capabilities
 from glance_store import exceptions
 from glance_store._drivers import s3
-import glance_store.driver
 from oslo_log import log as logging
 from oslo_utils import excutils
 import urllib3
@@ -100,7 +100,7 @@ class Store(s3.Store):
         by default), read with restarts, and their length."""
         loc = location.store_location
         policy = restart.Policy.from_conf(self._store_conf())
-        client = self._read_client(policy)
+        client = self._read_client(policy, loc)
         bucket, key = loc.bucket, loc.key
 
         def open_range(want):
@@ -140,21 +140,29 @@ class Store(s3.Store):
         return restart.indexable(reader, self.READ_CHUNKSIZE), reader.expected
 
     def _store_conf(self):
-        if self.backend_group:
-            return glance_store.driver.BackendGroupConfiguration(
-                self.OPTIONS, self.backend_group, conf=self.conf)
-        return self.conf.glance_store
+        return restart.backend_options(self)
 
-    def _read_client(self, policy):
+    def _read_client(self, policy, loc):
         """The backend's client for reads: the stock driver's client, with
-        the policy's timeouts and without botocore's own retries."""
-        key = (self.backend_group, self.s3_host, self.region_name,
-               self.access_key, self.secret_key, self.bucket, policy)
+        the policy's timeouts and without botocore's own retries.
+
+        glance_store 5.x makes its client from the backend's options;
+        4.x from the location's credentials (``_create_s3_client(loc)``).
+        """
+        from_location = 'loc' in inspect.signature(
+            self._create_s3_client).parameters
+        if from_location:
+            access, secret = loc.accesskey, loc.secretkey
+        else:
+            access, secret = self.access_key, self.secret_key
+        key = (self.backend_group, self.s3_host, self.region_name, access,
+               secret, loc.bucket, policy)
         with _CLIENTS_LOCK:
             client = _CLIENTS.get(key)
         if client is not None:
             return client
-        stock = self._create_s3_client()
+        stock = (self._create_s3_client(loc) if from_location
+                 else self._create_s3_client())
         config = stock.meta.config.merge(boto_config.Config(
             connect_timeout=policy.connect_timeout,
             read_timeout=policy.read_timeout,
@@ -162,8 +170,8 @@ class Store(s3.Store):
         cacert = self._option_get('s3_store_cacert')
         endpoint = stock.meta.endpoint_url
         client = boto3.session.Session(
-            aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key).client(
+            aws_access_key_id=access,
+            aws_secret_access_key=secret).client(
                 's3', endpoint_url=endpoint,
                 region_name=stock.meta.region_name,
                 use_ssl=endpoint.startswith('https://'),

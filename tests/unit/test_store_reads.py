@@ -95,7 +95,7 @@ class StubbedReads(s3.Store):
 
     client = None
 
-    def _read_client(self, policy):
+    def _read_client(self, policy, loc):
         self.policy = policy
         return self.client
 
@@ -201,13 +201,14 @@ def test_the_read_options_come_from_the_backends_section(store):
 def test_the_read_client_has_the_timeouts_and_no_retries_of_its_own():
     store = configured(s3.Store, connect_timeout=3, read_timeout=4)
     policy = restart.Policy.from_conf(store._store_conf())
-    client = store._read_client(policy)
+    loc = location(store).store_location
+    client = store._read_client(policy, loc)
     assert client.meta.config.connect_timeout == 3
     assert client.meta.config.read_timeout == 4
     assert client.meta.config.retries['total_max_attempts'] == 1
     assert client.meta.endpoint_url == 'http://127.0.0.1:9'
     # Made once per configuration, not per read.
-    assert store._read_client(policy) is client
+    assert store._read_client(policy, loc) is client
 
 
 def test_botocore_streaming_body_keeps_urllib3s_response_as_raw_stream():
