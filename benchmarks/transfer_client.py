@@ -109,7 +109,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--size', type=_common.parse_size, default='1G')
     parser.add_argument('--wan-size', type=_common.parse_size,
-                        default='128M')
+                        default='256M')
     parser.add_argument('--big', type=_common.parse_size, default=None,
                         help='also the peak RSS of a transfer this big')
     _common.add_glance_options(parser)

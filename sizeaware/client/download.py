@@ -54,9 +54,11 @@ class WholeHasher:
     """The whole image's digest, computed from the bytes written in order.
 
     Pieces arriving at the cursor are hashed as they come (a single stream
-    is hashed in one pass); the rest is read back from the file by
-    :meth:`finish`. :meth:`checkpoint` marks verified ground and
-    :meth:`rewind` goes back to it when a chunk turns out bad.
+    is hashed in one pass); bytes written elsewhere (other streams) are
+    read back from the file by :meth:`catch_up` as the ground before them
+    fills, while the transfer goes on, and by :meth:`finish`.
+    :meth:`checkpoint` marks verified ground and :meth:`rewind` goes back
+    to it when a chunk turns out bad.
     """
 
     def __init__(self, algorithm):
@@ -66,10 +68,31 @@ class WholeHasher:
         self._lock = threading.Lock()
 
     def feed(self, offset, data):
-        with self._lock:
+        # Never wait for a catch-up: it will read these bytes back.
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
             if offset == self.cursor:
                 self._hash.update(data)
                 self.cursor += len(data)
+        finally:
+            self._lock.release()
+
+    def catch_up(self, fd, limit):
+        """Hash the file up to ``limit`` (ground known good), unless
+        another thread is at it already."""
+        if self.cursor >= limit or not self._lock.acquire(blocking=False):
+            return
+        try:
+            while self.cursor < limit:
+                data = os.pread(fd, min(4 << 20, limit - self.cursor),
+                                self.cursor)
+                if not data:
+                    return
+                self._hash.update(data)
+                self.cursor += len(data)
+        finally:
+            self._lock.release()
 
     def checkpoint(self, offset):
         with self._lock:
@@ -123,6 +146,8 @@ class Download:
         #: Every chunk found bad at least once.
         self.chunks_found_bad = set()
         self.requests = 0
+        #: Units 0 to _prefix - 1 are all done.
+        self._prefix = 0
 
     # -- the whole download -----------------------------------------------
 
@@ -216,6 +241,7 @@ class Download:
                      % exc)
             with self._lock:
                 self.done.clear()
+                self._prefix = 0
                 self.hasher = WholeHasher(self.algorithm)
             self._save(force=True)
             self._fetch_span(0, self.size, ranges=False)
@@ -364,7 +390,16 @@ class Download:
         index = (position - 1) // self.unit
         with self._lock:
             self.done.add(index)
+        self._advance()
         self._save()
+
+    def _advance(self):
+        """Let the whole-image hash follow the ground known good."""
+        with self._lock:
+            while self._prefix in self.done:
+                self._prefix += 1
+            limit = min(self._prefix * self.unit, self.size)
+        self.hasher.catch_up(self.fd, limit)
 
     def _chunk_checked(self, index, digest):
         start, stop = self.manifest.bounds(index)
@@ -373,6 +408,7 @@ class Download:
             with self._lock:
                 self.done.add(index)
                 self.bad_chunks.discard(index)
+            self._advance()
             self._save()
             return
         self.log('chunk %d (bytes %d-%d) does not match its digest'

@@ -185,6 +185,54 @@ def test_upload_in_four_streams_cut_and_stalled_completes_exactly(
     assert not list((tmp_path / 'cache' / 'sizeaware').glob('upload-*'))
 
 
+def test_a_pipe_with_its_size_is_uploaded_in_parts_and_resumed(
+        glance, api, data, data_file, tmp_path):
+    small = data[:64 * MiB + 5]
+    image_id = api.create_image()
+    with faultproxy.FaultProxy(('127.0.0.1', glance.port)) as proxy:
+        proxy.cut_at(20 * MiB)
+        result = subprocess.run(
+            [CLI, 'upload', '--size', str(len(small)), image_id, '-'],
+            input=small, env=cli_env(glance, proxy.url, tmp_path),
+            capture_output=True, timeout=300)
+        forwarded = proxy.forwarded
+        assert proxy.cut.is_set()
+    assert result.returncode == 0, result.stderr
+    image = api.get_image(image_id)
+    assert image['status'] == 'active'
+    assert image['os_hash_value'] == hashlib.sha512(small).hexdigest()
+    recorded = manifest.Manifest.from_properties(image, len(small))
+    assert recorded.digests == chunk_digests(small)
+    assert forwarded <= len(small) + IN_FLIGHT + OVERHEAD
+
+
+def test_a_pipe_shorter_than_its_size_is_refused_and_nothing_stored(
+        glance, api, tmp_path):
+    image_id = api.create_image()
+    result = subprocess.run(
+        [CLI, 'upload', '--size', str(10 * MiB), image_id, '-'],
+        input=os.urandom(3 * MiB), env=cli_env(glance, glance.url, tmp_path),
+        capture_output=True, timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert b'standard input ended at' in result.stderr
+    assert api.get_image(image_id)['status'] == 'queued'
+
+
+def test_staging_leaves_the_image_uploading(glance, api, tmp_path):
+    small = os.urandom(6 * MiB + 1)
+    source = tmp_path / 'small.raw'
+    source.write_bytes(small)
+    image_id = api.create_image()
+    result = run_cli(cli_env(glance, glance.url, tmp_path), 'upload',
+                     '--stage', '--parallel', '2', image_id, str(source))
+    assert result.returncode == 0, result.stderr
+    image = api.get_image(image_id)
+    assert image['status'] == 'uploading'
+    assert image['size'] == len(small)
+    recorded = manifest.Manifest.from_properties(image, len(small))
+    assert recorded.digests == chunk_digests(small)
+
+
 def test_upload_of_a_queued_image_of_another_project_is_refused(
         glance, data_file, tmp_path):
     other = conftest.client_for(glance, 'user2')
