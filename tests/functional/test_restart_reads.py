@@ -9,7 +9,8 @@ Glance at chosen offsets: resets, clean early ends, stalls. The client
 downloads from Glance directly, hashing as it reads, and must get the whole
 image with the right sha256, or a broken connection: never a short body
 that looks complete, never bytes of another object spliced in. Every test
-runs for both stores.
+runs for both stores; one runs the drivers on Glance 30 (glance_store
+4.x) too.
 
 The read options are set for a quick suite: ``read_retries = 10``,
 ``retry_backoff = 0.002`` (ten failures in a row wait about 2 s in all),
@@ -475,5 +476,43 @@ def test_upstream_bug_stock_drivers_end_the_download_short(
                 'glance_store\'s stock %s driver delivered the whole image '
                 'across a broken connection: the upstream bug this test '
                 'documents looks fixed' % store)
+    finally:
+        server.stop()
+
+
+def test_glance_30_restarts_and_serves_ranges(radosgw, bucket, web,
+                                               proxies):
+    """glance_store 4.x (Glance 30) under the same drivers: a download
+    with the store's connection reset 3 times arrives whole, one restart
+    per reset, and a ranged download is exact, for both stores."""
+    server = glance_stack.Glance(
+        '30', default_backend='cloud',
+        extra_conf=glance_conf(proxies['http'].port),
+        backends={
+            'cloud': s3_backend('sizeaware_s3', radosgw, proxies['s3'].url,
+                                bucket, **READ_OPTIONS),
+            'web': ('sizeaware_http', dict(READ_OPTIONS)),
+        })
+    server.start()
+    try:
+        api = client.GlanceClient(server.url, server.identity_headers(
+            uuid.uuid4().hex))
+        size = 64 * MIB
+        data = random_bytes(size)
+        sha = hashlib.sha256(data).hexdigest()
+        images = {'s3': add_s3_image(api, data),
+                  'http': add_http_image(api, web, proxies['http'].url,
+                                         data)}
+        for store, image_id in images.items():
+            proxies[store].cut_reply_at(*spread(3, size))
+            got = Download(api, image_id)
+            assert (got.error, got.received, got.sha256) == (None, size,
+                                                             sha), store
+            assert proxies[store].reply_faults == 3
+            assert restarts_logged(server, image_id) == 3
+            got = Download(api, image_id, keep=True,
+                           headers={'Range': 'bytes=1000-2000999'})
+            assert got.status == 206, (store, bytes(got.body[:300]))
+            assert bytes(got.body) == data[1000:2001000]
     finally:
         server.stop()
