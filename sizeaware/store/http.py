@@ -85,16 +85,8 @@ class Store(http.Store):
     def get(self, location, offset=0, chunk_size=None, context=None):
         """The image's bytes ``[offset, offset + chunk_size)`` (all of it
         by default), read with restarts, and their length."""
-        conf = self._store_conf()
-        policy = restart.Policy.from_conf(conf)
+        policy, settings = self._settings()
         session = self._session()
-        settings = {
-            'stream': True, 'allow_redirects': False,
-            'timeout': (policy.connect_timeout, policy.read_timeout),
-            'verify': (conf.https_ca_certificates_file
-                       or not conf.https_insecure),
-            'proxies': conf.http_proxy_information,
-        }
         store_location = location.store_location
         # The URL that answered the first request; restarts go there.
         target = {'url': store_location.get_uri()}
@@ -150,6 +142,27 @@ class Store(http.Store):
 
     def _store_conf(self):
         return restart.backend_options(self)
+
+    def _settings(self):
+        """The read policy, and the keyword arguments of every request:
+        streamed, no redirect followed by requests, the policy's connect
+        and read timeouts, the stock options' certificate checks and
+        proxies."""
+        conf = self._store_conf()
+        policy = restart.Policy.from_conf(conf)
+        return policy, {
+            'stream': True, 'allow_redirects': False,
+            'timeout': (policy.connect_timeout, policy.read_timeout),
+            'verify': (conf.https_ca_certificates_file
+                       or not conf.https_insecure),
+            'proxies': conf.http_proxy_information,
+        }
+
+    def _get_response(self, location, verb):
+        """The stock driver's request for ``get_size()`` (a HEAD, also
+        when Glance checks an added location), with the timeouts."""
+        return self._session().request(verb, location.get_uri(),
+                                       **self._settings()[1])
 
     def _session(self):
         """One connection pool for the store's reads."""

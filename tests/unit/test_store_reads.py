@@ -250,6 +250,12 @@ class WebServer:
             def log_message(self, *args):
                 pass
 
+            def do_HEAD(self):
+                self.send_response(200)
+                self.send_header('ETag', outer.etag)
+                self.send_header('Content-Length', str(len(outer.data)))
+                self.end_headers()
+
             def do_GET(self):
                 outer.requests.append((self.path, dict(self.headers)))
                 if self.path == '/moved':
@@ -380,3 +386,30 @@ def test_http_missing_object_is_not_found(web):
     store = http_store()
     with pytest.raises(store_exceptions.NotFound):
         store.get(http_location(store, server.url + '/nothing'))
+
+
+def test_http_get_size_is_the_stock_drivers(web):
+    server = web()
+    store = http_store()
+    assert store.get_size(http_location(store, server.url + '/image')) == N
+
+
+def test_http_get_size_times_out_on_a_silent_server():
+    """The stock driver's HEAD (``get_size()``, and Glance's check of an
+    added location) waits forever on a server that accepts and never
+    answers; through the overridden ``_get_response`` it has the read
+    timeout."""
+    import socket
+    import time
+
+    import requests
+    silent = socket.create_server(('127.0.0.1', 0))
+    try:
+        url = 'http://127.0.0.1:%d/image' % silent.getsockname()[1]
+        store = http_store(read_timeout=0.5)
+        started = time.monotonic()
+        with pytest.raises(requests.exceptions.Timeout):
+            store.get_size(http_location(store, url))
+        assert time.monotonic() - started < 5
+    finally:
+        silent.close()
