@@ -35,6 +35,7 @@ Not a test: nothing is asserted about timings.
 import argparse
 import os
 import pathlib
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -110,6 +111,8 @@ def main():
     parser.add_argument('--size', type=_common.parse_size, default='1G')
     parser.add_argument('--wan-size', type=_common.parse_size,
                         default='256M')
+    parser.add_argument('--repeat', type=int, default=1,
+                        help='rounds of the loopback figures (medians)')
     parser.add_argument('--big', type=_common.parse_size, default=None,
                         help='also the peak RSS of a transfer this big')
     _common.add_glance_options(parser)
@@ -127,55 +130,67 @@ def main():
         url = glance.url
         mb = size / MiB
 
-        # -- single stream, loopback -----------------------------------
-        _common.log('uploads, one stream, %s' % _common.human(size))
-        image = stack.new_image()
-        t, rss_up = stack.cli(url, 'upload', image, str(path))
-        rows['upload cli (ranged PUT, spool)'] = mb / t
-        stored = image
-        image = stack.new_image()
-        t, _ = stack.cli(url, 'upload', '--no-resumable', image, str(path))
-        rows['upload cli (plain PUT)'] = mb / t
-        image = stack.new_image()
-        t, _ = stack.cli(url, 'upload', '--no-resumable', '--no-digests',
-                         image, str(path))
-        rows['upload cli (plain PUT, no digests)'] = mb / t
+        rates = {}
         gclient = glanceclient_for(stack)
-        image = stack.new_image()
-        with open(path, 'rb') as handle:
-            t = timed(lambda: gclient.images.upload(image, handle,
-                                                    image_size=size))
-        rows['upload python-glanceclient'] = mb / t
         sdk = sdk_for(stack)
-        image = stack.new_image()
-        with open(path, 'rb') as handle:
-            def sdk_upload():
-                record = sdk.image.get_image(image)
-                record.data = handle
-                record.upload(sdk.image)
-            t = timed(sdk_upload)
-        rows['upload openstacksdk'] = mb / t
-
-        _common.log('downloads, one stream')
         out = workdir / 'out.raw'
-        t, rss_down = stack.cli(url, 'download', stored, str(out))
-        rows['download cli'] = mb / t
-        out.unlink()
-        t, _ = stack.cli(url, 'download', '--no-chunk-check', stored,
-                         str(out))
-        rows['download cli (no chunk check)'] = mb / t
-        out.unlink()
+        for round_number in range(args.repeat):
+            _common.log('round %d of %d' % (round_number + 1,
+                                            args.repeat))
+            rows = {}
+            # -- single stream, loopback -----------------------------------
+            _common.log('uploads, one stream, %s' % _common.human(size))
+            image = stack.new_image()
+            t, rss_up = stack.cli(url, 'upload', image, str(path))
+            rows['upload cli (ranged PUT, spool)'] = mb / t
+            stored = image
+            image = stack.new_image()
+            t, _ = stack.cli(url, 'upload', '--no-resumable', image,
+                             str(path))
+            rows['upload cli (plain PUT)'] = mb / t
+            image = stack.new_image()
+            t, _ = stack.cli(url, 'upload', '--no-resumable', '--no-digests',
+                             image, str(path))
+            rows['upload cli (plain PUT, no digests)'] = mb / t
+            image = stack.new_image()
+            with open(path, 'rb') as handle:
+                t = timed(lambda image=image, handle=handle:
+                          gclient.images.upload(image, handle,
+                                                image_size=size))
+            rows['upload python-glanceclient'] = mb / t
+            image = stack.new_image()
+            with open(path, 'rb') as handle:
+                def sdk_upload(image=image, handle=handle):
+                    record = sdk.image.get_image(image)
+                    record.data = handle
+                    record.upload(sdk.image)
+                t = timed(sdk_upload)
+            rows['upload openstacksdk'] = mb / t
 
-        def glanceclient_download():
-            with open(out, 'wb') as handle:
-                for piece in gclient.images.data(stored):
-                    handle.write(piece)
-        rows['download python-glanceclient'] = mb / timed(
-            glanceclient_download)
-        out.unlink()
-        rows['download openstacksdk'] = mb / timed(
-            lambda: sdk.image.download_image(stored, output=str(out)))
-        out.unlink()
+            _common.log('downloads, one stream')
+            t, rss_down = stack.cli(url, 'download', stored, str(out))
+            rows['download cli'] = mb / t
+            out.unlink()
+            t, _ = stack.cli(url, 'download', '--no-chunk-check', stored,
+                             str(out))
+            rows['download cli (no chunk check)'] = mb / t
+            out.unlink()
+
+            def glanceclient_download(stored=stored):
+                with open(out, 'wb') as handle:
+                    for piece in gclient.images.data(stored):
+                        handle.write(piece)
+            rows['download python-glanceclient'] = mb / timed(
+                glanceclient_download)
+            out.unlink()
+            rows['download openstacksdk'] = mb / timed(
+                lambda stored=stored: sdk.image.download_image(
+                    stored, output=str(out)))
+            out.unlink()
+            for name, rate in rows.items():
+                rates.setdefault(name, []).append(rate)
+        rows = {name: statistics.median(values)
+                for name, values in rates.items()}
 
         # -- the emulated WAN ------------------------------------------
         wan_path = _common.image_file(args.wan_size)
@@ -209,8 +224,9 @@ def main():
     finally:
         glance.stop()
 
-    lines = ['Transfer client, %s image, one stream on loopback (MiB/s; '
-             'ratio to python-glanceclient)' % _common.human(size), '']
+    lines = ['Transfer client, %s image, one stream on loopback (MiB/s, '
+             'median of %d; ratio to python-glanceclient)'
+             % (_common.human(size), args.repeat), '']
     for kind in ('upload', 'download'):
         base = rows['%s python-glanceclient' % kind]
         for name, rate in rows.items():

@@ -41,6 +41,7 @@ from sizeaware.client import state
 DEFAULT_UNIT = 8 * 2**20
 #: Bytes read from a response at a time.
 READ_SIZE = 1 << 20
+#: How often the state file is rewritten during a download.
 STATE_INTERVAL = 1.0
 #: Times a chunk whose digest is wrong is fetched again.
 REFETCHES = 3
@@ -139,7 +140,7 @@ class Download:
         self.default_unit = unit
         self.path = '/v2/images/%s/file' % image_id
         self._lock = threading.Lock()
-        self._saved_at = 0.0
+        self._save_lock = threading.Lock()
         self.fetched = 0
         self.refetched = 0
         self.bad_chunks = set()
@@ -200,11 +201,16 @@ class Download:
             self.hasher = WholeHasher(algorithm)
             self.progress = progress_mod.Progress(
                 size, self.resumed_from, 'download', self.show_progress)
+            saver = threading.Thread(target=self._keep_saving, daemon=True)
+            self._stop_saving = threading.Event()
+            saver.start()
             try:
                 self._fetch_all()
             finally:
+                self._stop_saving.set()
+                saver.join()
                 self.progress.close()
-            self._save(force=True)
+            self._save()
             digest = self.hasher.finish(self.fd, size)
             if expected and digest != expected:
                 self._discard()
@@ -243,7 +249,7 @@ class Download:
                 self.done.clear()
                 self._prefix = 0
                 self.hasher = WholeHasher(self.algorithm)
-            self._save(force=True)
+            self._save()
             self._fetch_span(0, self.size, ranges=False)
         for _attempt in range(REFETCHES):
             bad = sorted(i for i in range(self.count) if i not in self.done)
@@ -391,7 +397,6 @@ class Download:
         with self._lock:
             self.done.add(index)
         self._advance()
-        self._save()
 
     def _advance(self):
         """Let the whole-image hash follow the ground known good."""
@@ -409,7 +414,6 @@ class Download:
                 self.done.add(index)
                 self.bad_chunks.discard(index)
             self._advance()
-            self._save()
             return
         self.log('chunk %d (bytes %d-%d) does not match its digest'
                  % (index, start, stop - 1))
@@ -424,18 +428,23 @@ class Download:
 
     # -- state ------------------------------------------------------------
 
-    def _save(self, force=False):
-        now = time.monotonic()
-        with self._lock:
-            if not force and now - self._saved_at < STATE_INTERVAL:
-                return
-            self._saved_at = now
-            done = sorted(self.done)
-            etag = self.etag
-        # The data first, then the record saying it is there.
-        os.fdatasync(self.fd)
-        state.save(self.state_path, {'identity': self.identity,
-                                     'etag': etag, 'done': done})
+    def _keep_saving(self):
+        """Save the state every :data:`STATE_INTERVAL`, beside the
+        transfer (flushing the data to disk takes time the streams need
+        not wait for)."""
+        while not self._stop_saving.wait(STATE_INTERVAL):
+            self._save()
+
+    def _save(self):
+        with self._save_lock:
+            with self._lock:
+                done = sorted(self.done)
+                etag = self.etag
+            # The data first (every unit listed was written before this
+            # flush began), then the record saying it is there.
+            os.fdatasync(self.fd)
+            state.save(self.state_path, {'identity': self.identity,
+                                         'etag': etag, 'done': done})
 
     def _discard(self):
         state.remove(self.state_path)
