@@ -334,3 +334,10 @@ def test_an_unreachable_glance_exits_1(capsys, monkeypatch, tmp_path):
                           'img', str(tmp_path / 'out')])
     assert code == 1
     assert 'cannot reach Glance' in capsys.readouterr().err
+
+
+def test_the_console_script_is_the_command():
+    from importlib import metadata
+    (entry,) = [e for e in metadata.entry_points(group='console_scripts')
+                if e.name == 'sizeaware']
+    assert entry.load() is transfer.main
