@@ -158,6 +158,10 @@ def _mib(count):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, 'chunk_size', None) is not None and (
+            args.chunk_size < manifest.MIN_CHUNK):
+        parser.error('--chunk-size must be at least %d'
+                     % manifest.MIN_CHUNK)
     show = False if args.no_progress else None
     try:
         conn = _connect(args)

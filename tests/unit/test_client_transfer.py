@@ -319,9 +319,15 @@ def test_the_help_reads_like_a_manual(capsys):
         assert word in out
 
 
-def test_bad_usage_exits_2(capsys):
+@pytest.mark.parametrize('argv', [
+    ['upload', '--parallel', '0', 'img', 'f'],
+    ['upload', '--chunk-size', '1M', 'img', 'f'],
+    ['upload', '--size', 'lots', 'img', '-'],
+    ['download', 'img'],
+    ['copy', 'img', 'f']])
+def test_bad_usage_exits_2(capsys, argv):
     with pytest.raises(SystemExit) as caught:
-        transfer.main(['upload', '--parallel', '0', 'img', 'f'])
+        transfer.main(argv)
     assert caught.value.code == 2
 
 
