@@ -50,6 +50,7 @@ from tests.functional import faultproxy
 from teststack import glance as glance_stack
 
 CLI = str(pathlib.Path(sys.executable).with_name('sizeaware'))
+PEAK_RSS = pathlib.Path(__file__).resolve().with_name('_peak_rss.py')
 
 
 class Stack:
@@ -73,15 +74,12 @@ class Stack:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith('OS_')}
         started = time.perf_counter()
-        child = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(child.pid, 0)
+        result = subprocess.run([sys.executable, str(PEAK_RSS), *argv],
+                                env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - started
-        err = child.stderr.read().decode()
-        child.stderr.close()
-        child.returncode = os.waitstatus_to_exitcode(status)
-        if child.returncode:
-            raise RuntimeError('%s: %s' % (' '.join(argv), err))
-        return seconds, usage.ru_maxrss / 1024
+        if result.returncode:
+            raise RuntimeError('%s: %s' % (' '.join(argv), result.stderr))
+        return seconds, int(result.stdout.split()[-1]) / 1024
 
 
 def glanceclient_for(stack):
@@ -131,66 +129,85 @@ def main():
         mb = size / MiB
 
         rates = {}
+        peaks = {}
         gclient = glanceclient_for(stack)
         sdk = sdk_for(stack)
         out = workdir / 'out.raw'
+        # The image every download reads, uploaded by the CLI (so that it
+        # has chunk digests).
+        stored = stack.new_image()
+        stack.cli(url, 'upload', '--no-resumable', stored, str(path))
+
+        def cli_upload(*options):
+            def run():
+                seconds, peak = stack.cli(url, 'upload', *options,
+                                          stack.new_image(), str(path))
+                peaks['upload'] = peak
+                return seconds
+            return run
+
+        def library_upload(upload):
+            def run():
+                image = stack.new_image()
+                with open(path, 'rb') as handle:
+                    return timed(lambda: upload(image, handle))
+            return run
+
+        def sdk_upload(image, handle):
+            record = sdk.image.get_image(image)
+            record.data = handle
+            record.upload(sdk.image)
+
+        def cli_download(*options):
+            def run():
+                seconds, peak = stack.cli(url, 'download', *options, stored,
+                                          str(out))
+                peaks['download'] = peak
+                out.unlink()
+                return seconds
+            return run
+
+        def glanceclient_download():
+            with open(out, 'wb') as handle:
+                for piece in gclient.images.data(stored):
+                    handle.write(piece)
+
+        def library_download(download):
+            def run():
+                seconds = timed(download)
+                out.unlink()
+                return seconds
+            return run
+
+        tasks = [
+            ('upload cli (ranged PUT, spool)', cli_upload()),
+            ('upload cli (plain PUT)', cli_upload('--no-resumable')),
+            ('upload cli (plain PUT, no digests)',
+             cli_upload('--no-resumable', '--no-digests')),
+            ('upload python-glanceclient', library_upload(
+                lambda image, handle: gclient.images.upload(
+                    image, handle, image_size=size))),
+            ('upload openstacksdk', library_upload(sdk_upload)),
+            ('download cli', cli_download()),
+            ('download cli (no chunk check)',
+             cli_download('--no-chunk-check')),
+            ('download python-glanceclient',
+             library_download(glanceclient_download)),
+            ('download openstacksdk', library_download(
+                lambda: sdk.image.download_image(stored, output=str(out)))),
+        ]
         for round_number in range(args.repeat):
-            _common.log('round %d of %d' % (round_number + 1,
-                                            args.repeat))
-            rows = {}
-            # -- single stream, loopback -----------------------------------
-            _common.log('uploads, one stream, %s' % _common.human(size))
-            image = stack.new_image()
-            t, rss_up = stack.cli(url, 'upload', image, str(path))
-            rows['upload cli (ranged PUT, spool)'] = mb / t
-            stored = image
-            image = stack.new_image()
-            t, _ = stack.cli(url, 'upload', '--no-resumable', image,
-                             str(path))
-            rows['upload cli (plain PUT)'] = mb / t
-            image = stack.new_image()
-            t, _ = stack.cli(url, 'upload', '--no-resumable', '--no-digests',
-                             image, str(path))
-            rows['upload cli (plain PUT, no digests)'] = mb / t
-            image = stack.new_image()
-            with open(path, 'rb') as handle:
-                t = timed(lambda image=image, handle=handle:
-                          gclient.images.upload(image, handle,
-                                                image_size=size))
-            rows['upload python-glanceclient'] = mb / t
-            image = stack.new_image()
-            with open(path, 'rb') as handle:
-                def sdk_upload(image=image, handle=handle):
-                    record = sdk.image.get_image(image)
-                    record.data = handle
-                    record.upload(sdk.image)
-                t = timed(sdk_upload)
-            rows['upload openstacksdk'] = mb / t
-
-            _common.log('downloads, one stream')
-            t, rss_down = stack.cli(url, 'download', stored, str(out))
-            rows['download cli'] = mb / t
-            out.unlink()
-            t, _ = stack.cli(url, 'download', '--no-chunk-check', stored,
-                             str(out))
-            rows['download cli (no chunk check)'] = mb / t
-            out.unlink()
-
-            def glanceclient_download(stored=stored):
-                with open(out, 'wb') as handle:
-                    for piece in gclient.images.data(stored):
-                        handle.write(piece)
-            rows['download python-glanceclient'] = mb / timed(
-                glanceclient_download)
-            out.unlink()
-            rows['download openstacksdk'] = mb / timed(
-                lambda stored=stored: sdk.image.download_image(
-                    stored, output=str(out)))
-            out.unlink()
-            for name, rate in rows.items():
-                rates.setdefault(name, []).append(rate)
-        rows = {name: statistics.median(values)
-                for name, values in rates.items()}
+            _common.log('round %d of %d, %s, one stream'
+                        % (round_number + 1, args.repeat,
+                           _common.human(size)))
+            # A different order each round: what runs right after an
+            # upload shares the disk with its write-back.
+            shift = round_number % len(tasks)
+            for name, run in tasks[shift:] + tasks[:shift]:
+                rates.setdefault(name, []).append(mb / run())
+        rss_up, rss_down = peaks['upload'], peaks['download']
+        rows = {name: statistics.median(rates[name])
+                for name, _ in tasks}
 
         # -- the emulated WAN ------------------------------------------
         wan_path = _common.image_file(args.wan_size)
