@@ -153,9 +153,10 @@ When a request's bytes complete the image (one ``PUT`` with the whole
 image, or the last tus ``PATCH``), Glance then reads the bytes already
 held from the spool and this request's bytes as they arrive, while they
 are also written to the spool; the checks of finalize still run before
-Glance receives the last byte. A single-stream upload then takes about as
-long as a plain upload, instead of the time to receive it plus the time
-for Glance to store it.
+Glance receives the last byte. The image is then ``active`` a fraction of
+a second after its last byte instead of seconds per GiB later (the time
+for Glance to store it), and where the API worker has a core to spare
+the upload takes about as long as a plain upload.
 
 The cost: if the Glance API worker dies (is killed, runs out of memory)
 while such a request is arriving, Glance leaves the image in ``saving``,
