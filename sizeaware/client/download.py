@@ -21,9 +21,11 @@ then fsynced and renamed into place.
 
 import concurrent.futures
 import contextlib
+import functools
 import hashlib
 import os
 import pathlib
+import queue
 import sys
 import threading
 import time
@@ -115,6 +117,45 @@ class WholeHasher:
                 self._hash.update(data)
                 self.cursor += len(data)
             return self._hash.hexdigest()
+
+
+class _HashPipe:
+    """Runs ``work(position, piece)`` for each piece, in order, on a
+    thread of its own: hashing (which releases the GIL) then overlaps
+    with receiving and writing the next pieces, on another core."""
+
+    _END = None
+
+    def __init__(self, work, depth=16):
+        self._work = work
+        self._queue = queue.Queue(maxsize=depth)
+        self.error = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def put(self, position, piece):
+        if self.error is not None:
+            raise self.error
+        self._queue.put((position, piece))
+
+    def close(self):
+        """Wait until every piece put was hashed (idempotent)."""
+        if self._thread.is_alive():
+            self._queue.put(self._END)
+            self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def _run(self):
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if self.error is None:
+                try:
+                    self._work(*item)
+                except Exception as exc:  # raised again to the receiver
+                    self.error = exc
 
 
 def part_paths(destination):
@@ -329,6 +370,8 @@ class Download:
                     read_at=self._read_at)
             began = position
             cursor = [position]  # moved by _receive as bytes are written
+            pipe = _HashPipe(functools.partial(self._digest,
+                                               verifier=verifier))
             try:
                 if check_record:
                     answers.same_record(self.record,
@@ -348,20 +391,24 @@ class Download:
                         if response.status_code == 200:
                             raise RangesIgnored(str(exc)) from None
                         raise
-                    self._receive(response, cursor, stop, verifier)
+                    self._receive(response, cursor, stop, pipe)
+                pipe.close()
                 position = cursor[0]
                 if position < stop:
                     raise errors.Transient('the answer ended at byte %d of '
                                            '%d' % (position, stop))
             except (errors.Transient,) + connection.CONNECTION_ERRORS as exc:
+                pipe.close()
                 position = cursor[0]
                 if position > began:
                     backoff.progressed()
                 backoff.failed(exc)
                 self.log('the download broke at byte %d (%s); resuming'
                          % (position, _short(exc)))
+            finally:
+                pipe.close()
 
-    def _receive(self, response, cursor, stop, verifier):
+    def _receive(self, response, cursor, stop, pipe):
         """Write the answer's bytes from ``cursor[0]`` on, moving it past
         each piece written (so that a break leaves it at the exact offset
         to resume from)."""
@@ -371,16 +418,22 @@ class Download:
                 raise errors.Transient('the answer is longer than asked')
             for piece in self._pieces(data, position):
                 os.pwrite(self.fd, piece, position)
-                self.hasher.feed(position, piece)
+                pipe.put(position, piece)
                 position += len(piece)
-                if verifier is not None:
-                    verifier.feed(piece)
-                elif position % self.unit == 0 or position == self.size:
-                    self._unit_done(position)
                 cursor[0] = position
                 with self._lock:
                     self.fetched += len(piece)
                 self.progress.update(len(piece))
+
+    def _digest(self, position, piece, verifier):
+        """The hashes of a piece written at ``position`` (on the span's
+        hashing thread)."""
+        self.hasher.feed(position, piece)
+        end = position + len(piece)
+        if verifier is not None:
+            verifier.feed(piece)
+        elif end % self.unit == 0 or end == self.size:
+            self._unit_done(end)
 
     def _pieces(self, data, position):
         """``data`` cut where units end, so each unit's verdict comes

@@ -233,6 +233,27 @@ def test_staging_leaves_the_image_uploading(glance, api, tmp_path):
     assert recorded.digests == chunk_digests(small)
 
 
+def test_a_plain_upload_cut_starts_again_and_completes(
+        glance, api, data, tmp_path):
+    small = data[:32 * MiB + 1]
+    source = tmp_path / 'small.raw'
+    source.write_bytes(small)
+    image_id = api.create_image()
+    with faultproxy.FaultProxy(('127.0.0.1', glance.port)) as proxy:
+        proxy.cut_at(10 * MiB)
+        result = run_cli(cli_env(glance, proxy.url, tmp_path), 'upload',
+                         '--no-resumable', image_id, str(source))
+        forwarded = proxy.forwarded
+        assert proxy.cut.is_set()
+    assert result.returncode == 0, result.stderr
+    assert 'starting again' in result.stderr
+    image = api.get_image(image_id)
+    assert image['status'] == 'active'
+    assert image['os_hash_value'] == hashlib.sha512(small).hexdigest()
+    # Glance keeps nothing of a broken upload: all of it went again.
+    assert forwarded >= 10 * MiB + len(small)
+
+
 def test_upload_of_a_queued_image_of_another_project_is_refused(
         glance, data_file, tmp_path):
     other = conftest.client_for(glance, 'user2')
