@@ -54,69 +54,65 @@ class RangesIgnored(errors.NotSpliceable):
 
 
 class WholeHasher:
-    """The whole image's digest, computed from the bytes written in order.
+    """The whole image's digest, computed from the partial file by a
+    thread of its own that follows the ground known good (units written,
+    and verified where the image has chunk digests) as it grows.
 
-    Pieces arriving at the cursor are hashed as they come (a single stream
-    is hashed in one pass); bytes written elsewhere (other streams) are
-    read back from the file by :meth:`catch_up` as the ground before them
-    fills, while the transfer goes on, and by :meth:`finish`.
-    :meth:`checkpoint` marks verified ground and :meth:`rewind` goes back
-    to it when a chunk turns out bad.
+    It never hashes a byte that may still be replaced (a bad chunk is not
+    ground known good until it was fetched again), it overlaps with the
+    streams, and it reads what they wrote from the page cache.
     """
 
-    def __init__(self, algorithm):
+    def __init__(self, algorithm, fd):
         self._hash = hashlib.new(algorithm)
+        self._fd = fd
         self.cursor = 0
-        self._mark = (self._hash.copy(), 0)
-        self._lock = threading.Lock()
+        self._target = 0
+        self._stopped = False
+        self.error = None
+        self._wake = threading.Condition()
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+        self._thread.start()
 
-    def feed(self, offset, data):
-        # Never wait for a catch-up: it will read these bytes back.
-        if not self._lock.acquire(blocking=False):
-            return
-        try:
-            if offset == self.cursor:
-                self._hash.update(data)
-                self.cursor += len(data)
-        finally:
-            self._lock.release()
+    def advance_to(self, limit):
+        """Bytes before ``limit`` are known good: hash them."""
+        with self._wake:
+            if limit > self._target:
+                self._target = limit
+                self._wake.notify()
 
-    def catch_up(self, fd, limit):
-        """Hash the file up to ``limit`` (ground known good), unless
-        another thread is at it already."""
-        if self.cursor >= limit or not self._lock.acquire(blocking=False):
-            return
-        try:
-            while self.cursor < limit:
-                data = os.pread(fd, min(4 << 20, limit - self.cursor),
+    def stop(self):
+        """Hash up to the last limit given, then end the thread."""
+        with self._wake:
+            self._stopped = True
+            self._wake.notify()
+        self._thread.join()
+
+    def finish(self, size):
+        """The hex digest of the ``size`` bytes of the file."""
+        self.advance_to(size)
+        self.stop()
+        if self.error is not None:
+            raise self.error
+        return self._hash.hexdigest()
+
+    def _follow(self):
+        while True:
+            with self._wake:
+                while self.cursor >= self._target and not self._stopped:
+                    self._wake.wait()
+                if self.cursor >= self._target:
+                    return
+                target = self._target
+            while self.cursor < target:
+                data = os.pread(self._fd, min(4 << 20, target - self.cursor),
                                 self.cursor)
                 if not data:
+                    self.error = errors.IntegrityError(
+                        'the partial file ends at byte %d' % self.cursor)
                     return
                 self._hash.update(data)
                 self.cursor += len(data)
-        finally:
-            self._lock.release()
-
-    def checkpoint(self, offset):
-        with self._lock:
-            if self.cursor == offset:
-                self._mark = (self._hash.copy(), offset)
-
-    def rewind(self, offset):
-        with self._lock:
-            if self.cursor > offset:
-                self._hash, self.cursor = self._mark[0].copy(), self._mark[1]
-
-    def finish(self, fd, size):
-        with self._lock:
-            while self.cursor < size:
-                data = os.pread(fd, min(4 << 20, size - self.cursor),
-                                self.cursor)
-                if not data:
-                    raise errors.IntegrityError('the partial file is short')
-                self._hash.update(data)
-                self.cursor += len(data)
-            return self._hash.hexdigest()
 
 
 class _HashPipe:
@@ -239,7 +235,7 @@ class Download:
                 self.log('resuming: %d of %d bytes are in %s'
                          % (self.resumed_from, size, self.part))
             self.algorithm = algorithm
-            self.hasher = WholeHasher(algorithm)
+            self.hasher = WholeHasher(algorithm, self.fd)
             self.progress = progress_mod.Progress(
                 size, self.resumed_from, 'download', self.show_progress)
             saver = threading.Thread(target=self._keep_saving, daemon=True)
@@ -252,7 +248,7 @@ class Download:
                 saver.join()
                 self.progress.close()
             self._save()
-            digest = self.hasher.finish(self.fd, size)
+            digest = self.hasher.finish(size)
             if expected and digest != expected:
                 self._discard()
                 raise errors.IntegrityError(
@@ -264,6 +260,9 @@ class Download:
                          % self.image_id)
             os.fsync(self.fd)
         finally:
+            hasher = getattr(self, 'hasher', None)
+            if hasher is not None:
+                hasher.stop()  # it reads the file: before closing it
             os.close(self.fd)
         os.replace(self.part, self.destination)
         _fsync_dir(self.destination.parent)
@@ -289,7 +288,9 @@ class Download:
             with self._lock:
                 self.done.clear()
                 self._prefix = 0
-                self.hasher = WholeHasher(self.algorithm)
+                old, self.hasher = self.hasher, WholeHasher(self.algorithm,
+                                                            self.fd)
+            old.stop()
             self._save()
             self._fetch_span(0, self.size, ranges=False)
         for _attempt in range(REFETCHES):
@@ -426,9 +427,8 @@ class Download:
                 self.progress.update(len(piece))
 
     def _digest(self, position, piece, verifier):
-        """The hashes of a piece written at ``position`` (on the span's
-        hashing thread)."""
-        self.hasher.feed(position, piece)
+        """The chunk digests of a piece written at ``position`` (on the
+        span's hashing thread)."""
         end = position + len(piece)
         if verifier is not None:
             verifier.feed(piece)
@@ -457,12 +457,11 @@ class Download:
             while self._prefix in self.done:
                 self._prefix += 1
             limit = min(self._prefix * self.unit, self.size)
-        self.hasher.catch_up(self.fd, limit)
+        self.hasher.advance_to(limit)
 
     def _chunk_checked(self, index, digest):
         start, stop = self.manifest.bounds(index)
         if digest == self.manifest.digests.get(index):
-            self.hasher.checkpoint(stop)
             with self._lock:
                 self.done.add(index)
                 self.bad_chunks.discard(index)
@@ -470,7 +469,6 @@ class Download:
             return
         self.log('chunk %d (bytes %d-%d) does not match its digest'
                  % (index, start, stop - 1))
-        self.hasher.rewind(start)
         with self._lock:
             self.bad_chunks.add(index)
             self.chunks_found_bad.add(index)

@@ -4,6 +4,7 @@ hasher and the command line."""
 
 import hashlib
 import os
+import time
 
 import hypothesis
 from hypothesis import strategies as st
@@ -212,52 +213,48 @@ def test_a_file_that_shrank_is_a_short_body(tmp_path):
 # -- the whole-image hasher -------------------------------------------------
 
 
-def test_the_whole_hasher_reads_back_what_came_out_of_order(tmp_path):
-    data = os.urandom(10000)
+def test_the_whole_hasher_follows_the_ground_given(tmp_path):
+    data = os.urandom(10 * 2**20 + 7)
     path = tmp_path / 'f'
     path.write_bytes(data)
-    hasher = download.WholeHasher('sha512')
-    hasher.feed(0, data[:3000])
-    hasher.feed(5000, data[5000:])  # another stream: not at the cursor
     fd = os.open(path, os.O_RDONLY)
     try:
-        assert hasher.finish(fd, len(data)) == hashlib.sha512(
-            data).hexdigest()
+        hasher = download.WholeHasher('sha512', fd)
+        hasher.advance_to(4000)
+        hasher.advance_to(3000)  # never backwards
+        hasher.advance_to(5 * 2**20)
+        assert hasher.finish(len(data)) == hashlib.sha512(data).hexdigest()
+        assert hasher.cursor == len(data)
     finally:
         os.close(fd)
 
 
-def test_the_whole_hasher_catches_up_as_ground_fills(tmp_path):
-    data = os.urandom(10000)
+def test_the_whole_hasher_hashes_nothing_past_the_ground_given(tmp_path):
     path = tmp_path / 'f'
-    path.write_bytes(data)
-    hasher = download.WholeHasher('sha512')
-    fd = os.open(path, os.O_RDONLY)
+    path.write_bytes(b'a' * 100 + b'BAD' + b'c' * 97)
+    fd = os.open(path, os.O_RDWR)
     try:
-        hasher.catch_up(fd, 4000)
-        assert hasher.cursor == 4000
-        hasher.feed(4000, data[4000:6000])  # the stream at the cursor
-        hasher.catch_up(fd, 5000)  # behind the cursor: nothing to do
-        assert hasher.cursor == 6000
-        assert hasher.finish(fd, len(data)) == hashlib.sha512(
-            data).hexdigest()
+        hasher = download.WholeHasher('sha256', fd)
+        hasher.advance_to(100)
+        deadline = time.monotonic() + 10
+        while hasher.cursor < 100 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert hasher.cursor == 100
+        os.pwrite(fd, b'bbb', 100)  # the bad chunk fetched again
+        assert hasher.finish(200) == hashlib.sha256(
+            b'a' * 100 + b'bbb' + b'c' * 97).hexdigest()
     finally:
         os.close(fd)
 
 
-def test_the_whole_hasher_rewinds_past_a_bad_chunk(tmp_path):
-    data = os.urandom(300)
+def test_a_short_partial_file_is_an_integrity_error(tmp_path):
     path = tmp_path / 'f'
-    path.write_bytes(data)
-    hasher = download.WholeHasher('sha256')
-    hasher.feed(0, data[:100])
-    hasher.checkpoint(100)
-    hasher.feed(100, b'\0' * 100)  # a chunk that turns out bad
-    hasher.rewind(100)
-    assert hasher.cursor == 100
+    path.write_bytes(b'x' * 10)
     fd = os.open(path, os.O_RDONLY)
     try:
-        assert hasher.finish(fd, 300) == hashlib.sha256(data).hexdigest()
+        hasher = download.WholeHasher('sha256', fd)
+        with pytest.raises(errors.IntegrityError):
+            hasher.finish(20)
     finally:
         os.close(fd)
 
