@@ -34,7 +34,9 @@ The stores, each a class below (:data:`STORES`; add one there):
     an RBD pool of a one-node Ceph (``teststack.ceph``), images uploaded
     through Glance with their size. Part (a) only: librados talks to the
     monitors and OSDs itself, there is no one connection to cut, and
-    ``sizeaware_rbd`` adds ranged reads, not restarts.
+    ``sizeaware_rbd`` adds ranged reads, not restarts. Its two Glances
+    share one database and name their backend alike, so that both drivers
+    read the same RBD image (the same data in the same place).
 
 The client reads each download into one reused buffer and checks its
 length (and once per image, its sha256, outside the timing). Run from the
@@ -52,7 +54,9 @@ import hashlib
 import http.client
 import json
 import re
+import shutil
 import sys
+import tempfile
 import time
 import urllib.parse
 import uuid
@@ -235,6 +239,8 @@ class RBDStore:
     stock, ours = 'rbd', 'sizeaware_rbd'
     #: No proxy can stand between librados and the cluster: part (a) only.
     target = None
+    #: Both drivers read one RBD image.
+    one_image = True
 
     def __init__(self, args):
         from teststack import ceph
@@ -305,24 +311,37 @@ def bench_store(store, args, image, image_sha):
     # One Glance per backend: Glance maps an added location to the first
     # backend whose URL prefix it starts with, and every http backend's
     # prefix is "http".
+    # A store with ``one_image``: the Glances share one database and name
+    # their backend alike, so one image, stored once, is read through each
+    # driver (the same data in the same place for both).
+    one_image = getattr(store, 'one_image', False)
+    workdir = database = None
+    if one_image:
+        workdir = tempfile.mkdtemp(prefix='store-reads-')
+        database = 'sqlite:///%s/glance.sqlite' % workdir
     servers = {}
     tables = []
     try:
         for backend, (kind, options) in backends.items():
+            name = store.name if one_image else backend
             servers[backend] = glance_stack.Glance(
-                args.release, default_backend=backend, processes=1,
-                threads=4, backends={backend: (kind, options)},
-                extra_conf=store.conf())
+                args.release, default_backend=name, processes=1,
+                threads=4, backends={name: (kind, options)},
+                database_url=database, extra_conf=store.conf())
             servers[backend].start()
         images = {}
         for backend, server in servers.items():
+            name = store.name if one_image else backend
             api = _common.GlanceAPI(server.url,
                                     server.identity_headers('bench'))
-            images[backend] = store.add_image(
-                api, backend, image, args.size,
-                proxy if backend == 'cut' else None)
-            if api.get(images[backend])['stores'] != backend:
-                raise RuntimeError('image not in %s' % backend)
+            if one_image and images:
+                images[backend] = next(iter(images.values()))
+            else:
+                images[backend] = store.add_image(
+                    api, name, image, args.size,
+                    proxy if backend == 'cut' else None)
+            if api.get(images[backend])['stores'] != name:
+                raise RuntimeError('image not in %s' % name)
             _, sha = download(server.url, api.identity, images[backend],
                               args.size, digest=True)
             if sha != image_sha:
@@ -386,6 +405,8 @@ def bench_store(store, args, image, image_sha):
             server.stop()
         if proxy is not None:
             proxy.close()
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
     return tables
 
 
