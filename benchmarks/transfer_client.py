@@ -35,6 +35,7 @@ Not a test: nothing is asserted about timings.
 import argparse
 import os
 import pathlib
+import shutil
 import statistics
 import subprocess
 import sys
@@ -240,6 +241,7 @@ def main():
             big = (big_up, big_down)
     finally:
         glance.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
     lines = ['Transfer client, %s image, one stream on loopback (MiB/s, '
              'median of %d; ratio to python-glanceclient)'
