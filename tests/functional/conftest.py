@@ -16,6 +16,7 @@ runs with ``verify_download`` on (:data:`DOWNLOAD_OPTIONS`), so every
 download of the suite is also verified.
 """
 
+import contextlib
 import itertools
 import os
 import subprocess
@@ -64,6 +65,28 @@ def glance_on(release, server, **kwargs):
                                      client_socket_timeout=STALL_TIMEOUT)
         kwargs['extra_conf'] = extra_conf
     return glance_stack.Glance(release, server=server, **kwargs)
+
+
+@contextlib.contextmanager
+def glance_behind_keystone(postgres, keystone, database, **kwargs):
+    """A started Glance 33 behind the run's keystone, two processes of four
+    threads, on its own PostgreSQL ``database``, with ``tokens`` of the
+    users of :data:`KEYSTONE_USERS` (two projects); ``kwargs`` go to
+    :class:`teststack.glance.Glance`."""
+    if not KEYSTONE_RELEASES:
+        pytest.skip('no keystone deployments in this run')
+    server = glance_stack.Glance(
+        '33', flavor='keystone', processes=2, threads=4,
+        database_url=postgres.create_database(database),
+        extra_conf=keystone.glance_conf(), **kwargs)
+    server.start()
+    try:
+        server.keystone = keystone
+        server.tokens = {user: keystone.token(user)
+                         for user in KEYSTONE_USERS}
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope='session')

@@ -41,7 +41,6 @@ from sizeaware.client import download as download_mod
 from sizeaware.client import manifest
 from tests.functional import conftest
 from tests.functional import faultproxy
-from teststack import glance as glance_stack
 
 MiB = 2**20
 N = 256 * MiB
@@ -58,18 +57,9 @@ CLI = str(pathlib.Path(sys.executable).with_name('sizeaware'))
 @pytest.fixture(scope='module')
 def glance(postgres, keystone):
     """Glance 33 behind keystone, resumable uploads on."""
-    if not conftest.KEYSTONE_RELEASES:
-        pytest.skip('no keystone deployments in this run')
-    server = glance_stack.Glance(
-        '33', flavor='keystone', resumable={}, processes=2, threads=4,
-        database_url=postgres.create_database('glance33client'),
-        extra_conf=keystone.glance_conf())
-    server.start()
-    server.keystone = keystone
-    server.tokens = {user: keystone.token(user)
-                     for user in conftest.KEYSTONE_USERS}
-    yield server
-    server.stop()
+    with conftest.glance_behind_keystone(postgres, keystone, 'glance33client',
+                                         resumable={}) as server:
+        yield server
 
 
 @pytest.fixture(scope='module')

@@ -238,18 +238,9 @@ def test_bad_ranges_and_status_document(glance, identity, tmp_path):
 @pytest.fixture(scope='module')
 def glance_keystone(postgres, keystone):
     """Glance 33 behind the run's keystone, with the resumable filter."""
-    if not conftest.KEYSTONE_RELEASES:
-        pytest.skip('no keystone deployments in this run')
-    server = glance_stack.Glance(
-        '33', flavor='keystone', resumable={}, processes=2, threads=4,
-        database_url=postgres.create_database('glance33resumable'),
-        extra_conf=keystone.glance_conf())
-    server.start()
-    server.keystone = keystone
-    server.tokens = {user: keystone.token(user)
-                     for user in conftest.KEYSTONE_USERS}
-    yield server
-    server.stop()
+    with conftest.glance_behind_keystone(
+            postgres, keystone, 'glance33resumable', resumable={}) as server:
+        yield server
 
 
 def test_another_projects_user_gets_404_for_a_session_of_an_image_it_sees(

@@ -21,7 +21,6 @@ from tusclient import exceptions as tus_exceptions
 from tests.functional import client
 from tests.functional import conftest
 from tests.functional import faultproxy
-from teststack import glance as glance_stack
 
 MiB = 1024 * 1024
 DATA = os.urandom(256 * MiB)
@@ -35,15 +34,10 @@ CUT = 160 * MiB
 
 @pytest.fixture(scope='module')
 def glance(postgres, keystone):
-    server = glance_stack.Glance(
-        '33', flavor='keystone', resumable={}, processes=2, threads=4,
-        database_url=postgres.create_database('glance33tus'),
-        extra_conf=keystone.glance_conf())
-    server.start()
-    server.tokens = {user: keystone.token(user)
-                     for user in conftest.KEYSTONE_USERS}
-    yield server
-    server.stop()
+    """Glance 33 behind the run's keystone, with the resumable filter."""
+    with conftest.glance_behind_keystone(postgres, keystone, 'glance33tus',
+                                         resumable={}) as server:
+        yield server
 
 
 @pytest.fixture(scope='module')
