@@ -18,7 +18,6 @@ The read options are set for a quick suite: ``read_retries = 10``,
 """
 
 import hashlib
-import http.client
 import json
 import os
 import re
@@ -30,6 +29,7 @@ import pytest
 
 from tests.functional import client
 from tests.functional import faultproxy
+from tests.functional import ranges
 from teststack import glance as glance_stack
 from teststack import nginx
 
@@ -168,60 +168,6 @@ def big_images(api, web, proxies):
                                    BIG_DATA)}
 
 
-class Download:
-    """What a client got from ``GET .../file``: status, headers, bytes
-    (hashed, and kept only when small), and the error that ended it."""
-
-    def __init__(self, api, image_id, headers=None, keep=False,
-                 pause_after=None, on_pause=None):
-        conn = http.client.HTTPConnection(api.host, api.port, timeout=60)
-        self.sha = hashlib.sha256()
-        self.received = 0
-        self.error = None
-        self.body = bytearray() if keep else None
-        try:
-            conn.request('GET', '/v2/images/%s/file' % image_id,
-                         headers=dict(api.headers, **(headers or {})))
-            resp = conn.getresponse()
-            self.status = resp.status
-            self.headers = {k.lower(): v for k, v in resp.getheaders()}
-            try:
-                while True:
-                    want = MIB
-                    if pause_after is not None and self.received < (
-                            pause_after):
-                        want = min(want, pause_after - self.received)
-                    data = resp.read(want)
-                    if not data:
-                        break
-                    self._take(data)
-                    if pause_after is not None and (
-                            self.received == pause_after):
-                        on_pause()
-                        pause_after = None
-            except (http.client.HTTPException, OSError) as exc:
-                self.error = exc
-            length = self.headers.get('content-length')
-            if self.error is None and length is not None and (
-                    self.received != int(length)):
-                # http.client's read(n) ends quietly when the connection
-                # closes early: the client itself compares the length.
-                self.error = 'body of %d bytes, Content-Length %s' % (
-                    self.received, length)
-        finally:
-            conn.close()
-
-    def _take(self, data):
-        self.sha.update(data)
-        self.received += len(data)
-        if self.body is not None:
-            self.body += data
-
-    @property
-    def sha256(self):
-        return self.sha.hexdigest()
-
-
 def restarts_logged(glance, image_id):
     """Restarts the stores logged for ``image_id`` so far: the S3 store
     names the object by its key, the image's id; the HTTP store by its URL,
@@ -249,7 +195,7 @@ def test_download_survives_broken_backend_reads(
         proxy.stall_reply_at(offsets[0], STALL_TIMEOUT + 2)
     else:
         getattr(proxy, '%s_reply_at' % fault)(*offsets)
-    got = Download(api, image_id)
+    got = ranges.Streamed(api, image_id)
     assert got.error is None, got.error
     assert got.status == 200
     assert int(got.headers['content-length']) == BIG
@@ -268,7 +214,7 @@ def test_http_restarts_ask_for_the_exact_rest_pinned_to_the_etag(
         api.get_image(big_images['http'])['locations'][0]['url']).path
     served = len(web.requests())
     proxy.truncate_reply_at(*spread(3))
-    got = Download(api, big_images['http'])
+    got = ranges.Streamed(api, big_images['http'])
     assert (got.error, got.sha256) == (None, BIG_SHA)
     time.sleep(0.5)  # nginx logs a request once it is done
     requests = [r for r in web.requests()[served:] if r.path == path]
@@ -296,7 +242,7 @@ def test_spent_retries_break_the_client_connection(
     proxy = proxies[store]
     first = BIG // 3
     proxy.cut_reply_at(*[first + i for i in range(RETRIES + 1)])
-    got = Download(api, big_images[store])
+    got = ranges.Streamed(api, big_images[store])
     assert got.status == 200
     assert int(got.headers['content-length']) == BIG
     assert got.error is not None
@@ -304,7 +250,7 @@ def test_spent_retries_break_the_client_connection(
     assert proxy.reply_faults == RETRIES + 1
     proxy.cut_reply_at()
     # The image itself is fine: the next download is whole.
-    assert Download(api, big_images[store]).sha256 == BIG_SHA
+    assert ranges.Streamed(api, big_images[store]).sha256 == BIG_SHA
 
 
 @pytest.mark.parametrize('store', STORES)
@@ -338,7 +284,7 @@ def test_object_replaced_before_a_restart_is_not_spliced(
         proxy.cut_reply_at(0)
 
     before = restarts_logged(glance, image_id)
-    got = Download(api, image_id, keep=True, pause_after=8 * MIB,
+    got = ranges.Streamed(api, image_id, keep=True, pause_after=8 * MIB,
                    on_pause=replace_and_cut)
     assert got.status == 200
     assert got.error is not None
@@ -371,7 +317,8 @@ def small_images(api, web, proxies):
 def test_ranged_download_is_exact(api, small_images, store, header, first,
                                   last):
     data, images = small_images
-    got = Download(api, images[store], headers={'Range': header}, keep=True)
+    got = ranges.Streamed(api, images[store], headers={'Range': header},
+                          keep=True)
     assert got.status == 206, bytes(got.body[:300])
     assert got.error is None
     assert got.headers['content-range'] == 'bytes %d-%d/%d' % (first, last,
@@ -382,7 +329,7 @@ def test_ranged_download_is_exact(api, small_images, store, header, first,
 @pytest.mark.parametrize('store', STORES)
 def test_unsatisfiable_range_is_refused(api, small_images, store):
     _, images = small_images
-    got = Download(api, images[store], headers={
+    got = ranges.Streamed(api, images[store], headers={
         'Range': 'bytes=%d-' % SMALL}, keep=True)
     assert got.status == 416
 
@@ -392,7 +339,7 @@ def test_ranged_download_survives_a_cut(api, glance, proxies, big_images,
                                         store):
     first, last = 10 * MIB + 3, 200 * MIB - 5
     proxies[store].cut_reply_at(50 * MIB)
-    got = Download(api, big_images[store],
+    got = ranges.Streamed(api, big_images[store],
                    headers={'Range': 'bytes=%d-%d' % (first, last)})
     assert got.status == 206 and got.error is None
     assert got.sha256 == hashlib.sha256(
@@ -468,7 +415,7 @@ def test_upstream_bug_stock_drivers_end_the_download_short(
                                          data)}
         for store, image_id in images.items():
             proxies[store].cut_reply_at(size // 2)
-            got = Download(api, image_id)
+            got = ranges.Streamed(api, image_id)
             assert proxies[store].reply_faults == 1
             assert got.status == 200
             assert int(got.headers['content-length']) == size
@@ -505,12 +452,12 @@ def test_glance_30_restarts_and_serves_ranges(radosgw, bucket, web,
                                          data)}
         for store, image_id in images.items():
             proxies[store].cut_reply_at(*spread(3, size))
-            got = Download(api, image_id)
+            got = ranges.Streamed(api, image_id)
             assert (got.error, got.received, got.sha256) == (None, size,
                                                              sha), store
             assert proxies[store].reply_faults == 3
             assert restarts_logged(server, image_id) == 3
-            got = Download(api, image_id, keep=True,
+            got = ranges.Streamed(api, image_id, keep=True,
                            headers={'Range': 'bytes=1000-2000999'})
             assert got.status == 206, (store, bytes(got.body[:300]))
             assert bytes(got.body) == data[1000:2001000]
