@@ -16,6 +16,7 @@ import http.client
 import json
 import os
 import re
+import time
 
 from keystoneauth1 import exceptions as ks_exceptions
 from keystoneauth1 import noauth
@@ -137,6 +138,22 @@ class GlanceConnection:
             timeout=(self.connect_timeout, read_timeout or self.read_timeout))
 
     # -- the image API ----------------------------------------------------
+    #
+    # The records (create, get, update, delete) are bookkeeping a transfer
+    # cannot go on without: a refusal raises. The data and the import are
+    # what Glance and its filters judge: their answers are returned,
+    # whatever the status, for the caller to judge.
+
+    def create_image(self, **properties):
+        """A new image's record; ``properties`` are its JSON fields
+        (Glance needs ``disk_format`` and ``container_format`` before it
+        takes data)."""
+        response = self.request('POST', '/v2/images', json_body=properties)
+        try:
+            answers.raise_for_status(response, 'POST image')
+            return response.json()
+        finally:
+            response.close()
 
     def get_image(self, image_id):
         response = self.request('GET', '/v2/images/%s' % image_id)
@@ -145,6 +162,69 @@ class GlanceConnection:
             return response.json()
         finally:
             response.close()
+
+    def delete_image(self, image_id):
+        """Delete an image; one already gone is no error (404): cleanup
+        after a failed run meets them."""
+        response = self.request('DELETE', '/v2/images/%s' % image_id)
+        try:
+            if response.status_code != 404:
+                answers.raise_for_status(response,
+                                         'DELETE image %s' % image_id)
+        finally:
+            response.close()
+
+    def put_data(self, image_id, data, *, target='file', size=None,
+                 headers=None, version='v2', read_timeout=None):
+        """PUT an image's data to ``/file`` (upload) or ``/stage``
+        (glance-direct's first step); the ``requests.Response``, whatever
+        its status: a refusal (413 for a body past its declared size, 409)
+        may come before the body is sent, and is the caller's to judge.
+
+        :param data: bytes; a file object, sent with a ``Content-Length``
+            taken from its ``len()`` or its file's size (from its position
+            on); or an iterator of bytes, sent chunked, one chunk a piece.
+        :param size: sent as ``X-OpenStack-Image-Size`` (as given, so a
+            string goes unchanged): what sizeaware's filter holds the body
+            to before Glance reads it.
+        :param headers: more headers (``Content-Range`` for a ranged PUT).
+        :param version: the API version in the path (Glance serves
+            ``/v2.1`` and later alike).
+        """
+        all_headers = {'Content-Type': 'application/octet-stream'}
+        if size is not None:
+            all_headers['X-OpenStack-Image-Size'] = str(size)
+        all_headers.update(headers or {})
+        return self.request('PUT', '/%s/images/%s/%s' % (version, image_id,
+                                                         target),
+                            headers=all_headers, data=data,
+                            read_timeout=read_timeout)
+
+    def import_image(self, image_id, method='glance-direct'):
+        """Start an image's import (``glance-direct`` imports the staged
+        data); the response, whatever its status: Glance refuses an import
+        of data it does not hold, and the caller judges that."""
+        return self.request('POST', '/v2/images/%s/import' % image_id,
+                            json_body={'method': {'name': method}})
+
+    def wait_for_status(self, image_id, statuses, timeout=60.0,
+                        interval=0.2):
+        """The image's record once its status is one of ``statuses``:
+        Glance stores a body after its answer may be lost, and imports
+        after it answers 202. Raises :class:`~errors.TransferError` when
+        the image stays otherwise for ``timeout`` seconds."""
+        if isinstance(statuses, str):
+            statuses = (statuses,)
+        deadline = time.monotonic() + timeout
+        while True:
+            image = self.get_image(image_id)
+            if image['status'] in statuses:
+                return image
+            if time.monotonic() > deadline:
+                raise errors.TransferError(
+                    'image %s stayed %s, not %s' % (
+                        image_id, image['status'], ' or '.join(statuses)))
+            time.sleep(interval)
 
     def update_properties(self, image_id, properties):
         """Add or replace ``properties`` (a dict of strings) in one PATCH."""

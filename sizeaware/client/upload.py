@@ -270,15 +270,13 @@ class Upload:
                 attempt[0] += len(data)
                 self.progress.update(len(data))
             headers = {
-                'Content-Type': 'application/octet-stream',
                 'Content-Range': 'bytes %d-%d/%d' % (position, stop - 1,
                                                      self.size),
-                'Content-Length': str(stop - position),
-                'X-OpenStack-Image-Size': str(self.size)}
+                'Content-Length': str(stop - position)}
             try:
-                response = self.conn.request('PUT', self.path,
-                                             headers=headers,
-                                             data=body(position, on_bytes))
+                response = self.conn.put_data(
+                    self.image_id, body(position, on_bytes),
+                    target=self.target, size=self.size, headers=headers)
                 with contextlib.closing(response):
                     answers.raise_for_status(
                         response, 'PUT bytes %d-%d' % (position, stop - 1))
@@ -313,9 +311,7 @@ class Upload:
 
     def _plain(self, pipe):
         backoff = self.new_backoff()
-        headers = {'Content-Type': 'application/octet-stream',
-                   'Content-Length': str(self.size),
-                   'X-OpenStack-Image-Size': str(self.size)}
+        headers = {'Content-Length': str(self.size)}
         while True:
             attempt = [0]
             hasher = (manifest_mod.ChunkHasher(self.manifest, 0,
@@ -333,8 +329,9 @@ class Upload:
             else:
                 body = readers.FileSpan(self.fd, 0, self.size, on_bytes)
             try:
-                response = self.conn.request('PUT', self.path,
-                                             headers=headers, data=body)
+                response = self.conn.put_data(
+                    self.image_id, body, target=self.target, size=self.size,
+                    headers=headers)
                 with contextlib.closing(response):
                     answers.raise_for_status(response, 'PUT the image')
                 self._count(attempt[0])
