@@ -110,7 +110,8 @@ class Upload:
         if self.algorithm:
             self.manifest = manifest_mod.Manifest(
                 self.size,
-                manifest_mod.chunk_size_for(self.size, self.wanted_chunk),
+                manifest_mod.chunk_size_for(self.size, self.wanted_chunk,
+                                            self.algorithm),
                 self.algorithm)
         chunk = (self.manifest.chunk_size if self.manifest else
                  manifest_mod.chunk_size_for(self.size, self.wanted_chunk))

@@ -121,6 +121,11 @@ def build_parser():
                     help='the digests\' chunk size, at least %d MiB, '
                     'doubled as the image needs (default: the smallest '
                     'that fits)' % (manifest.MIN_CHUNK // 2**20))
+    up.add_argument('--chunk-digest', metavar='ALGORITHM',
+                    default=manifest.DEFAULT_ALGORITHM,
+                    help='the chunk digests\' algorithm: crc32c (default, '
+                    'in hardware) or any hashlib one, such as sha256 (cut '
+                    'to %d bytes)' % manifest.DIGEST_BYTES)
     up.add_argument('--state-dir', metavar='DIR',
                     help='where to keep the state that lets a killed '
                     'upload resume (default ~/.cache/sizeaware)')
@@ -162,6 +167,12 @@ def main(argv=None):
             args.chunk_size < manifest.MIN_CHUNK):
         parser.error('--chunk-size must be at least %d'
                      % manifest.MIN_CHUNK)
+    if getattr(args, 'chunk_digest', None):
+        try:
+            manifest.new_hash(args.chunk_digest)
+        except ValueError:
+            parser.error('--chunk-digest: unknown algorithm %r'
+                         % args.chunk_digest)
     show = False if args.no_progress else None
     try:
         conn = _connect(args)
@@ -173,7 +184,7 @@ def main(argv=None):
                 state_dir=args.state_dir, show_progress=show,
                 resumable=False if args.no_resumable else None,
                 digests=None if args.no_digests else
-                manifest.DEFAULT_ALGORITHM).run()
+                args.chunk_digest).run()
             print('uploaded %d bytes to image %s in %.1f s (%.1f MiB/s); '
                   'sent %d bytes%s' % (
                       stats['size'], args.image, stats['seconds'],
