@@ -47,6 +47,12 @@ READ_SIZE = 1 << 20
 STATE_INTERVAL = 1.0
 #: Times a chunk whose digest is wrong is fetched again.
 REFETCHES = 3
+#: Bytes of good units kept in memory for the whole-image hash, so that it
+#: need not read them back from the file; beyond, it reads them back.
+HOLD_BYTES = 32 * 2**20
+#: Units larger than this are never kept in memory (a stream would hold a
+#: whole unit before knowing whether it is good).
+HOLD_UNIT = 16 * 2**20
 
 
 class RangesIgnored(errors.NotSpliceable):
@@ -59,8 +65,10 @@ class WholeHasher:
     and verified where the image has chunk digests) as it grows.
 
     It never hashes a byte that may still be replaced (a bad chunk is not
-    ground known good until it was fetched again), it overlaps with the
-    streams, and it reads what they wrote from the page cache.
+    ground known good until it was fetched again) and it overlaps with the
+    streams. Good units a stream still holds in memory are handed to it
+    (:meth:`hold`), up to :data:`HOLD_BYTES`, and hashed from there; any
+    other byte is read back from the file (the page cache).
     """
 
     def __init__(self, algorithm, fd):
@@ -70,9 +78,27 @@ class WholeHasher:
         self._target = 0
         self._stopped = False
         self.error = None
+        #: start -> (end, pieces): good bytes still in memory.
+        self._held = {}
+        self._held_bytes = 0
+        #: Bytes hashed from memory and read back from the file.
+        self.from_memory = 0
+        self.read_back = 0
         self._wake = threading.Condition()
         self._thread = threading.Thread(target=self._follow, daemon=True)
         self._thread.start()
+
+    def hold(self, start, pieces):
+        """``pieces`` (buffers) are the good bytes from ``start`` on: hash
+        them from memory if they are still wanted and the budget allows.
+        Call before :meth:`advance_to` moves past them."""
+        size = sum(len(piece) for piece in pieces)
+        with self._wake:
+            if (start < self.cursor
+                    or self._held_bytes + size > HOLD_BYTES):
+                return
+            self._held[start] = (start + size, pieces)
+            self._held_bytes += size
 
     def advance_to(self, limit):
         """Bytes before ``limit`` are known good: hash them."""
@@ -96,6 +122,22 @@ class WholeHasher:
             raise self.error
         return self._hash.hexdigest()
 
+    def _take_held(self, target):
+        """``(pieces, end)`` held from the cursor on, or ``(None, stop)``:
+        read the file back up to ``stop``, where the next held bytes
+        start (or ``target``)."""
+        with self._wake:
+            for start in [s for s in self._held if s < self.cursor]:
+                end, _pieces = self._held.pop(start)  # read back already
+                self._held_bytes -= end - start
+            held = self._held.get(self.cursor)
+            if held is not None and held[0] <= target:
+                del self._held[self.cursor]
+                self._held_bytes -= held[0] - self.cursor
+                return held[1], held[0]
+            return None, min([target] + [s for s in self._held
+                                         if s > self.cursor])
+
     def _follow(self):
         while True:
             with self._wake:
@@ -105,7 +147,14 @@ class WholeHasher:
                     return
                 target = self._target
             while self.cursor < target:
-                data = os.pread(self._fd, min(4 << 20, target - self.cursor),
+                pieces, stop = self._take_held(target)
+                if pieces is not None:
+                    for piece in pieces:
+                        self._hash.update(piece)
+                    self.from_memory += stop - self.cursor
+                    self.cursor = stop
+                    continue
+                data = os.pread(self._fd, min(4 << 20, stop - self.cursor),
                                 self.cursor)
                 if not data:
                     self.error = errors.IntegrityError(
@@ -113,6 +162,7 @@ class WholeHasher:
                     return
                 self._hash.update(data)
                 self.cursor += len(data)
+                self.read_back += len(data)
 
 
 class _HashPipe:
@@ -371,8 +421,9 @@ class Download:
                     read_at=self._read_at)
             began = position
             cursor = [position]  # moved by _receive as bytes are written
-            pipe = _HashPipe(functools.partial(self._digest,
-                                               verifier=verifier))
+            pipe = _HashPipe(functools.partial(
+                self._digest, verifier=verifier,
+                held=[] if self.unit <= HOLD_UNIT else None))
             try:
                 if check_record:
                     answers.same_record(self.record,
@@ -426,14 +477,30 @@ class Download:
                     self.fetched += len(piece)
                 self.progress.update(len(piece))
 
-    def _digest(self, position, piece, verifier):
+    def _digest(self, position, piece, verifier, held):
         """The chunk digests of a piece written at ``position`` (on the
-        span's hashing thread)."""
+        span's hashing thread); at the end of a unit, its verdict, and
+        the unit's pieces (``held``, the span's list, or None) handed to
+        the whole-image hash if the unit is good and whole in them."""
         end = position + len(piece)
+        if held is not None:
+            held.append(piece)
         if verifier is not None:
-            verifier.feed(piece)
-        elif end % self.unit == 0 or end == self.size:
-            self._unit_done(end)
+            verifier.feed(piece)  # marks the chunk done, or bad
+        if end % self.unit and end != self.size:
+            return
+        index = (end - 1) // self.unit
+        if verifier is None:
+            with self._lock:
+                self.done.add(index)
+        if held:
+            start = index * self.unit
+            with self._lock:
+                good = index in self.done
+            if good and sum(len(p) for p in held) == end - start:
+                self.hasher.hold(start, list(held))
+            held.clear()
+        self._advance()
 
     def _pieces(self, data, position):
         """``data`` cut where units end, so each unit's verdict comes
@@ -444,12 +511,6 @@ class Download:
             yield view[:take]
             view = view[take:]
             position += take
-
-    def _unit_done(self, position):
-        index = (position - 1) // self.unit
-        with self._lock:
-            self.done.add(index)
-        self._advance()
 
     def _advance(self):
         """Let the whole-image hash follow the ground known good."""
@@ -465,7 +526,6 @@ class Download:
             with self._lock:
                 self.done.add(index)
                 self.bad_chunks.discard(index)
-            self._advance()
             return
         self.log('chunk %d (bytes %d-%d) does not match its digest'
                  % (index, start, stop - 1))

@@ -247,6 +247,33 @@ def test_the_whole_hasher_hashes_nothing_past_the_ground_given(tmp_path):
         os.close(fd)
 
 
+def test_good_units_held_in_memory_are_hashed_from_there(tmp_path,
+                                                       monkeypatch):
+    """Held bytes are hashed instead of the file's (here they differ, to
+    tell which was read); bytes past the memory budget, or held after the
+    hash went past them, are read back from the file."""
+    monkeypatch.setattr(download, 'HOLD_BYTES', 30)
+    path = tmp_path / 'f'
+    path.write_bytes(b'f' * 100)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        hasher = download.WholeHasher('sha256', fd)
+        hasher.hold(0, [b'm' * 10, memoryview(b'M' * 10)])
+        hasher.hold(40, [b'n' * 20])  # over the budget: read back
+        hasher.advance_to(20)
+        deadline = time.monotonic() + 10
+        while hasher.cursor < 20 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        hasher.hold(60, [b'o' * 20])
+        hasher.hold(10, [b'p' * 10])  # behind the hash: ignored
+        assert hasher.finish(100) == hashlib.sha256(
+            b'm' * 10 + b'M' * 10 + b'f' * 40 + b'o' * 20 + b'f' * 20
+        ).hexdigest()
+        assert (hasher.from_memory, hasher.read_back) == (40, 60)
+    finally:
+        os.close(fd)
+
+
 def test_a_short_partial_file_is_an_integrity_error(tmp_path):
     path = tmp_path / 'f'
     path.write_bytes(b'x' * 10)
