@@ -136,3 +136,20 @@ def test_download_options_entry_point():
     assert group == 'sizeaware'
     assert {o.name for o in options} == {'verify_download',
                                          'ranged_store_types'}
+
+
+def test_the_documentation_builds_without_a_warning(tmp_path):
+    """A broken reference, an RST error or a module autodoc cannot import
+    fails here rather than on a reader (``tox -e docs`` builds the same)."""
+    result = subprocess.run(
+        [sys.executable, '-m', 'sphinx', '-W', '-q', '-b', 'html',
+         str(REPO / 'doc/source'), str(tmp_path)],
+        capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def test_the_release_notes_lint_clean():
+    reno = pathlib.Path(sys.executable).with_name('reno')
+    result = subprocess.run([str(reno), 'lint'], capture_output=True,
+                            text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-4000:]
