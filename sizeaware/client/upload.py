@@ -129,6 +129,12 @@ class Upload:
         else:
             previous = None
         done_status = 'uploading' if self.target == 'stage' else 'active'
+        if image['status'] == 'saving' and previous is not None:
+            # An earlier run sent every byte and was stopped while its
+            # last request had Glance store the image.
+            self.log('image %s is being stored from an earlier run\'s '
+                     'upload; waiting for it' % self.image_id)
+            image = self._while_saving()
         if image['status'] == done_status and previous is not None:
             # Uploaded by an earlier run that was stopped before it
             # recorded the digests.
@@ -362,6 +368,20 @@ class Upload:
             time.sleep(0.5)
 
     # -- completion -------------------------------------------------------
+
+    def _while_saving(self, timeout=600):
+        """The image's record once Glance no longer says ``saving``."""
+        deadline = time.monotonic() + timeout
+        backoff = self.new_backoff(attempts=20)
+        while True:
+            try:
+                image = self.conn.get_image(self.image_id)
+            except TRANSIENT as exc:
+                backoff.failed(exc)
+                continue
+            if image['status'] != 'saving' or time.monotonic() > deadline:
+                return image
+            time.sleep(0.25)
 
     def _wait_until(self, done_status, timeout=600):
         """Wait for Glance to have the whole image: the request that
