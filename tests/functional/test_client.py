@@ -17,9 +17,12 @@ Each test proves one of:
   and nothing is renamed into place;
 * a server that ignores ``Range`` (it answers 200) is detected: its answer
   is never spliced into the partial file, and the download starts over;
-* ``kill -9`` of the client mid-upload and mid-download, then the same
-  command, finishes without starting over (the proxy counts the bytes of
-  the second run);
+* ``kill -9`` of the client mid-upload and mid-download, in one stream and
+  in four (each having made progress), then the same command, finishes
+  exactly without starting over: the proxy counts the bytes of the second
+  run, which are only what the server did not hold or the state file did
+  not list, and those lag what had gone through by at most what each
+  stream had in flight;
 * a 4xx ends the command with status 3 and the server's reason.
 """
 
@@ -39,6 +42,7 @@ import pytest
 
 from sizeaware.client import download as download_mod
 from sizeaware.client import manifest
+from sizeaware.client import spans
 from tests.functional import conftest
 from tests.functional import faultproxy
 
@@ -50,6 +54,20 @@ CHUNK = manifest.MIN_CHUNK
 IN_FLIGHT = 8 * MiB
 #: Headers, status documents and records exchanged besides the data.
 OVERHEAD = 512 * 1024
+#: The rate of the slow link a client to be killed goes through, shared
+#: among its streams: no run can fetch or send the image in under 8 s,
+#: however loaded the machine, and so outrun its kill.
+KILL_RATE = 32 * MiB
+#: That client is killed once at least this much went through, each of its
+#: streams having made progress.
+KILL_AT = 80 * MiB
+#: The rate a killed download's link drops to while the test waits for
+#: the client's next state saves (the proxy reads its rate for every
+#: piece): the rest of the image would take more than half a minute.
+CRAWL = 4 * MiB
+#: The rate the same command then goes at, through the same proxy (its
+#: state names the endpoint): as good as none.
+FAST = 2**40
 USER = 'user1'
 CLI = str(pathlib.Path(sys.executable).with_name('sizeaware'))
 
@@ -130,6 +148,54 @@ def sha256(path):
         while piece := handle.read(4 * MiB):
             digest.update(piece)
     return digest.hexdigest()
+
+
+def shares(parallel):
+    """The spans of the image the client's ``parallel`` streams send or
+    fetch from byte 0 on (whole chunks, as it splits them)."""
+    share = N // parallel
+    return [(s * share, (s + 1) * share) for s in range(parallel)]
+
+
+def per_stream(pairs, parallel, inclusive=False):
+    """How many bytes of ``pairs`` (``[start, stop)``, or ``[first,
+    last]`` with ``inclusive``) fall in each stream's share."""
+    pairs = [(a, b + 1) if inclusive else (a, b) for a, b in pairs]
+    return [sum(max(0, min(b, stop) - max(a, start)) for a, b in pairs)
+            for start, stop in shares(parallel)]
+
+
+def start_cli(env, args):
+    return subprocess.Popen([CLI, *args], env=env, stderr=subprocess.PIPE)
+
+
+def kill_once(child, ready, timeout=120):
+    """``kill -9`` the client as soon as ``ready()``; failing if it ended
+    first (the slow link makes that take seconds after ``ready`` can
+    first hold)."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if child.poll() is not None:
+            pytest.fail('the client ended (status %d) before it was killed: '
+                        '%s' % (child.returncode,
+                                child.stderr.read().decode()))
+        assert time.monotonic() < deadline, 'the client made no progress'
+        time.sleep(0.1)
+    child.send_signal(signal.SIGKILL)
+    child.wait(30)
+    child.stderr.close()
+    assert child.returncode == -signal.SIGKILL
+
+
+def paused(api, session, timeout=120):
+    """The upload session's status once no request writes to it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = api.request('GET', session).json()
+        if status['phase'] == 'paused':
+            return status
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
 
 
 @pytest.fixture(scope='module')
@@ -255,39 +321,50 @@ def test_upload_of_a_queued_image_of_another_project_is_refused(
     assert other.get_image(image_id)['status'] == 'queued'
 
 
+@pytest.mark.parametrize('parallel', [1, 4])
 def test_killed_upload_resumes_without_starting_over(
-        glance, api, data, data_file, tmp_path):
+        glance, api, data, data_file, tmp_path, parallel):
     image_id = api.create_image()
+    session = '/v2/images/%s/file/session' % image_id
     env = cli_env(glance, None, tmp_path)
+
+    def held_per_stream():
+        answer = api.request('GET', session)
+        if answer.status == 404:  # no byte has arrived yet
+            return [0] * parallel
+        return per_stream(answer.json()['ranges_held'], parallel,
+                          inclusive=True)
     with faultproxy.FaultProxy(('127.0.0.1', glance.port),
-                               rate=64 * MiB) as proxy:
+                               rate=KILL_RATE // parallel) as proxy:
         env['OS_IMAGE_URL'] = proxy.url
-        args = ['upload', image_id, str(data_file)]
-        child = subprocess.Popen([CLI, *args], env=env,
-                                 stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while proxy.forwarded < 100 * MiB and time.monotonic() < deadline:
-            time.sleep(0.05)
-        child.send_signal(signal.SIGKILL)
-        child.wait(30)
-        child.stderr.close()
-        assert child.returncode == -signal.SIGKILL
-        # The slow link still delivers what it holds: wait for it.
-        settled = -1
-        while settled != proxy.forwarded:
-            settled = proxy.forwarded
-            time.sleep(1)
-        status = api.request('GET', '/v2/images/%s/file/session' % image_id)
-        held = status.json()['bytes_held']
-        assert 90 * MiB <= held < N
+        args = ['upload', '--parallel', str(parallel), image_id,
+                str(data_file)]
+        child = start_cli(env, args)
+        # Killed once Glance holds bytes sent by each stream.
+        kill_once(child, lambda: proxy.forwarded >= KILL_AT
+                  and min(held_per_stream()) >= CHUNK)
+        # The slow link still delivers what it holds, and Glance claims
+        # what each broken request wrote: wait until none writes.
+        status = paused(api, session)
+        sent = proxy.forwarded
+        held = status['bytes_held']
+        assert min(per_stream(status['ranges_held'], parallel,
+                              inclusive=True)) >= CHUNK, status
+        # Of what reached Glance, each stream lost at most what was in
+        # flight when its request broke.
+        assert sent - parallel * IN_FLIGHT <= held <= sent, (sent, held)
+        assert held < N
         assert list((tmp_path / 'cache' / 'sizeaware').glob('upload-*'))
+        proxy.rate = FAST  # the second run, unhindered
         proxy.reset_counters()
         result = run_cli(env, *args)
         forwarded = proxy.forwarded
     assert result.returncode == 0, result.stderr
     assert 'resumed from %d' % held in result.stderr
+    # Only the bytes Glance did not hold were sent again.
     assert N - held <= forwarded <= N - held + OVERHEAD, (held, forwarded)
     assert_uploaded(api, image_id, data)
+    assert not list((tmp_path / 'cache' / 'sizeaware').glob('upload-*'))
 
 
 # -- downloads --------------------------------------------------------------
@@ -376,35 +453,69 @@ def test_download_of_an_image_that_is_not_active_is_refused(
     assert 'queued, not active' in result.stderr
 
 
+@pytest.mark.parametrize('parallel', [1, 4])
 def test_killed_download_resumes_without_starting_over(
-        glance, stored, data, tmp_path):
+        glance, stored, data, tmp_path, parallel):
     target = tmp_path / 'out.raw'
     part, state_path = download_mod.part_paths(target)
     env = cli_env(glance, None, tmp_path)
+
+    def saved():
+        """The units the state file lists, and the file's version."""
+        try:
+            version = os.stat(state_path)
+            units = json.loads(state_path.read_text())['done']
+        except (OSError, ValueError):
+            return [], None
+        return ([(i * CHUNK, min((i + 1) * CHUNK, N)) for i in units],
+                (version.st_ino, version.st_mtime_ns))
+
+    marks = {}
+
+    def ready():
+        """Once each stream's units are in the state file, what the
+        client was delivered (the link slowed down to a crawl); then true
+        after two more saves, the second of which began after that count
+        (saves are sequential)."""
+        units, version = saved()
+        if 'delivered' not in marks:
+            if (proxy.delivered >= KILL_AT
+                    and min(per_stream(units, parallel)) >= CHUNK):
+                proxy.rate = CRAWL // parallel
+                marks['versions'] = [version]
+                marks['delivered'] = proxy.delivered
+            return False
+        if version != marks['versions'][-1]:
+            marks['versions'].append(version)
+        return len(marks['versions']) > 2
     with faultproxy.FaultProxy(('127.0.0.1', glance.port),
-                               rate=64 * MiB) as proxy:
+                               rate=KILL_RATE // parallel) as proxy:
         env['OS_IMAGE_URL'] = proxy.url
-        args = ['download', stored, str(target)]
-        child = subprocess.Popen([CLI, *args], env=env,
-                                 stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while proxy.delivered < 120 * MiB and time.monotonic() < deadline:
-            time.sleep(0.05)
-        child.send_signal(signal.SIGKILL)
-        child.wait(30)
-        child.stderr.close()
-        assert child.returncode == -signal.SIGKILL
-        done = len(json.loads(state_path.read_text())['done']) * CHUNK
-        # The state is written once a second at most, after the data.
-        assert 32 * MiB <= done < N
-        assert not target.exists()
+        args = ['download', '--parallel', str(parallel), stored,
+                str(target)]
+        child = start_cli(env, args)
+        kill_once(child, ready)
+        units, _ = saved()
+        done = spans.total(units)
+        assert min(per_stream(units, parallel)) >= CHUNK, units
+        # The state lags what the client had been delivered by at most
+        # what each stream held in flight (a unit being written, socket
+        # buffers), besides the headers and the image's record.
+        lag = marks['delivered'] - done
+        assert lag <= parallel * (CHUNK + IN_FLIGHT) + OVERHEAD, (
+            marks['delivered'], done)
+        assert done < N
+        assert part.exists() and not target.exists()
+        proxy.rate = FAST  # the second run, unhindered
         proxy.reset_counters()
         result = run_cli(env, *args)
         delivered = proxy.delivered
     assert result.returncode == 0, result.stderr
     assert 'resumed from %d' % done in result.stderr
+    # Only the units the state did not list were fetched again.
     assert N - done <= delivered <= N - done + OVERHEAD, (done, delivered)
     assert sha256(target) == hashlib.sha256(data).hexdigest()
+    assert not part.exists() and not state_path.exists()
 
 
 # -- a server that ignores Range ---------------------------------------------
