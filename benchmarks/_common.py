@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts (standard library only).
+"""Helpers shared by the benchmark scripts.
 
 Not a test module: nothing here asserts a timing. The scripts import it as
 ``_common`` (they run with ``benchmarks/`` first on ``sys.path``) and make
@@ -8,7 +8,6 @@ the repository root importable for ``teststack`` and ``sizeaware``.
 import argparse
 import contextlib
 import datetime
-import http.client
 import json
 import os
 import pathlib
@@ -129,7 +128,7 @@ def image_file(size, path=None):
 
 
 # ---------------------------------------------------------------------------
-# The client
+# The client: the library's connection
 
 
 class Result:
@@ -144,81 +143,109 @@ class Result:
                                          self.body[:200])
 
 
+@contextlib.contextmanager
+def connected(url, headers=None, timeout=120):
+    """:class:`sizeaware.client.connection.GlanceConnection` to ``url`` (a
+    server's root, or a path prefix of it), without a token (identity
+    comes in ``headers``), on connections of its own: each use opens its
+    own, as concurrent clients do, and closes them on exit."""
+    from keystoneauth1 import noauth
+    from keystoneauth1 import session as ks_session
+
+    from sizeaware.client import connection
+    session = ks_session.Session(auth=noauth.NoAuth())
+    try:
+        yield connection.GlanceConnection(session, url, headers,
+                                          authenticated=False,
+                                          read_timeout=timeout)
+    finally:
+        session.session.close()
+
+
+@contextlib.contextmanager
+def file_body(file_path, size, *, chunked, piece=PIECE, offset=0):
+    """``(body, sent)``: ``size`` bytes of ``file_path`` from ``offset``
+    as a request body, and a list whose one item counts the bytes handed
+    to the connection.
+
+    Without ``chunked``, a body of known length (``Content-Length``) read
+    from the file 1 MiB at a time; with it, an iterator of ``piece``-byte
+    pieces, sent one chunk each.
+    """
+    from sizeaware.client import readers
+    sent = [0]
+
+    def count(data):
+        sent[0] += len(data)
+    with open(file_path, 'rb', buffering=0) as src:
+        if not chunked:
+            yield readers.FileSpan(src.fileno(), offset, offset + size,
+                                   count), sent
+            return
+
+        def pieces():
+            src.seek(offset)
+            while sent[0] < size:
+                data = src.read(min(piece, size - sent[0]))
+                if not data:
+                    raise RuntimeError('%s is shorter than %d'
+                                       % (file_path, size))
+                count(data)
+                yield data
+        yield pieces(), sent
+
+
 def upload(url, path, file_path, size, *, chunked, headers=None,
            piece=PIECE, timeout=900, offset=0):
     """PUT ``size`` bytes of ``file_path`` (from ``offset``) to ``url +
-    path``; a Result.
+    path``; a Result (see :func:`file_body` for the framing).
 
-    A Content-Length body goes out with ``sendfile`` (no copy in the
-    client); a chunked body as one chunk per ``piece`` bytes, read into one
-    reused buffer and sent without joining. The time runs from the request
-    line to the end of the response. No ``Expect: 100-continue`` is sent
-    (uwsgi's http-socket never answers it).
+    The time runs from the request to the end of the answer. No ``Expect:
+    100-continue`` is sent (uwsgi's http-socket never answers it). A
+    server that answers before reading the whole body and closes leaves
+    its answer readable (urllib3 swallows the send's broken pipe).
     """
-    host, port = _host_port(url)
-    conn = http.client.HTTPConnection(host, port, timeout=timeout,
-                                      blocksize=piece)
-    sent = 0
-    try:
+    with connected(url, timeout=timeout) as conn, file_body(
+            file_path, size, chunked=chunked, piece=piece,
+            offset=offset) as (body, sent):
         start = time.perf_counter()
-        conn.putrequest('PUT', path, skip_accept_encoding=True)
-        for name, value in (headers or {}).items():
-            conn.putheader(name, value)
-        if chunked:
-            conn.putheader('Transfer-Encoding', 'chunked')
-        else:
-            conn.putheader('Content-Length', str(size))
-        conn.endheaders()
-        sock = conn.sock
-        try:
-            with open(file_path, 'rb', buffering=0) as src:
-                src.seek(offset)
-                if chunked:
-                    buf = memoryview(bytearray(piece))
-                    while sent < size:
-                        n = src.readinto(buf[:min(piece, size - sent)])
-                        if not n:
-                            raise RuntimeError('%s is shorter than %d'
-                                               % (file_path, size))
-                        sock.sendall(b'%x\r\n' % n)
-                        sock.sendall(buf[:n])
-                        sock.sendall(b'\r\n')
-                        sent += n
-                    sock.sendall(b'0\r\n\r\n')
-                else:
-                    sent = sock.sendfile(src, offset, size)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # answered early; the answer is still there to read
-        resp = conn.getresponse()
-        body = resp.read()
+        response = conn.request('PUT', path, headers=headers, data=body)
         seconds = time.perf_counter() - start
-        return Result(resp.status, body, seconds, sent)
-    finally:
-        conn.close()
+        return Result(response.status_code, response.content, seconds,
+                      sent[0])
 
 
-def _host_port(url):
-    match = re.match(r'https?://([^:/]+):(\d+)', url)
-    return match.group(1), int(match.group(2))
+def download(url, path, headers=None, on_piece=None, timeout=600):
+    """GET ``path`` whole, read 1 MiB at a time (each piece handed to
+    ``on_piece``); ``(status, seconds, bytes received)``."""
+    with connected(url, headers, timeout=timeout) as conn:
+        start = time.perf_counter()
+        response = conn.request('GET', path, stream=True)
+        with contextlib.closing(response):
+            received = 0
+            if response.status_code == 200:
+                while piece := response.raw.read(MiB, decode_content=False):
+                    received += len(piece)
+                    if on_piece is not None:
+                        on_piece(piece)
+            else:
+                received = len(response.content)
+        return response.status_code, time.perf_counter() - start, received
 
 
 def request(url, method, path, body=None, headers=None, timeout=120):
     """A small JSON request; (status, parsed body or bytes)."""
-    host, port = _host_port(url)
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        all_headers = dict(headers or {})
+    with connected(url, timeout=timeout) as conn:
         if body is not None and not isinstance(body, bytes):
-            body = json.dumps(body).encode()
-            all_headers.setdefault('Content-Type', 'application/json')
-        conn.request(method, path, body=body, headers=all_headers)
-        resp = conn.getresponse()
-        data = resp.read()
+            response = conn.request(method, path, headers=headers,
+                                    json_body=body)
+        else:
+            response = conn.request(method, path, headers=headers,
+                                    data=body)
+        data = response.content
         with contextlib.suppress(ValueError):
             data = json.loads(data)
-        return resp.status, data
-    finally:
-        conn.close()
+        return response.status_code, data
 
 
 # ---------------------------------------------------------------------------
@@ -360,42 +387,43 @@ def dual_paste_ini(venv, resumable=None):
 
 
 class GlanceAPI:
-    """Create, upload to, check and delete images on one Glance."""
+    """Create, upload to, check and delete images on one Glance, through
+    the library's connection (``prefix`` picks a pipeline of
+    :func:`dual_paste_ini`)."""
 
     def __init__(self, url, identity):
         self.url = url
         self.identity = dict(identity)
 
+    def connected(self, prefix='', timeout=120):
+        return connected(self.url + prefix, self.identity, timeout)
+
     def create(self, prefix=''):
-        status, body = request(
-            self.url, 'POST', prefix + '/v2/images', headers=self.identity,
-            body={'name': 'sizeaware-bench', 'disk_format': 'raw',
-                  'container_format': 'bare'})
-        if status != 201:
-            raise RuntimeError('create image: %s %r' % (status, body))
-        return body['id']
+        with self.connected(prefix) as conn:
+            return conn.create_image(name='sizeaware-bench',
+                                     disk_format='raw',
+                                     container_format='bare')['id']
 
     def get(self, image_id, prefix=''):
-        status, body = request(self.url, 'GET',
-                               prefix + '/v2/images/%s' % image_id,
-                               headers=self.identity)
-        if status != 200:
-            raise RuntimeError('get image: %s %r' % (status, body))
-        return body
+        with self.connected(prefix) as conn:
+            return conn.get_image(image_id)
 
     def delete(self, image_id, prefix=''):
-        status, body = request(self.url, 'DELETE',
-                               prefix + '/v2/images/%s' % image_id,
-                               headers=self.identity)
-        if status not in (204, 404):
-            raise RuntimeError('delete image: %s %r' % (status, body))
+        with self.connected(prefix) as conn:
+            conn.delete_image(image_id)
 
     def upload(self, image_id, file_path, size, *, chunked, declare=True,
-               prefix='', piece=PIECE):
-        headers = dict(self.identity)
-        headers['Content-Type'] = 'application/octet-stream'
-        if declare:
-            headers['X-OpenStack-Image-Size'] = str(size)
-        return upload(self.url, prefix + '/v2/images/%s/file' % image_id,
-                      file_path, size, chunked=chunked, headers=headers,
-                      piece=piece)
+               prefix='', piece=PIECE, headers=None, timeout=900):
+        """PUT the image's data (see :func:`file_body` for the framing),
+        ``X-OpenStack-Image-Size`` with ``declare``; a Result, timed from
+        the request to the end of the answer."""
+        with self.connected(prefix, timeout) as conn, file_body(
+                file_path, size, chunked=chunked,
+                piece=piece) as (body, sent):
+            start = time.perf_counter()
+            response = conn.put_data(image_id, body,
+                                     size=size if declare else None,
+                                     headers=headers)
+            seconds = time.perf_counter() - start
+            return Result(response.status_code, response.content, seconds,
+                          sent[0])

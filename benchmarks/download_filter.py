@@ -12,11 +12,12 @@ and the same stored image::
 
 The image (1 GiB of random data by default) is uploaded once. Each round
 downloads it whole once per mode, in an order that rotates from round to
-round; the client reads the body into one reused 1 MiB buffer and keeps
-nothing. A mode's throughput is the median over the rounds; the ratio is
-against ``off`` (the paired ratio is the median of the per-round ratios).
-The uwsgi workers' CPU time (``utime + stime`` from ``/proc``) is taken
-around each download. Run from the repository root::
+round; the client (the library's connection, ``_common.download``) reads
+the body 1 MiB at a time and keeps nothing. A mode's throughput is the
+median over the rounds; the ratio is against ``off`` (the paired ratio is
+the median of the per-round ratios). The uwsgi workers' CPU time
+(``utime + stime`` from ``/proc``) is taken around each download. Run from
+the repository root::
 
     .stack/venvs/tests/bin/python benchmarks/download_filter.py
     .stack/venvs/tests/bin/python benchmarks/download_filter.py \\
@@ -26,10 +27,8 @@ Not a test: nothing is asserted about timings.
 """
 
 import argparse
-import http.client
 import os
 import sys
-import time
 
 import _common
 from _common import MiB
@@ -85,24 +84,12 @@ def paste_ini(venv):
     return '\n'.join(out)
 
 
-def download(url, path, headers, buffer):
+def download(url, path, headers):
     """GET ``path`` whole; ``(seconds, bytes)``."""
-    host, port = _common._host_port(url)
-    conn = http.client.HTTPConnection(host, port, timeout=600)
-    try:
-        start = time.perf_counter()
-        conn.request('GET', path, headers=headers)
-        resp = conn.getresponse()
-        if resp.status != 200:
-            raise RuntimeError('download via %s: %d %r'
-                               % (path, resp.status, resp.read()[:200]))
-        received = 0
-        view = memoryview(buffer)
-        while count := resp.readinto(view):
-            received += count
-        return time.perf_counter() - start, received
-    finally:
-        conn.close()
+    status, seconds, received = _common.download(url, path, headers)
+    if status != 200:
+        raise RuntimeError('download via %s: %d' % (path, status))
+    return seconds, received
 
 
 def workers_cpu(workers):
@@ -116,7 +103,6 @@ def run(args, image):
         threads=args.threads, extra_conf={'DEFAULT': {'debug': False}})
     results = {mode: [] for mode in MODES}
     loads = []
-    buffer = bytearray(MiB)
     glance.start()
     try:
         identity = glance.identity_headers('bench')
@@ -130,7 +116,7 @@ def run(args, image):
             raise RuntimeError('upload: %r' % result)
         for mode in MODES:  # warm up every pipeline
             download(glance.url, '/%s/v2/images/%s/file' % (mode, image_id),
-                     identity, buffer)
+                     identity)
         for round_no in range(args.repeat):
             order = MODES[round_no % 3:] + MODES[:round_no % 3]
             for mode in order:
@@ -138,7 +124,7 @@ def run(args, image):
                 cpu = workers_cpu(workers)
                 seconds, received = download(
                     glance.url, '/%s/v2/images/%s/file' % (mode, image_id),
-                    identity, buffer)
+                    identity)
                 cpu = workers_cpu(workers) - cpu
                 if received != args.size:
                     raise RuntimeError('%s: %d bytes of %d' % (

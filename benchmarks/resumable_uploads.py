@@ -39,7 +39,6 @@ Not a test: nothing is asserted about timings.
 
 import argparse
 import concurrent.futures
-import http.client
 import os
 import sys
 import time
@@ -48,6 +47,7 @@ import _common
 from _common import KiB
 from _common import MiB
 
+from sizeaware.client import connection
 from tests.functional import faultproxy
 from teststack import glance as glance_stack
 from teststack import postgres as postgres_stack
@@ -96,7 +96,7 @@ class Bench:
                 url, prefix + '/v2/images/%s/file' % image_id, self.image,
                 last - first + 1, chunked=False, headers=headers,
                 offset=first)
-        except (OSError, http.client.HTTPException):
+        except connection.CONNECTION_ERRORS:
             return None
         if result.status == 409 and b'is finalizing' in result.body:
             # Another stream completed the image while this one made its

@@ -38,9 +38,10 @@ The stores, each a class below (:data:`STORES`; add one there):
     share one database and name their backend alike, so that both drivers
     read the same RBD image (the same data in the same place).
 
-The client reads each download into one reused buffer and checks its
-length (and once per image, its sha256, outside the timing). Run from the
-repository root with a Glance venv's Python::
+The client (the library's connection, ``_common.download``) reads each
+download 1 MiB at a time and checks its length (and once per image, its
+sha256, outside the timing). Run from the repository root with a Glance
+venv's Python::
 
     .stack/venvs/glance-33/bin/python benchmarks/store_reads.py
     .stack/venvs/glance-33/bin/python benchmarks/store_reads.py \\
@@ -51,7 +52,6 @@ Not a test: nothing is asserted about timings.
 
 import argparse
 import hashlib
-import http.client
 import json
 import re
 import shutil
@@ -111,12 +111,8 @@ class S3Store:
 
     def add_image(self, api, backend, path, size, proxy=None):
         image_id = api.create()
-        headers = dict(api.identity, **{
-            'Content-Type': 'application/octet-stream',
-            'X-OpenStack-Image-Size': str(size),
-            'X-Image-Meta-Store': backend})
-        result = _common.upload(api.url, '/v2/images/%s/file' % image_id,
-                                path, size, chunked=False, headers=headers)
+        result = api.upload(image_id, path, size, chunked=False,
+                            headers={'X-Image-Meta-Store': backend})
         if result.status != 204:
             raise RuntimeError('upload to %s: %r' % (backend, result))
         return image_id
@@ -269,27 +265,12 @@ STORES = {'s3': S3Store, 'http': HTTPStore, 'swift': SwiftStore,
 def download(url, identity, image_id, size, digest=False):
     """Seconds to download ``image_id`` whole; raises unless exactly
     ``size`` bytes came (and, with ``digest``, returns the sha256 too)."""
-    host, port = urllib.parse.urlsplit(url).hostname, \
-        urllib.parse.urlsplit(url).port
-    conn = http.client.HTTPConnection(host, port, timeout=300)
-    buf = memoryview(bytearray(MiB))
     sha = hashlib.sha256() if digest else None
-    got = 0
-    try:
-        start = time.perf_counter()
-        conn.request('GET', '/v2/images/%s/file' % image_id,
-                     headers=identity)
-        resp = conn.getresponse()
-        if resp.status != 200:
-            raise RuntimeError('download: %d %r' % (resp.status,
-                                                    resp.read(300)))
-        while n := resp.readinto(buf):
-            if sha is not None:
-                sha.update(buf[:n])
-            got += n
-        seconds = time.perf_counter() - start
-    finally:
-        conn.close()
+    status, seconds, got = _common.download(
+        url, '/v2/images/%s/file' % image_id, identity,
+        on_piece=sha.update if digest else None, timeout=300)
+    if status != 200:
+        raise RuntimeError('download of %s: %d' % (image_id, status))
     if got != size:
         raise RuntimeError('download of %s: %d of %d bytes'
                            % (image_id, got, size))

@@ -46,7 +46,6 @@ import uuid
 import _common
 from _common import MiB
 
-from tests.functional import client as raw_client
 from tests.functional import faultproxy
 from teststack import glance as glance_stack
 
@@ -61,10 +60,10 @@ class Stack:
         # "admin,member" would reach Glance as "admin%2Cmember".
         self.headers = glance.identity_headers(uuid.uuid4().hex,
                                                roles=('admin',))
-        self.api = raw_client.GlanceClient(glance.url, self.headers)
+        self.api = _common.GlanceAPI(glance.url, self.headers)
 
     def new_image(self):
-        return self.api.create_image()
+        return self.api.create()
 
     def cli(self, url, *args):
         """Run the CLI; (seconds, peak RSS in MiB)."""
