@@ -369,8 +369,11 @@ class Upload:
 
     # -- completion -------------------------------------------------------
 
-    def _while_saving(self, timeout=600):
-        """The image's record once Glance no longer says ``saving``."""
+    def _polled(self, timeout=600):
+        """The image's record, every 0.25 s for as long as the caller
+        takes them; connection failures are retried with backoff, and
+        :class:`~sizeaware.client.errors.TransferError` ends it after
+        ``timeout``."""
         deadline = time.monotonic() + timeout
         backoff = self.new_backoff(attempts=20)
         while True:
@@ -379,21 +382,22 @@ class Upload:
             except TRANSIENT as exc:
                 backoff.failed(exc)
                 continue
-            if image['status'] != 'saving' or time.monotonic() > deadline:
-                return image
+            yield image
+            if time.monotonic() > deadline:
+                raise errors.TransferError('image %s stayed %s'
+                                           % (self.image_id, image['status']))
             time.sleep(0.25)
 
-    def _wait_until(self, done_status, timeout=600):
+    def _while_saving(self):
+        """The image's record once Glance no longer says ``saving``."""
+        for image in self._polled():
+            if image['status'] != 'saving':
+                return image
+
+    def _wait_until(self, done_status):
         """Wait for Glance to have the whole image: the request that
         completed it may have been cut while Glance stored it."""
-        deadline = time.monotonic() + timeout
-        backoff = self.new_backoff(attempts=20)
-        while True:
-            try:
-                image = self.conn.get_image(self.image_id)
-            except TRANSIENT as exc:
-                backoff.failed(exc)
-                continue
+        for image in self._polled():
             if image['status'] == done_status:
                 return image
             if image['status'] not in ('queued', 'saving', 'importing'):
@@ -410,10 +414,6 @@ class Upload:
                 if spans.missing(status['ranges_held'], self.size):
                     raise errors.TransferError(
                         'the server is missing bytes after the upload')
-            if time.monotonic() > deadline:
-                raise errors.TransferError('image %s stayed %s'
-                                           % (self.image_id, image['status']))
-            time.sleep(0.25)
 
     # -- digests and state ------------------------------------------------
 
