@@ -1,4 +1,9 @@
-"""``sizeaware``: upload and download Glance images, resumably."""
+"""``sizeaware``: upload and download Glance images, resumably.
+
+The commands' arguments (``add_*_arguments``) and their running, summary
+and exit status (:func:`run`) are shared with the openstackclient plugin,
+:mod:`sizeaware.osc`, which only connects differently.
+"""
 
 import argparse
 import sys
@@ -75,17 +80,26 @@ def _positive(text):
     return value
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog='sizeaware', description=DESCRIPTION, epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    common = argparse.ArgumentParser(add_help=False)
-    group = common.add_argument_group('connection')
+UPLOAD_HELP = 'upload an image\'s data'
+UPLOAD_DESCRIPTION = ('Upload FILE (or standard input, "-") as the data of '
+                      'the queued image IMAGE.')
+DOWNLOAD_HELP = 'download an image\'s data'
+DOWNLOAD_DESCRIPTION = 'Download the data of the active image IMAGE into FILE.'
+
+
+def add_endpoint_arguments(group):
+    """--os-cloud and --os-image-url: where the console script finds its
+    credentials and Glance (openstackclient has options of its own)."""
     group.add_argument('--os-cloud', metavar='NAME',
                        help='a cloud of clouds.yaml (default: OS_CLOUD)')
     group.add_argument('--os-image-url', metavar='URL',
                        help='the image endpoint (default: OS_IMAGE_URL, '
                        'else the catalog)')
+
+
+def add_connection_arguments(group):
+    """The options of both commands about the connections and their
+    streams."""
     group.add_argument('--os-header', metavar='"NAME: VALUE"',
                        action='append', default=[],
                        help='a header for every request (repeatable)')
@@ -102,110 +116,147 @@ def build_parser():
     group.add_argument('--no-progress', action='store_true',
                        help='no progress bar (there is none when stderr is '
                        'not a terminal)')
+
+
+def add_upload_arguments(parser):
+    """The arguments of ``upload`` beside the connection's."""
+    parser.add_argument('image', metavar='IMAGE', help='the image\'s id')
+    parser.add_argument('file', metavar='FILE', help='a file, or - for '
+                        'standard input')
+    parser.add_argument('--size', type=_size, metavar='N',
+                        help='the size in bytes (required for standard '
+                        'input)')
+    parser.add_argument('--stage', action='store_true',
+                        help='stage the data (PUT .../stage, for '
+                        'glance-direct import) instead of uploading it')
+    parser.add_argument('--chunk-size', type=_size, metavar='S',
+                        help='the digests\' chunk size, at least %d MiB, '
+                        'doubled as the image needs (default: the smallest '
+                        'that fits)' % (manifest.MIN_CHUNK // 2**20))
+    parser.add_argument('--chunk-digest', metavar='ALGORITHM',
+                        default=manifest.DEFAULT_ALGORITHM,
+                        help='the chunk digests\' algorithm: crc32c '
+                        '(default, in hardware) or any hashlib one, such as '
+                        'sha256 (cut to %d bytes)' % manifest.DIGEST_BYTES)
+    parser.add_argument('--state-dir', metavar='DIR',
+                        help='where to keep the state that lets a killed '
+                        'upload resume (default ~/.cache/sizeaware)')
+    parser.add_argument('--no-digests', action='store_true',
+                        help='record no chunk digests')
+    parser.add_argument('--no-resumable', action='store_true',
+                        help='one plain PUT even where Glance keeps partial '
+                        'uploads (it then starts again from the first byte '
+                        'after a break)')
+
+
+def add_download_arguments(parser):
+    """The arguments of ``download`` beside the connection's."""
+    parser.add_argument('image', metavar='IMAGE', help='the image\'s id')
+    parser.add_argument('file', metavar='FILE', help='the file to write')
+    parser.add_argument('--no-chunk-check', action='store_true',
+                        help='ignore the chunk digests (the whole image is '
+                        'still verified)')
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog='sizeaware', description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group('connection')
+    add_endpoint_arguments(group)
+    add_connection_arguments(group)
     commands = parser.add_subparsers(dest='command', metavar='COMMAND',
                                      required=True)
-
-    up = commands.add_parser(
-        'upload', parents=[common], help='upload an image\'s data',
-        description='Upload FILE (or standard input, "-") as the data of '
-        'the queued image IMAGE.')
-    up.add_argument('image', metavar='IMAGE', help='the image\'s id')
-    up.add_argument('file', metavar='FILE', help='a file, or - for '
-                    'standard input')
-    up.add_argument('--size', type=_size, metavar='N',
-                    help='the size in bytes (required for standard input)')
-    up.add_argument('--stage', action='store_true',
-                    help='stage the data (PUT .../stage, for '
-                    'glance-direct import) instead of uploading it')
-    up.add_argument('--chunk-size', type=_size, metavar='S',
-                    help='the digests\' chunk size, at least %d MiB, '
-                    'doubled as the image needs (default: the smallest '
-                    'that fits)' % (manifest.MIN_CHUNK // 2**20))
-    up.add_argument('--chunk-digest', metavar='ALGORITHM',
-                    default=manifest.DEFAULT_ALGORITHM,
-                    help='the chunk digests\' algorithm: crc32c (default, '
-                    'in hardware) or any hashlib one, such as sha256 (cut '
-                    'to %d bytes)' % manifest.DIGEST_BYTES)
-    up.add_argument('--state-dir', metavar='DIR',
-                    help='where to keep the state that lets a killed '
-                    'upload resume (default ~/.cache/sizeaware)')
-    up.add_argument('--no-digests', action='store_true',
-                    help='record no chunk digests')
-    up.add_argument('--no-resumable', action='store_true',
-                    help='one plain PUT even where Glance keeps partial '
-                    'uploads (it then starts again from the first byte '
-                    'after a break)')
-
-    down = commands.add_parser(
-        'download', parents=[common], help='download an image\'s data',
-        description='Download the data of the active image IMAGE into '
-        'FILE.')
-    down.add_argument('image', metavar='IMAGE', help='the image\'s id')
-    down.add_argument('file', metavar='FILE', help='the file to write')
-    down.add_argument('--no-chunk-check', action='store_true',
-                      help='ignore the chunk digests (the whole image is '
-                      'still verified)')
+    add_upload_arguments(commands.add_parser(
+        'upload', parents=[common], help=UPLOAD_HELP,
+        description=UPLOAD_DESCRIPTION))
+    add_download_arguments(commands.add_parser(
+        'download', parents=[common], help=DOWNLOAD_HELP,
+        description=DOWNLOAD_DESCRIPTION))
     return parser
 
 
+def check_arguments(args, usage_error):
+    """What the parser cannot check alone; ``usage_error(message)`` is
+    called (and is expected to exit with status 2) for bad usage."""
+    if getattr(args, 'chunk_size', None) is not None and (
+            args.chunk_size < manifest.MIN_CHUNK):
+        usage_error('--chunk-size must be at least %d' % manifest.MIN_CHUNK)
+    if getattr(args, 'chunk_digest', None):
+        try:
+            manifest.new_hash(args.chunk_digest)
+        except ValueError:
+            usage_error('--chunk-digest: unknown algorithm %r'
+                        % args.chunk_digest)
+
+
+def connection_options(args):
+    """The keyword arguments of :class:`GlanceConnection` that the
+    connection options give: headers and timeouts."""
+    return {
+        'headers': dict(connection.parse_header(h) for h in args.os_header),
+        'connect_timeout': args.connect_timeout,
+        'read_timeout': args.read_timeout}
+
+
 def _connect(args):
-    headers = dict(connection.parse_header(h) for h in args.os_header)
     return connection.GlanceConnection.from_config(
-        cloud=args.os_cloud, image_url=args.os_image_url, headers=headers,
-        connect_timeout=args.connect_timeout,
-        read_timeout=args.read_timeout)
+        cloud=args.os_cloud, image_url=args.os_image_url,
+        **connection_options(args))
 
 
 def _mib(count):
     return count / 2**20
 
 
-def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, 'chunk_size', None) is not None and (
-            args.chunk_size < manifest.MIN_CHUNK):
-        parser.error('--chunk-size must be at least %d'
-                     % manifest.MIN_CHUNK)
-    if getattr(args, 'chunk_digest', None):
-        try:
-            manifest.new_hash(args.chunk_digest)
-        except ValueError:
-            parser.error('--chunk-digest: unknown algorithm %r'
-                         % args.chunk_digest)
+def _upload(conn, args, show):
+    stats = upload.Upload(
+        conn, args.image, args.file, size=args.size,
+        target='stage' if args.stage else 'file',
+        parallel=args.parallel, chunk_size=args.chunk_size,
+        state_dir=args.state_dir, show_progress=show,
+        resumable=False if args.no_resumable else None,
+        digests=None if args.no_digests else args.chunk_digest).run()
+    print('uploaded %d bytes to image %s in %.1f s (%.1f MiB/s); '
+          'sent %d bytes%s' % (
+              stats['size'], args.image, stats['seconds'],
+              _mib(stats['size'] - stats['resumed_from'])
+              / max(stats['seconds'], 1e-6), stats['sent'],
+              ', resumed from %d' % stats['resumed_from']
+              if stats['resumed_from'] else ''), file=sys.stderr)
+
+
+def _download(conn, args, show):
+    stats = download.Download(
+        conn, args.image, args.file, parallel=args.parallel,
+        verify_chunks=not args.no_chunk_check, show_progress=show).run()
+    print('downloaded %d bytes of image %s to %s in %.1f s '
+          '(%.1f MiB/s); fetched %d bytes in %d requests; '
+          're-fetched %d bytes of %d bad chunk(s); verified: %s%s'
+          % (stats['size'], args.image, args.file, stats['seconds'],
+             _mib(stats['fetched']) / max(stats['seconds'], 1e-6),
+             stats['fetched'], stats['requests'], stats['refetched'],
+             stats['bad_chunks'], stats['verified'],
+             ', resumed from %d' % stats['resumed_from']
+             if stats['resumed_from'] else ''), file=sys.stderr)
+
+
+COMMANDS = {'upload': _upload, 'download': _download}
+
+
+def run(command, args, connect, usage_error):
+    """Run ``command`` (``'upload'`` or ``'download'``) with the parsed
+    ``args``, print its summary to stderr and return the exit status.
+
+    :param connect: called with no arguments, inside the error handling:
+        the :class:`GlanceConnection` to transfer through.
+    :param usage_error: called with a message for bad usage (it exits).
+    """
+    check_arguments(args, usage_error)
     show = False if args.no_progress else None
     try:
-        conn = _connect(args)
-        if args.command == 'upload':
-            stats = upload.Upload(
-                conn, args.image, args.file, size=args.size,
-                target='stage' if args.stage else 'file',
-                parallel=args.parallel, chunk_size=args.chunk_size,
-                state_dir=args.state_dir, show_progress=show,
-                resumable=False if args.no_resumable else None,
-                digests=None if args.no_digests else
-                args.chunk_digest).run()
-            print('uploaded %d bytes to image %s in %.1f s (%.1f MiB/s); '
-                  'sent %d bytes%s' % (
-                      stats['size'], args.image, stats['seconds'],
-                      _mib(stats['size'] - stats['resumed_from'])
-                      / max(stats['seconds'], 1e-6), stats['sent'],
-                      ', resumed from %d' % stats['resumed_from']
-                      if stats['resumed_from'] else ''), file=sys.stderr)
-        else:
-            stats = download.Download(
-                conn, args.image, args.file, parallel=args.parallel,
-                verify_chunks=not args.no_chunk_check,
-                show_progress=show).run()
-            print('downloaded %d bytes of image %s to %s in %.1f s '
-                  '(%.1f MiB/s); fetched %d bytes in %d requests; '
-                  're-fetched %d bytes of %d bad chunk(s); verified: %s%s'
-                  % (stats['size'], args.image, args.file, stats['seconds'],
-                     _mib(stats['fetched']) / max(stats['seconds'], 1e-6),
-                     stats['fetched'], stats['requests'], stats['refetched'],
-                     stats['bad_chunks'], stats['verified'],
-                     ', resumed from %d' % stats['resumed_from']
-                     if stats['resumed_from'] else ''), file=sys.stderr)
+        COMMANDS[command](connect(), args, show)
     except errors.Refused as exc:
         print('sizeaware: refused: %s' % exc, file=sys.stderr)
         return 3
@@ -219,12 +270,19 @@ def main(argv=None):
         print('sizeaware: cannot reach Glance: %s' % exc, file=sys.stderr)
         return 1
     except ValueError as exc:
-        parser.error(str(exc))
+        usage_error(str(exc))
+        return 2
     except KeyboardInterrupt:
         print('sizeaware: interrupted; the same command resumes',
               file=sys.stderr)
         return 130
     return 0
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return run(args.command, args, lambda: _connect(args), parser.error)
 
 
 if __name__ == '__main__':
