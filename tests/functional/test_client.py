@@ -38,6 +38,7 @@ import sys
 import threading
 import time
 
+import crc32c
 import pytest
 
 from sizeaware.client import download as download_mod
@@ -122,8 +123,9 @@ def run_cli(env, *args, timeout=300):
 
 
 def chunk_digests(data, chunk=CHUNK):
-    """The digests the manifest must hold, computed here independently."""
-    return {i: hashlib.sha256(data[o:o + chunk]).digest()[:8]
+    """The digests the manifest must hold (CRC-32C, big-endian), computed
+    here independently."""
+    return {i: crc32c.crc32c(data[o:o + chunk]).to_bytes(4, 'big')
             for i, o in enumerate(range(0, len(data), chunk))}
 
 
@@ -595,3 +597,20 @@ def test_a_200_to_a_ranged_request_is_never_spliced(tmp_path, parallel):
         # one whole-image request.
         assert server.ranges == ['bytes=0-0', None]
         assert 'does not answer ranges' in result.stderr
+
+
+def test_a_client_killed_while_glance_stores_the_image_is_finished(
+        glance, api, data, data_file, tmp_path):
+    """Killed once every byte was sent, while its last request has Glance
+    store the image (``saving``): the same command waits for Glance,
+    sends nothing again and records the chunk digests."""
+    image_id = api.create_image()
+    env = cli_env(glance, glance.url, tmp_path)
+    args = ['upload', image_id, str(data_file)]
+    kill_once(start_cli(env, args),
+              lambda: api.get_image(image_id)['status'] == 'saving')
+    result = run_cli(env, *args)
+    assert result.returncode == 0, result.stderr
+    assert 'being stored from an earlier run' in result.stderr
+    assert 'sent 0 bytes' in result.stderr
+    assert_uploaded(api, image_id, data)
