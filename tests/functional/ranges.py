@@ -9,6 +9,9 @@ image as a range, and a range that starts past the end.
 import hashlib
 import http.client
 
+from sizeaware.client import connection
+from tests.functional import client
+
 
 def satisfiable(size, piece):
     """``{case: (Range header, first byte, end)}`` for an image of ``size``
@@ -73,23 +76,20 @@ class Streamed:
 
     def __init__(self, api, image_id, headers=None, *, pause_after=None,
                  on_pause=None, keep=False, piece=1024 * 1024):
-        conn = http.client.HTTPConnection(api.host, api.port, timeout=60)
         sha = hashlib.sha256()
         self.received = 0
         self.error = None
         self.body = bytearray() if keep else None
-        try:
-            conn.request('GET', '/v2/images/%s/file' % image_id,
-                         headers=dict(api.headers, **(headers or {})))
-            resp = conn.getresponse()
-            self.status = resp.status
-            self.headers = {k.lower(): v for k, v in resp.getheaders()}
+        with api.streaming('GET', '/v2/images/%s/file' % image_id,
+                           headers=headers) as resp:
+            self.status = resp.status_code
+            self.headers = {k.lower(): v for k, v in resp.headers.items()}
             try:
                 while True:
                     want = piece
                     if pause_after is not None:
                         want = min(want, pause_after - self.received)
-                    data = resp.read(want)
+                    data = resp.raw.read(want, decode_content=False)
                     if not data:
                         break
                     sha.update(data)
@@ -99,16 +99,13 @@ class Streamed:
                     if self.received == pause_after:
                         on_pause()
                         pause_after = None
-            except (http.client.HTTPException, OSError) as exc:
-                self.error = exc
-        finally:
-            conn.close()
+            except connection.CONNECTION_ERRORS as exc:
+                self.error = client.broken_by(exc)
         self.sha256 = sha.hexdigest()
         length = self.headers.get('content-length')
         if self.error is None and length is not None and (
                 self.received < int(length)):
-            # http.client's read(n) returns b'' at a connection closed
-            # before the Content-Length, as if the body had ended; curl
-            # says "transfer closed with N bytes remaining" (exit 18).
+            # A body that ends before its Content-Length, as curl says
+            # "transfer closed with N bytes remaining" (exit 18).
             self.error = http.client.IncompleteRead(
                 b'', int(length) - self.received)

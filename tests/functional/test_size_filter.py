@@ -88,8 +88,7 @@ def assert_stored(api, glance, image_id, target):
 @pytest.mark.parametrize('target', ['file', 'stage'])
 def test_contract(api, glance, target, chunked, case, size, status):
     image_id = api.create_image()
-    resp = api.upload(image_id, DATA, size=size, target=target,
-                      chunked=chunked)
+    resp = _upload_case(api, image_id, size, target, chunked)
     assert resp.status == status, resp
     if status == 204:
         assert_stored(api, glance, image_id, target)
@@ -100,6 +99,25 @@ def test_contract(api, glance, target, chunked, case, size, status):
     resp = api.upload(image_id, DATA, size=N, target=target, chunked=chunked)
     assert resp.status == 204, resp
     assert_stored(api, glance, image_id, target)
+
+
+def _upload_case(api, image_id, size, target, chunked):
+    """The upload of a case. A value with leading blanks goes out on a
+    raw socket: requests refuses to send it, and the filter must take it
+    as servers hand it on."""
+    if size is None or size == size.lstrip():
+        return api.upload(image_id, DATA, size=size, target=target,
+                          chunked=chunked)
+    headers = {'Content-Type': 'application/octet-stream',
+               'X-OpenStack-Image-Size': size}
+    if chunked:
+        headers['Transfer-Encoding'] = 'chunked'
+        body = _chunked(DATA) + b'0\r\n\r\n'
+    else:
+        headers['Content-Length'] = str(N)
+        body = DATA
+    return api.send_raw('PUT', '/v2/images/%s/%s' % (image_id, target),
+                        headers, body)
 
 
 @pytest.mark.parametrize('chunked', [False, True], ids=['length', 'chunked'])

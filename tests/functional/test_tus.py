@@ -11,10 +11,10 @@ import asyncio
 import hashlib
 import io
 import os
+import urllib.parse
 
 import aiotus
 import pytest
-import requests
 from tusclient import client as tus_client
 from tusclient import exceptions as tus_exceptions
 
@@ -140,16 +140,17 @@ def test_another_project_gets_404_and_harms_nothing(glance, identity,
         '%s/v2/images/%s/file' % (glance.url, image_id), headers=identity)
     uploader = tus.uploader(file_path=image_file, chunk_size=CHUNK)
     uploader.upload(stop_at=CHUNK)
-    other = {'X-Auth-Token': glance.tokens[conftest.KEYSTONE_USERS[1]],
-             'Tus-Resumable': '1.0.0'}
-    assert requests.head(uploader.url, headers=other).status_code == 404
-    assert requests.patch(uploader.url, data=DATA[CHUNK:CHUNK + 10],
-                          headers=dict(other, **{
-                              'Upload-Offset': str(CHUNK),
-                              'Content-Type':
-                                  'application/offset+octet-stream'})
-                          ).status_code == 404
-    assert requests.delete(uploader.url, headers=other).status_code == 404
+    other = client.GlanceClient(glance.url, {
+        'X-Auth-Token': glance.tokens[conftest.KEYSTONE_USERS[1]],
+        'Tus-Resumable': '1.0.0'})
+    upload = urllib.parse.urlsplit(uploader.url).path
+    assert other.request('HEAD', upload).status == 404
+    assert other.request('PATCH', upload, body=DATA[CHUNK:CHUNK + 10],
+                         headers={'Upload-Offset': str(CHUNK),
+                                  'Content-Type':
+                                      'application/offset+octet-stream'}
+                         ).status == 404
+    assert other.request('DELETE', upload).status == 404
     resumed = tus.uploader(file_path=image_file, url=uploader.url,
                            chunk_size=CHUNK)
     assert resumed.offset == CHUNK
