@@ -1,5 +1,7 @@
 """The checks made on every answer before a byte of it is kept."""
 
+import html.parser
+
 from webob import byterange
 
 from sizeaware.client import errors
@@ -22,7 +24,42 @@ def _body_text(response):
         text = response.text
     except Exception:  # the body itself broke: the status says enough
         return ''
+    content_type = getattr(response, 'headers', {}).get('Content-Type', '')
+    if content_type.startswith('text/html'):
+        text = _HTMLReason.text_of(text)
     return ' '.join(text.split())[:300]
+
+
+class _HTMLReason(html.parser.HTMLParser):
+    """The reason in an HTML error page (webob's, which Glance and the
+    filters answer to ``Accept: */*``), without its markup and without the
+    status line its title and heading repeat."""
+
+    _SKIPPED = ('title', 'h1', 'script', 'style')
+
+    def __init__(self):
+        super().__init__()
+        self.parts = []
+        self._skipping = 0
+
+    @classmethod
+    def text_of(cls, page):
+        parser = cls()
+        parser.feed(page)
+        parser.close()
+        return ' '.join(parser.parts)
+
+    def handle_starttag(self, tag, attrs):
+        if tag in self._SKIPPED:
+            self._skipping += 1
+
+    def handle_endtag(self, tag):
+        if tag in self._SKIPPED and self._skipping:
+            self._skipping -= 1
+
+    def handle_data(self, data):
+        if not self._skipping:
+            self.parts.append(data)
 
 
 def content_range(value):

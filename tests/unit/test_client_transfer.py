@@ -123,8 +123,9 @@ def test_without_an_etag_the_record_is_compared():
 
 
 class _Response:
-    def __init__(self, status, text=''):
+    def __init__(self, status, text='', content_type='text/plain'):
         self.status_code, self.text = status, text
+        self.headers = {'Content-Type': content_type}
 
 
 @pytest.mark.parametrize('status, error', [
@@ -141,6 +142,18 @@ def test_statuses_are_retried_or_refused(status, error):
     with pytest.raises(error) as caught:
         answers.raise_for_status(response, 'GET')
     assert 'some reason' in str(caught.value)
+
+
+def test_an_html_error_page_gives_its_reason_without_markup():
+    """webob's page, as Glance answers a client that accepts anything."""
+    page = ('<html>\n <head>\n  <title>404 Not Found</title>\n </head>\n'
+            ' <body>\n  <h1>404 Not Found</h1>\n  No upload session for '
+            'this image.<br /><br />\n\n\n\n </body>\n</html>')
+    with pytest.raises(errors.Refused) as caught:
+        answers.raise_for_status(
+            _Response(404, page, 'text/html; charset=UTF-8'), 'GET session')
+    assert str(caught.value).endswith(
+        'GET session answered 404 No upload session for this image.')
 
 
 # -- state files ------------------------------------------------------------
