@@ -3,8 +3,11 @@ python-glanceclient and openstacksdk, on one Glance and one image.
 
 One Glance 33 under uwsgi (2 processes of 8 threads by default) with the
 resumable and download filters, identity from headers, sqlite and the
-filesystem store. One run (no repeats; the load is printed with the
-figures). Measured:
+filesystem store. ``--repeat N`` rounds (medians; each measurement is
+logged as it comes, the load is printed with the figures). Each
+measurement starts after ``sync`` and after a child process touched
+3 GiB of memory (:func:`settle_memory`), with the file it reads in the
+page cache. Measured:
 
 * single-stream upload and download throughput on loopback: the CLI (a
   subprocess, as a user runs it, its start-up included) against
@@ -98,6 +101,21 @@ def sdk_for(stack):
         session=sess, image_endpoint_override=stack.glance.url)
 
 
+def settle_memory(size=3 * 2**30):
+    """Touch ``size`` bytes of memory in a child process, then free them.
+
+    On this project's virtual machine, the first process to touch memory
+    after another freed GiBs of it (openstacksdk holds a whole image)
+    runs up to three times slower: the host takes freed pages back and
+    faults them in again. Whatever runs next would pay for what ran
+    before; a child that touches the memory first pays instead, for every
+    measurement alike."""
+    subprocess.run([sys.executable, '-c',
+                    'b = bytearray(%d)\n'
+                    'for i in range(0, len(b), 4096): b[i] = 1' % size],
+                   check=True)
+
+
 def timed(function):
     started = time.perf_counter()
     function()
@@ -138,8 +156,20 @@ def main():
         stored = stack.new_image()
         stack.cli(url, 'upload', '--no-resumable', stored, str(path))
 
+        stored_file = glance.store_dirs['fs'] / stored
+
+        def warm(source=stored_file):
+            """Read a file into the page cache: this machine reclaims pages
+            left cold for a while, and the download that came first after
+            the uploads read the store from the disk (the upload after the
+            downloads, its file)."""
+            with open(source, 'rb') as handle:
+                while handle.read(4 * MiB):
+                    pass
+
         def cli_upload(*options):
             def run():
+                warm(path)
                 seconds, peak = stack.cli(url, 'upload', *options,
                                           stack.new_image(), str(path))
                 peaks['upload'] = peak
@@ -148,6 +178,7 @@ def main():
 
         def library_upload(upload):
             def run():
+                warm(path)
                 image = stack.new_image()
                 with open(path, 'rb') as handle:
                     return timed(lambda: upload(image, handle))
@@ -160,6 +191,7 @@ def main():
 
         def cli_download(*options):
             def run():
+                warm()
                 seconds, peak = stack.cli(url, 'download', *options, stored,
                                           str(out))
                 peaks['download'] = peak
@@ -174,6 +206,7 @@ def main():
 
         def library_download(download):
             def run():
+                warm()
                 seconds = timed(download)
                 out.unlink()
                 return seconds
@@ -200,11 +233,25 @@ def main():
             _common.log('round %d of %d, %s, one stream'
                         % (round_number + 1, args.repeat,
                            _common.human(size)))
-            # A different order each round: what runs right after an
-            # upload shares the disk with its write-back.
-            shift = round_number % len(tasks)
-            for name, run in tasks[shift:] + tasks[:shift]:
+            # The uploads, then the downloads, each group in another order
+            # each round: over four rounds every download comes first
+            # once, right after the uploads (which slows whatever comes
+            # first a little, even after the settling below).
+            uploads = [t for t in tasks if t[0].startswith('upload')]
+            downloads = [t for t in tasks if t[0].startswith('download')]
+            order = []
+            for group in (uploads, downloads):
+                shift = round_number % len(group)
+                order += group[shift:] + group[:shift]
+            for name, run in order:
+                # Each starts with nothing left to write back: the 1 GiB
+                # the one before wrote would otherwise share the disk with
+                # it, and a client that syncs its file (the CLI does, the
+                # libraries do not) would wait for both.
+                os.sync()
+                settle_memory()
                 rates.setdefault(name, []).append(mb / run())
+                _common.log('  %-40s %8.1f MiB/s' % (name, rates[name][-1]))
         rss_up, rss_down = peaks['upload'], peaks['download']
         rows = {name: statistics.median(rates[name])
                 for name, _ in tasks}
