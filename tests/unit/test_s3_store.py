@@ -18,9 +18,7 @@ import inspect
 import io
 import logging
 
-import boto3
 from botocore import exceptions as boto_exceptions
-from botocore import stub
 from glance_store._drivers import s3 as glance_s3
 from oslo_config import cfg
 import pytest
@@ -39,20 +37,7 @@ LOGGER = 'sizeaware.store.s3'
 
 
 @pytest.fixture
-def client():
-    return boto3.client('s3', endpoint_url='http://127.0.0.1:9',
-                        region_name='us-east-1', aws_access_key_id='access',
-                        aws_secret_access_key='secret')
-
-
-@pytest.fixture
-def stubber(client):
-    with stub.Stubber(client) as stubber:
-        yield stubber
-
-
-@pytest.fixture
-def calls(client):
+def calls(s3_client):
     """``(operation, params)`` of every request the client is asked for.
 
     Recorded before the stubber sees the request, so a call the test did
@@ -64,7 +49,7 @@ def calls(client):
     def record(model, params, **kwargs):
         made.append((model.name, dict(params)))
 
-    client.meta.events.register('provide-client-params.s3', record)
+    s3_client.meta.events.register('provide-client-params.s3', record)
     return made
 
 
@@ -107,16 +92,16 @@ def listing_page(uploads, next_markers=None):
     return page
 
 
-def expect_listing(stubber, uploads, next_markers=None, after=None):
+def expect_listing(s3_stubber, uploads, next_markers=None, after=None):
     params = {'Bucket': BUCKET, 'Prefix': KEY}
     if after is not None:
         params['KeyMarker'], params['UploadIdMarker'] = after
-    stubber.add_response('list_multipart_uploads',
+    s3_stubber.add_response('list_multipart_uploads',
                          listing_page(uploads, next_markers), params)
 
 
-def expect_abort(stubber, upload_id, key=KEY):
-    stubber.add_response('abort_multipart_upload', {},
+def expect_abort(s3_stubber, upload_id, key=KEY):
+    s3_stubber.add_response('abort_multipart_upload', {},
                          {'Bucket': BUCKET, 'Key': key,
                           'UploadId': upload_id})
 
@@ -125,18 +110,18 @@ def expect_abort(stubber, upload_id, key=KEY):
 
 
 def test_every_upload_of_the_key_is_aborted_across_a_truncated_listing(
-        client, stubber, calls, log):
-    expect_listing(stubber, [(KEY, 'u1'), (KEY, 'u2')],
+        s3_client, s3_stubber, calls, log):
+    expect_listing(s3_stubber, [(KEY, 'u1'), (KEY, 'u2')],
                    next_markers=(KEY, 'u2'))
-    expect_abort(stubber, 'u1')
-    expect_abort(stubber, 'u2')
-    expect_listing(stubber, [(KEY, 'u3'), (OTHER_KEY, 'u4')],
+    expect_abort(s3_stubber, 'u1')
+    expect_abort(s3_stubber, 'u2')
+    expect_listing(s3_stubber, [(KEY, 'u3'), (OTHER_KEY, 'u4')],
                    after=(KEY, 'u2'))
-    expect_abort(stubber, 'u3')
+    expect_abort(s3_stubber, 'u3')
 
-    assert s3.abort_unfinished_uploads(client, BUCKET, KEY) is None
+    assert s3.abort_unfinished_uploads(s3_client, BUCKET, KEY) is None
 
-    stubber.assert_no_pending_responses()
+    s3_stubber.assert_no_pending_responses()
     assert aborted(calls) == [(KEY, 'u1'), (KEY, 'u2'), (KEY, 'u3')]
     assert len(listings(calls)) == 2
     assert errors(log) == []
@@ -145,17 +130,17 @@ def test_every_upload_of_the_key_is_aborted_across_a_truncated_listing(
 
 
 def test_a_listing_failing_on_its_second_page_keeps_the_first_pages_aborts(
-        client, stubber, calls, log):
-    expect_listing(stubber, [(KEY, 'u1'), (KEY, 'u2')],
+        s3_client, s3_stubber, calls, log):
+    expect_listing(s3_stubber, [(KEY, 'u1'), (KEY, 'u2')],
                    next_markers=(KEY, 'u2'))
-    expect_abort(stubber, 'u1')
-    expect_abort(stubber, 'u2')
-    stubber.add_client_error('list_multipart_uploads', 'InternalError',
+    expect_abort(s3_stubber, 'u1')
+    expect_abort(s3_stubber, 'u2')
+    s3_stubber.add_client_error('list_multipart_uploads', 'InternalError',
                              http_status_code=500)
 
-    s3.abort_unfinished_uploads(client, BUCKET, KEY)
+    s3.abort_unfinished_uploads(s3_client, BUCKET, KEY)
 
-    stubber.assert_no_pending_responses()
+    s3_stubber.assert_no_pending_responses()
     assert aborted(calls) == [(KEY, 'u1'), (KEY, 'u2')]
     error, = errors(log)
     assert isinstance(error.exc_info[1], boto_exceptions.ClientError)
@@ -163,15 +148,15 @@ def test_a_listing_failing_on_its_second_page_keeps_the_first_pages_aborts(
 
 
 def test_one_abort_failing_does_not_stop_the_others(
-        client, stubber, calls, log):
-    expect_listing(stubber, [(KEY, 'u1'), (KEY, 'u2')])
-    stubber.add_client_error('abort_multipart_upload', 'NoSuchUpload',
+        s3_client, s3_stubber, calls, log):
+    expect_listing(s3_stubber, [(KEY, 'u1'), (KEY, 'u2')])
+    s3_stubber.add_client_error('abort_multipart_upload', 'NoSuchUpload',
                              http_status_code=404)
-    expect_abort(stubber, 'u2')
+    expect_abort(s3_stubber, 'u2')
 
-    s3.abort_unfinished_uploads(client, BUCKET, KEY)
+    s3.abort_unfinished_uploads(s3_client, BUCKET, KEY)
 
-    stubber.assert_no_pending_responses()
+    s3_stubber.assert_no_pending_responses()
     assert aborted(calls) == [(KEY, 'u1'), (KEY, 'u2')]
     error, = errors(log)
     assert 'u1' in error.getMessage()
@@ -225,10 +210,10 @@ class StubbedClientStore(s3.Store):
 
 
 @pytest.fixture
-def store(client):
+def store(s3_client):
     conf = cfg.ConfigOpts()
     conf(args=[], default_config_files=[], default_config_dirs=[])
-    store = StubbedClientStore(conf, 'cloud', client)
+    store = StubbedClientStore(conf, 'cloud', s3_client)
     for name, value in {
             's3_store_host': 'http://127.0.0.1:9',
             's3_store_access_key': 'access',
@@ -241,24 +226,24 @@ def store(client):
     return store
 
 
-def expect_multipart_start(stubber, upload_id='up-1'):
+def expect_multipart_start(s3_stubber, upload_id='up-1'):
     """What glance_store asks before reading: bucket, object, new upload."""
-    stubber.add_response('head_bucket', {}, {'Bucket': BUCKET})
-    stubber.add_client_error('head_object', '404', http_status_code=404,
+    s3_stubber.add_response('head_bucket', {}, {'Bucket': BUCKET})
+    s3_stubber.add_client_error('head_object', '404', http_status_code=404,
                              expected_params={'Bucket': BUCKET, 'Key': KEY})
-    stubber.add_response('create_multipart_upload',
+    s3_stubber.add_response('create_multipart_upload',
                          {'Bucket': BUCKET, 'Key': KEY,
                           'UploadId': upload_id},
                          {'Bucket': BUCKET, 'Key': KEY})
 
 
 def test_a_failed_multipart_add_is_aborted_and_its_error_raised_unchanged(
-        store, stubber, calls, log):
-    expect_multipart_start(stubber, 'up-1')
+        store, s3_stubber, calls, log):
+    expect_multipart_start(s3_stubber, 'up-1')
     # The first 5 MiB part goes out before the read that fails.
-    stubber.add_response('upload_part', {'ETag': '"part-1"'})
-    expect_listing(stubber, [(KEY, 'up-1')])
-    expect_abort(stubber, 'up-1')
+    s3_stubber.add_response('upload_part', {'ETag': '"part-1"'})
+    expect_listing(s3_stubber, [(KEY, 'up-1')])
+    expect_abort(s3_stubber, 'up-1')
     body = ShortBody(DATA)
 
     with pytest.raises(Refused) as raised:
@@ -268,16 +253,16 @@ def test_a_failed_multipart_add_is_aborted_and_its_error_raised_unchanged(
     # The traceback is the original one, down to the failing read.
     assert raised.traceback[-1].name == 'read'
     assert '_add_multipart' in [entry.name for entry in raised.traceback]
-    stubber.assert_no_pending_responses()
+    s3_stubber.assert_no_pending_responses()
     assert aborted(calls) == [(KEY, 'up-1')]
     assert errors(log) == []
 
 
 def test_a_failing_cleanup_is_logged_and_the_original_error_raised(
-        store, stubber, calls, log):
-    expect_multipart_start(stubber, 'up-1')
-    stubber.add_response('upload_part', {'ETag': '"part-1"'})
-    stubber.add_client_error('list_multipart_uploads', 'AccessDenied',
+        store, s3_stubber, calls, log):
+    expect_multipart_start(s3_stubber, 'up-1')
+    s3_stubber.add_response('upload_part', {'ETag': '"part-1"'})
+    s3_stubber.add_client_error('list_multipart_uploads', 'AccessDenied',
                              http_status_code=403)
     body = ShortBody(DATA)
 
@@ -286,20 +271,20 @@ def test_a_failing_cleanup_is_logged_and_the_original_error_raised(
 
     assert raised.value is body.error
     assert raised.traceback[-1].name == 'read'
-    stubber.assert_no_pending_responses()
+    s3_stubber.assert_no_pending_responses()
     assert aborted(calls) == []
     error, = errors(log)
     assert error.exc_info[1].response['Error']['Code'] == 'AccessDenied'
 
 
 def test_a_successful_multipart_add_lists_and_aborts_nothing(
-        store, stubber, calls, log):
-    expect_multipart_start(stubber, 'up-1')
+        store, s3_stubber, calls, log):
+    expect_multipart_start(s3_stubber, 'up-1')
     # Two parts (5 MiB and 5 bytes), uploaded by glance_store's threads in
     # either order: same answer for both.
-    stubber.add_response('upload_part', {'ETag': '"part"'})
-    stubber.add_response('upload_part', {'ETag': '"part"'})
-    stubber.add_response('complete_multipart_upload',
+    s3_stubber.add_response('upload_part', {'ETag': '"part"'})
+    s3_stubber.add_response('upload_part', {'ETag': '"part"'})
+    s3_stubber.add_response('complete_multipart_upload',
                          {'Bucket': BUCKET, 'Key': KEY})
 
     location, size, *_ = store.add(KEY, io.BytesIO(DATA), len(DATA),
@@ -307,7 +292,7 @@ def test_a_successful_multipart_add_lists_and_aborts_nothing(
 
     assert location.endswith('/%s/%s' % (BUCKET, KEY))
     assert size == len(DATA)
-    stubber.assert_no_pending_responses()
+    s3_stubber.assert_no_pending_responses()
     assert listings(calls) == [] and aborted(calls) == []
     assert errors(log) == []
 

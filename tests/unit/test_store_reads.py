@@ -18,9 +18,7 @@ only the stock request it overrides is pinned.
 import hashlib
 import os
 
-import boto3
 from botocore import response as boto_response
-from botocore import stub
 from glance_store import capabilities
 from glance_store import exceptions as store_exceptions
 import glance_store.location
@@ -77,17 +75,10 @@ def answer(start=0, stop=N, limit=None, short=False, ranged=False):
 
 
 @pytest.fixture
-def client():
-    return boto3.client('s3', endpoint_url='http://127.0.0.1:9',
-                        region_name='us-east-1', aws_access_key_id='access',
-                        aws_secret_access_key='secret')
-
-
-@pytest.fixture
-def stubber(client):
-    with stub.Stubber(client) as stubber:
-        yield stubber
-        stubber.assert_no_pending_responses()
+def stubber(s3_stubber):
+    """The shared stubber, and every response queued was asked for."""
+    yield s3_stubber
+    s3_stubber.assert_no_pending_responses()
 
 
 class StubbedReads(s3.Store):
@@ -115,9 +106,9 @@ def configured(store_class, **read_options):
 
 
 @pytest.fixture
-def store(client):
+def store(s3_client):
     store = configured(StubbedReads, retry_backoff=0)
-    store.client = client
+    store.client = s3_client
     return store
 
 
@@ -178,9 +169,9 @@ def test_a_missing_object_is_glance_stores_not_found(store, stubber):
         store.get(location(store))
 
 
-def test_retries_spent_fail_the_read(client, stubber):
+def test_retries_spent_fail_the_read(s3_client, stubber):
     store = configured(StubbedReads, retry_backoff=0, read_retries=2)
-    store.client = client
+    store.client = s3_client
     expect(stubber, answer(limit=10))
     expect(stubber, answer(10, N, limit=11 - 10, ranged=True),
            Range='bytes=10-%d' % (N - 1), IfMatch=ETAG)
