@@ -71,6 +71,17 @@ def add_upload_options(parser, repeat, repeat_help):
                                         'random file in /tmp, kept)')
 
 
+def add_download_options(parser, size, repeat):
+    """The options every download benchmark takes: image and rounds."""
+    parser.add_argument('--size', type=parse_size, default=size,
+                        help='image size (default %s)' % size)
+    parser.add_argument('--repeat', type=int, default=repeat,
+                        help='rounds (default %d)' % repeat)
+    parser.add_argument('--image', help='image file to upload (default a '
+                                        'random file of --size in /tmp, '
+                                        'kept)')
+
+
 def add_glance_options(parser, processes=2, threads=8):
     """The options of a benchmark that runs one Glance under uwsgi."""
     parser.add_argument('--release', default='33',
@@ -89,6 +100,20 @@ def print_tables(tables):
     for text in tables:
         print()
         print(text)
+
+
+def run_on_image(parser, argv, run, report):
+    """The ``main`` of a benchmark of one Glance and one image: the command
+    line of ``parser`` and :func:`add_glance_options` (its ``--size`` and
+    ``--image`` say the image, see :func:`image_file`), then ``run(args,
+    image)``, which returns ``(results, loads)``, and the tables
+    ``report(args, results, loads)`` returns, printed."""
+    add_glance_options(parser)
+    args = parser.parse_args(argv)
+    image = image_file(args.size, args.image)
+    results, loads = run(args, image)
+    print_tables(report(args, results, loads))
+    return 0
 
 
 def machine_line():

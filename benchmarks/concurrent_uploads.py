@@ -180,25 +180,24 @@ def report(args, results, loads):
          '>= 0.99', 'CPU s/GiB without', 'CPU s/GiB with', 'CPU ratio',
          'rounds without (MiB/s)', 'rounds with (MiB/s)'],
         rows, title=title)
-    return '%s\n\nWorkers\' CPU time over all timed rounds: %.1f s with ' \
-           'the filter, %.1f s without.' % (table, cpu_total['with'],
-                                            cpu_total['without'])
+    return ['%s\n\nWorkers\' CPU time over all timed rounds: %.1f s with '
+            'the filter, %.1f s without.' % (table, cpu_total['with'],
+                                             cpu_total['without'])]
+
+
+def levels(text):
+    """``--levels``: numbers separated by commas."""
+    return [int(n) for n in text.split(',') if n.strip()]
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     _common.add_upload_options(parser, 7, 'rounds')
     parser.set_defaults(size=32 * MiB)
-    parser.add_argument('--levels', default='1,4,16',
+    parser.add_argument('--levels', default='1,4,16', type=levels,
                         help='numbers of concurrent clients (default '
                              '1,4,16)')
-    _common.add_glance_options(parser)
-    args = parser.parse_args(argv)
-    args.levels = [int(n) for n in args.levels.split(',') if n.strip()]
-    image = _common.image_file(args.size, args.image)
-    results, loads = run(args, image)
-    _common.print_tables([report(args, results, loads)])
-    return 0
+    return _common.run_on_image(parser, argv, run, report)
 
 
 if __name__ == '__main__':

@@ -162,25 +162,15 @@ def report(args, results, loads):
         'to %.1f' % (args.release, args.processes, args.threads,
                      _common.human(args.size), args.repeat, min(loads),
                      max(loads)))
-    return _common.table(['download filter', 'MiB/s', 'ratio',
-                          'paired ratio', 'CPU s/GiB', 'rounds (MiB/s)'],
-                         rows, title=title)
+    return [_common.table(['download filter', 'MiB/s', 'ratio',
+                           'paired ratio', 'CPU s/GiB', 'rounds (MiB/s)'],
+                          rows, title=title)]
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--size', type=_common.parse_size, default='1G',
-                        help='image size (default 1G)')
-    parser.add_argument('--repeat', type=int, default=5,
-                        help='rounds (default 5)')
-    parser.add_argument('--image', help='image file to upload (default a '
-                                        'random file in /tmp, kept)')
-    _common.add_glance_options(parser)
-    args = parser.parse_args(argv)
-    image = _common.image_file(args.size, args.image)
-    results, loads = run(args, image)
-    _common.print_tables([report(args, results, loads)])
-    return 0
+    _common.add_download_options(parser, '1G', 5)
+    return _common.run_on_image(parser, argv, run, report)
 
 
 if __name__ == '__main__':

@@ -123,23 +123,13 @@ def report(args, results, loads):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--size', type=_common.parse_size,
-                        default=256 * MiB, help='image size (default 256M)')
-    parser.add_argument('--repeat', type=int, default=3,
-                        help='rounds (default 3)')
+    _common.add_download_options(parser, '256M', 3)
     parser.add_argument('--latency', type=float, default=0.025,
                         help='seconds added each way (default 0.025)')
     parser.add_argument('--rate', type=_common.parse_size,
                         default=20 * MiB,
                         help='bytes per second per connection (default 20M)')
-    parser.add_argument('--image', help='image file (default: a random '
-                        'file of --size, made once and kept)')
-    _common.add_glance_options(parser)
-    args = parser.parse_args(argv)
-    image = _common.image_file(args.size, args.image)
-    results, loads = run(args, image)
-    _common.print_tables(report(args, results, loads))
-    return 0
+    return _common.run_on_image(parser, argv, run, report)
 
 
 if __name__ == '__main__':
