@@ -28,6 +28,9 @@ from tests.functional import client
 from teststack import glance as glance_stack
 from teststack import process
 
+# The shared assertion helpers report what they compared, as tests do.
+pytest.register_assert_rewrite('tests.functional.ranges')
+
 RELEASES = os.environ.get('SIZEAWARE_GLANCE_RELEASES', '33 30 29').split()
 KEYSTONE_RELEASES = os.environ.get('SIZEAWARE_KEYSTONE_RELEASES',
                                    '33').split()
@@ -48,6 +51,22 @@ STALL_TIMEOUT = 4
 DOWNLOAD_OPTIONS = {'verify_download': True}
 #: Member users of two different projects (see teststack.keystone).
 KEYSTONE_USERS = ('user1', 'user2')
+
+
+def needs_release(release):
+    """A mark that skips a test when Glance ``release`` is not in
+    ``SIZEAWARE_GLANCE_RELEASES``."""
+    return pytest.mark.skipif(
+        release not in RELEASES,
+        reason='Glance %s is not in SIZEAWARE_GLANCE_RELEASES' % release)
+
+
+def ranged_download_options(store_types):
+    """``[filter:download]`` that lets a Range through to Glance for the
+    images of ``store_types``. The tests list the stock type as well as
+    ours, so that a Range reaches Glance for the stock driver's images too
+    and a control shows what Glance answers there."""
+    return dict(DOWNLOAD_OPTIONS, ranged_store_types=','.join(store_types))
 
 
 def glance_on(release, server, **kwargs):

@@ -8,6 +8,7 @@ image as a range, and a range that starts past the end.
 
 import hashlib
 import http.client
+import os
 
 from sizeaware.client import connection
 from tests.functional import client
@@ -109,3 +110,62 @@ class Streamed:
             # "transfer closed with N bytes remaining" (exit 18).
             self.error = http.client.IncompleteRead(
                 b'', int(length) - self.received)
+
+
+# -- restarts -----------------------------------------------------------------
+#
+# The stores' read options and the image of the tests that break a store's
+# answers to Glance (tests/functional/faultproxy.py) and expect the driver
+# to restart its read.
+
+MIB = 1024 * 1024
+#: The size of the image the restart tests download.
+BIG = 256 * MIB
+#: ``read_retries`` of the drivers under test.
+RETRIES = 10
+#: ``stall_timeout`` of the drivers under test, in seconds.
+STALL_TIMEOUT = 2
+READ_OPTIONS = {
+    'read_retries': RETRIES,
+    'retry_backoff': 0.002,
+    'connect_timeout': 5,
+    'read_timeout': 10,
+    'stall_timeout': STALL_TIMEOUT,
+}
+
+
+def random_bytes(size):
+    """``size`` bytes (a multiple of 1 MiB) that differ in every MiB: one
+    random block with a counter in front, quicker than ``os.urandom``."""
+    block = os.urandom(MIB - 8)
+    return b''.join(i.to_bytes(8, 'big') + block for i in range(size // MIB))
+
+
+def spread(count, size=BIG):
+    """``count`` offsets spread over the middle of the image."""
+    return [size // 10 + i * (size * 8 // 10) // max(count, 1)
+            for i in range(count)]
+
+
+#: ``(fault, count)``: the ways a download's store reads are broken.
+FAULTS = [('cut', 1), ('cut', 3), ('cut', 10), ('truncate', 3), ('stall', 1)]
+
+
+def break_replies(proxy, fault, count, size=BIG):
+    """Make ``proxy`` (a :class:`faultproxy.FaultProxy`) break its replies
+    ``count`` times by ``fault`` (``cut``, ``truncate``, ``stall``: one
+    stall, longer than :data:`STALL_TIMEOUT`)."""
+    offsets = spread(count, size)
+    if fault == 'stall':
+        proxy.stall_reply_at(offsets[0], STALL_TIMEOUT + 2)
+    else:
+        getattr(proxy, '%s_reply_at' % fault)(*offsets)
+
+
+def assert_streamed_whole(got, size, sha256):
+    """A :class:`Streamed` 200 that carried all ``size`` bytes, unbroken,
+    with that ``sha256``."""
+    assert got.error is None, got.error
+    assert got.status == 200
+    assert int(got.headers['content-length']) == size
+    assert (got.received, got.sha256) == (size, sha256)

@@ -33,15 +33,10 @@ N = 5 * MIB + 12345
 RELEASE = '33'
 DRIVERS = ('sizeaware_rbd', 'rbd')
 #: The download filter (in every pipeline) lets a Range through to Glance
-#: only for these store types. The stock type is listed too, so that a
-#: Range reaches Glance for the stock driver's images as well, and the
-#: control below shows what Glance answers there.
-DOWNLOAD = dict(conftest.DOWNLOAD_OPTIONS, ranged_store_types=','.join(
-    DRIVERS))
+#: for both drivers' images.
+DOWNLOAD = conftest.ranged_download_options(DRIVERS)
 
-pytestmark = pytest.mark.skipif(
-    RELEASE not in conftest.RELEASES,
-    reason='Glance %s is not in SIZEAWARE_GLANCE_RELEASES' % RELEASE)
+pytestmark = conftest.needs_release(RELEASE)
 
 
 @pytest.fixture(scope='module')

@@ -34,27 +34,8 @@ from teststack import glance as glance_stack
 from teststack import nginx
 
 MIB = 1024 * 1024
-BIG = 256 * MIB
-RETRIES = 10
-STALL_TIMEOUT = 2
-READ_OPTIONS = {
-    'read_retries': RETRIES,
-    'retry_backoff': 0.002,
-    'connect_timeout': 5,
-    'read_timeout': 10,
-    'stall_timeout': STALL_TIMEOUT,
-}
 STORES = ['s3', 'http']
-
-
-def random_bytes(size):
-    # os.urandom of 256 MiB at once takes long; a repeated random block
-    # with a counter in each MiB is as good for telling bytes apart.
-    block = os.urandom(MIB - 8)
-    return b''.join(i.to_bytes(8, 'big') + block for i in range(size // MIB))
-
-
-BIG_DATA = random_bytes(BIG)
+BIG_DATA = ranges.random_bytes(ranges.BIG)
 BIG_SHA = hashlib.sha256(BIG_DATA).hexdigest()
 
 
@@ -79,6 +60,20 @@ def glance_conf(*ports):
             'import_filtering_opts': {
                 'allowed_hosts': '[127.0.0.1]',
                 'allowed_ports': '[%s]' % ','.join(map(str, ports))}}
+
+
+def sizeaware_glance(release, radosgw, bucket, proxies):
+    """A (not yet started) Glance of ``release`` whose backends ``cloud``
+    (``sizeaware_s3``) and ``web`` (``sizeaware_http``) read through the
+    fault proxies."""
+    return glance_stack.Glance(
+        release, default_backend='cloud',
+        extra_conf=glance_conf(proxies['http'].port),
+        backends={
+            'cloud': s3_backend('sizeaware_s3', radosgw, proxies['s3'].url,
+                                bucket, **ranges.READ_OPTIONS),
+            'web': ('sizeaware_http', dict(ranges.READ_OPTIONS)),
+        })
 
 
 @pytest.fixture(scope='module')
@@ -113,14 +108,7 @@ def disarmed(request):
 
 @pytest.fixture(scope='module')
 def glance(radosgw, bucket, proxies):
-    server = glance_stack.Glance(
-        '33', default_backend='cloud',
-        extra_conf=glance_conf(proxies['http'].port),
-        backends={
-            'cloud': s3_backend('sizeaware_s3', radosgw,
-                                proxies['s3'].url, bucket, **READ_OPTIONS),
-            'web': ('sizeaware_http', dict(READ_OPTIONS)),
-        })
+    server = sizeaware_glance('33', radosgw, bucket, proxies)
     server.start()
     yield server
     server.stop()
@@ -177,29 +165,15 @@ def restarts_logged(glance, image_id):
                           % image_id, text))
 
 
-def spread(count, size=BIG):
-    """``count`` offsets spread over the middle of the image."""
-    return [size // 10 + i * (size * 8 // 10) // max(count, 1)
-            for i in range(count)]
-
-
 @pytest.mark.parametrize('store', STORES)
-@pytest.mark.parametrize('fault, count', [
-    ('cut', 1), ('cut', 3), ('cut', 10), ('truncate', 3), ('stall', 1)])
+@pytest.mark.parametrize('fault, count', ranges.FAULTS)
 def test_download_survives_broken_backend_reads(
         glance, api, proxies, big_images, store, fault, count):
     proxy, image_id = proxies[store], big_images[store]
     before = restarts_logged(glance, image_id)
-    offsets = spread(count)
-    if fault == 'stall':
-        proxy.stall_reply_at(offsets[0], STALL_TIMEOUT + 2)
-    else:
-        getattr(proxy, '%s_reply_at' % fault)(*offsets)
+    ranges.break_replies(proxy, fault, count)
     got = ranges.Streamed(api, image_id)
-    assert got.error is None, got.error
-    assert got.status == 200
-    assert int(got.headers['content-length']) == BIG
-    assert (got.received, got.sha256) == (BIG, BIG_SHA)
+    ranges.assert_streamed_whole(got, ranges.BIG, BIG_SHA)
     assert proxy.reply_faults == count
     # One request per break, no more.
     assert restarts_logged(glance, image_id) - before == count
@@ -213,7 +187,7 @@ def test_http_restarts_ask_for_the_exact_rest_pinned_to_the_etag(
     path = urllib.parse.urlsplit(
         api.get_image(big_images['http'])['locations'][0]['url']).path
     served = len(web.requests())
-    proxy.truncate_reply_at(*spread(3))
+    proxy.truncate_reply_at(*ranges.spread(3))
     got = ranges.Streamed(api, big_images['http'])
     assert (got.error, got.sha256) == (None, BIG_SHA)
     time.sleep(0.5)  # nginx logs a request once it is done
@@ -221,16 +195,16 @@ def test_http_restarts_ask_for_the_exact_rest_pinned_to_the_etag(
     assert [r.status for r in requests] == [200, 206, 206, 206]
     assert requests[0].range is None and requests[0].if_match is None
     stat = os.stat(web.root / path.lstrip('/'))
-    etag = '"%x-%x"' % (int(stat.st_mtime), BIG)
+    etag = '"%x-%x"' % (int(stat.st_mtime), ranges.BIG)
     starts = []
     for request in requests[1:]:
         start, end = map(int, request.range[len('bytes='):].split('-'))
-        assert end == BIG - 1
+        assert end == ranges.BIG - 1
         assert request.if_match == etag
         starts.append(start)
     # Each restart starts past the last; the sha256 above proves each
     # started at the exact byte the client had.
-    assert 0 < starts[0] < starts[1] < starts[2] < BIG
+    assert 0 < starts[0] < starts[1] < starts[2] < ranges.BIG
 
 
 @pytest.mark.parametrize('store', STORES)
@@ -240,14 +214,14 @@ def test_spent_retries_break_the_client_connection(
     restarts the client's connection breaks; it never gets a short body
     that ends cleanly."""
     proxy = proxies[store]
-    first = BIG // 3
-    proxy.cut_reply_at(*[first + i for i in range(RETRIES + 1)])
+    first = ranges.BIG // 3
+    proxy.cut_reply_at(*[first + i for i in range(ranges.RETRIES + 1)])
     got = ranges.Streamed(api, big_images[store])
     assert got.status == 200
-    assert int(got.headers['content-length']) == BIG
+    assert int(got.headers['content-length']) == ranges.BIG
     assert got.error is not None
-    assert got.received < BIG
-    assert proxy.reply_faults == RETRIES + 1
+    assert got.received < ranges.BIG
+    assert proxy.reply_faults == ranges.RETRIES + 1
     proxy.cut_reply_at()
     # The image itself is fine: the next download is whole.
     assert ranges.Streamed(api, big_images[store]).sha256 == BIG_SHA
@@ -262,14 +236,14 @@ def test_object_replaced_before_a_restart_is_not_spliced(
     ``If-Match`` gets 412: the client's connection breaks after bytes of
     the first object only."""
     size = 128 * MIB
-    data = random_bytes(size)
+    data = ranges.random_bytes(size)
     proxy = proxies[store]
     if store == 's3':
         image_id = add_s3_image(api, data)
     else:
         image_id = add_http_image(api, web, proxy.url, data)
         name = image_id
-    other = random_bytes(size)
+    other = ranges.random_bytes(size)
 
     def replace_and_cut():
         time.sleep(1)
@@ -390,6 +364,17 @@ def test_stock_and_sizeaware_drivers_read_each_others_images(
             server.stop()
 
 
+def add_images(server, web, proxies, size):
+    """``(api, data, {store: image_id})``: a client of ``server`` in a new
+    project, ``size`` random bytes, and an image of them in each store."""
+    api = client.GlanceClient(server.url, server.identity_headers(
+        uuid.uuid4().hex))
+    data = ranges.random_bytes(size)
+    return api, data, {'s3': add_s3_image(api, data),
+                       'http': add_http_image(api, web, proxies['http'].url,
+                                              data)}
+
+
 def test_upstream_bug_stock_drivers_end_the_download_short(
         radosgw, bucket, web, proxies):
     """Negative control: the same cut under glance_store's own ``s3`` and
@@ -406,13 +391,8 @@ def test_upstream_bug_stock_drivers_end_the_download_short(
                   'web': ('http', {})})
     server.start()
     try:
-        api = client.GlanceClient(server.url, server.identity_headers(
-            uuid.uuid4().hex))
         size = 64 * MIB
-        data = random_bytes(size)
-        images = {'s3': add_s3_image(api, data),
-                  'http': add_http_image(api, web, proxies['http'].url,
-                                         data)}
+        api, _, images = add_images(server, web, proxies, size)
         for store, image_id in images.items():
             proxies[store].cut_reply_at(size // 2)
             got = ranges.Streamed(api, image_id)
@@ -432,26 +412,14 @@ def test_glance_30_restarts_and_serves_ranges(radosgw, bucket, web,
     """glance_store 4.x (Glance 30) under the same drivers: a download
     with the store's connection reset 3 times arrives whole, one restart
     per reset, and a ranged download is exact, for both stores."""
-    server = glance_stack.Glance(
-        '30', default_backend='cloud',
-        extra_conf=glance_conf(proxies['http'].port),
-        backends={
-            'cloud': s3_backend('sizeaware_s3', radosgw, proxies['s3'].url,
-                                bucket, **READ_OPTIONS),
-            'web': ('sizeaware_http', dict(READ_OPTIONS)),
-        })
+    server = sizeaware_glance('30', radosgw, bucket, proxies)
     server.start()
     try:
-        api = client.GlanceClient(server.url, server.identity_headers(
-            uuid.uuid4().hex))
         size = 64 * MIB
-        data = random_bytes(size)
+        api, data, images = add_images(server, web, proxies, size)
         sha = hashlib.sha256(data).hexdigest()
-        images = {'s3': add_s3_image(api, data),
-                  'http': add_http_image(api, web, proxies['http'].url,
-                                         data)}
         for store, image_id in images.items():
-            proxies[store].cut_reply_at(*spread(3, size))
+            proxies[store].cut_reply_at(*ranges.spread(3, size))
             got = ranges.Streamed(api, image_id)
             assert (got.error, got.received, got.sha256) == (None, size,
                                                              sha), store

@@ -51,15 +51,10 @@ STOCK_SEGMENTED = 5 * SEGMENT
 RELEASE = '33'
 DRIVERS = ('sizeaware_swift', 'swift')
 #: The download filter (in every pipeline) lets a Range through to Glance
-#: only for these store types. The stock type is listed too, so that a
-#: Range reaches Glance for the stock driver's images as well, and the
-#: control below shows what Glance answers there.
-DOWNLOAD = dict(conftest.DOWNLOAD_OPTIONS, ranged_store_types=','.join(
-    DRIVERS))
+#: for both drivers' images.
+DOWNLOAD = conftest.ranged_download_options(DRIVERS)
 
-pytestmark = pytest.mark.skipif(
-    RELEASE not in conftest.RELEASES,
-    reason='Glance %s is not in SIZEAWARE_GLANCE_RELEASES' % RELEASE)
+pytestmark = conftest.needs_release(RELEASE)
 
 
 def swift_glance(swift, postgres_url, container, driver, **extra):
@@ -175,28 +170,9 @@ def test_control_stock_driver_refuses_any_range(apis, images):
 # with the right sha256, or a broken connection: never a short body that
 # looks complete, never bytes of another object spliced in.
 
-BIG = 256 * MIB
-RETRIES = 10
-STALL_TIMEOUT = 2
-READ_OPTIONS = {
-    'read_retries': RETRIES,
-    'retry_backoff': 0.002,
-    'connect_timeout': 5,
-    'read_timeout': 10,
-    'stall_timeout': STALL_TIMEOUT,
-}
-
-
-def random_bytes(size):
-    """``size`` bytes (a multiple of 1 MiB) that differ in every MiB: one
-    random block with a counter in front, quicker than ``os.urandom``."""
-    block = os.urandom(MIB - 8)
-    return b''.join(i.to_bytes(8, 'big') + block for i in range(size // MIB))
-
-
 @pytest.fixture(scope='module')
 def big_data():
-    data = random_bytes(BIG)
+    data = ranges.random_bytes(ranges.BIG)
     return data, hashlib.sha256(data).hexdigest()
 
 
@@ -227,7 +203,7 @@ def faulty(swift, keystone, postgres, proxy):
         container, 'sizeaware_swift',
         endpoint='%s/v1/%s' % (proxy.url, account.split('/v1/')[1]),
         swift_store_large_object_size=200,
-        swift_store_large_object_chunk_size=64, **READ_OPTIONS)
+        swift_store_large_object_chunk_size=64, **ranges.READ_OPTIONS)
     server.start()
     yield server, container
     server.stop()
@@ -242,7 +218,7 @@ def fapi(faulty, project):
 @pytest.fixture(scope='module')
 def big_image(fapi, big_data):
     image_id = fapi.create_image()
-    resp = fapi.upload(image_id, big_data[0], size=BIG)
+    resp = fapi.upload(image_id, big_data[0], size=ranges.BIG)
     assert resp.status == 204, resp
     return image_id
 
@@ -254,29 +230,15 @@ def restarts_logged(glance, image_id):
                           % image_id, text))
 
 
-def spread(count, size=BIG):
-    """``count`` offsets spread over the middle of the image."""
-    return [size // 10 + i * (size * 8 // 10) // count
-            for i in range(count)]
-
-
-@pytest.mark.parametrize('fault, count', [
-    ('cut', 1), ('cut', 3), ('cut', 10), ('truncate', 3), ('stall', 1)])
+@pytest.mark.parametrize('fault, count', ranges.FAULTS)
 def test_download_survives_broken_swift_reads(faulty, fapi, proxy, big_image,
                                              big_data, fault, count):
     glance, _ = faulty
     before = restarts_logged(glance, big_image)
-    offsets = spread(count)
     proxy.reset_counters()
-    if fault == 'stall':
-        proxy.stall_reply_at(offsets[0], STALL_TIMEOUT + 2)
-    else:
-        getattr(proxy, '%s_reply_at' % fault)(*offsets)
+    ranges.break_replies(proxy, fault, count)
     got = ranges.Streamed(fapi, big_image)
-    assert got.error is None, got.error
-    assert got.status == 200
-    assert int(got.headers['content-length']) == BIG
-    assert (got.received, got.sha256) == (BIG, big_data[1])
+    ranges.assert_streamed_whole(got, ranges.BIG, big_data[1])
     assert proxy.reply_faults == count
     # One request per break, no more: no retry of swiftclient's or
     # glance_store's beneath the driver's own.
@@ -291,7 +253,7 @@ def test_ranged_download_survives_a_cut(fapi, proxy, big_image, big_data):
                           {'Range': 'bytes=%d-%d' % (first, last)})
     assert (got.status, got.error) == (206, None)
     assert got.headers['content-range'] == 'bytes %d-%d/%d' % (first, last,
-                                                               BIG)
+                                                               ranges.BIG)
     assert got.sha256 == hashlib.sha256(
         big_data[0][first:last + 1]).hexdigest()
     assert proxy.reply_faults == 1
@@ -302,17 +264,17 @@ def test_spent_retries_break_the_client_connection(fapi, proxy, big_image,
     """A break, then every restart broken too: after ``read_retries``
     restarts the client's connection breaks; it never gets a short body
     that ends cleanly."""
-    first = BIG // 3
-    proxy.cut_reply_at(*[first + i for i in range(RETRIES + 1)])
+    first = ranges.BIG // 3
+    proxy.cut_reply_at(*[first + i for i in range(ranges.RETRIES + 1)])
     got = ranges.Streamed(fapi, big_image)
     assert got.status == 200
-    assert int(got.headers['content-length']) == BIG
+    assert int(got.headers['content-length']) == ranges.BIG
     assert isinstance(got.error, (http.client.IncompleteRead, OSError))
-    assert got.received < BIG
-    assert proxy.reply_faults == RETRIES + 1
+    assert got.received < ranges.BIG
+    assert proxy.reply_faults == ranges.RETRIES + 1
     # An unmodified client says so too: curl's "transfer closed with N
     # bytes remaining to read" is exit status 18.
-    proxy.cut_reply_at(*[first + i for i in range(RETRIES + 1)])
+    proxy.cut_reply_at(*[first + i for i in range(ranges.RETRIES + 1)])
     curl = subprocess.run(
         ['curl', '-sS', '-o', os.devnull, '-w', '%{size_download}',
          *[a for name, value in fapi.headers.items()
@@ -321,7 +283,7 @@ def test_spent_retries_break_the_client_connection(fapi, proxy, big_image,
                                             big_image)],
         capture_output=True, text=True, timeout=120)
     assert curl.returncode == 18, curl
-    assert int(curl.stdout) < BIG
+    assert int(curl.stdout) < ranges.BIG
     proxy.cut_reply_at()
     # The image itself is fine: the next download is whole.
     assert ranges.Streamed(fapi, big_image).sha256 == big_data[1]
@@ -337,7 +299,7 @@ def test_object_replaced_before_a_restart_is_not_spliced(
     from tests.functional import test_swift_store
     glance, container = faulty
     size = 64 * MIB
-    data, other = random_bytes(size), random_bytes(size)
+    data, other = ranges.random_bytes(size), ranges.random_bytes(size)
     image_id = fapi.create_image()
     assert fapi.upload(image_id, data, size=size).status == 204
     conn = test_swift_store.swift_connection(keystone)
