@@ -51,6 +51,28 @@ STALL_TIMEOUT = 4
 DOWNLOAD_OPTIONS = {'verify_download': True}
 #: Member users of two different projects (see teststack.keystone).
 KEYSTONE_USERS = ('user1', 'user2')
+MIB = 1024 * 1024
+
+
+def upload_mismatched(api, data, size, delta):
+    """Upload ``data`` (``size`` bytes, chunked) into a new image declaring
+    ``size - delta`` bytes: Glance refuses it with 400 for the size
+    mismatch, the image stays queued. Returns the image's id."""
+    image_id = api.create_image()
+    resp = api.upload(image_id, data, size=size - delta, chunked=True,
+                      piece=MIB)
+    assert resp.status == 400, resp
+    assert 'mismatch' in resp.text
+    image = api.get_image(image_id)
+    assert (image['status'], image['size']) == ('queued', None)
+    return image_id
+
+
+def upload_again(api, image_id, data, size):
+    """The retry after :func:`upload_mismatched`, with the right size:
+    accepted."""
+    assert api.upload(image_id, data, size=size, chunked=True,
+                      piece=MIB).status == 204
 
 
 def needs_release(release):

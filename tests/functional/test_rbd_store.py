@@ -137,19 +137,12 @@ def test_declared_size_writes_without_resizing(api, ceph_rbd, data,
 def test_mismatch_leaves_no_rbd_image(api, glance_rbd, ceph_rbd, data,
                                       delta):
     before = set(ceph_rbd.images())
-    image_id = api.create_image()
-    resp = api.upload(image_id, data, size=N - delta, chunked=True,
-                      piece=MIB)
-    assert resp.status == 400, resp
-    assert 'mismatch' in resp.text
-    image = api.get_image(image_id)
-    assert (image['status'], image['size']) == ('queued', None)
+    image_id = conftest.upload_mismatched(api, data, N, delta)
     assert set(ceph_rbd.images()) == before
     assert list(glance_rbd.staging_dir.iterdir()) == []
     # Nothing is in the way of a retry (an RBD image left behind would
     # answer 409 here).
-    assert api.upload(image_id, data, size=N, chunked=True,
-                      piece=MIB).status == 204
+    conftest.upload_again(api, image_id, data, N)
     assert api.get_image(image_id)['status'] == 'active'
 
 

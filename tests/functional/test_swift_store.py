@@ -209,17 +209,10 @@ def test_staged_image_is_imported_whole(api, glance_swift, stored, chunked):
 def test_mismatch_leaves_no_object_and_no_segment(
         api, glance_swift, stored, delta):
     data = DATA[:N]
-    image_id = api.create_image()
-    resp = api.upload(image_id, data, size=N - delta, chunked=True,
-                      piece=MIB)
-    assert resp.status == 400, resp
-    assert 'mismatch' in resp.text
-    image = api.get_image(image_id)
-    assert (image['status'], image['size']) == ('queued', None)
+    image_id = conftest.upload_mismatched(api, data, N, delta)
     assert stored(glance_swift.container, image_id) == {}
     # The client can retry at once with the right size.
-    assert api.upload(image_id, data, size=N, chunked=True,
-                      piece=MIB).status == 204
+    conftest.upload_again(api, image_id, data, N)
     assert_stored_whole(api, glance_swift, stored, image_id, data)
 
 
