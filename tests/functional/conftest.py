@@ -75,6 +75,14 @@ def upload_again(api, image_id, data, size):
                       piece=MIB).status == 204
 
 
+def write_image(tmp_path_factory, name, data):
+    """The path (a string) of a new file holding ``data``, in a fresh
+    temporary directory named after ``name``."""
+    path = tmp_path_factory.mktemp(name) / 'image.raw'
+    path.write_bytes(data)
+    return str(path)
+
+
 def needs_release(release):
     """A mark that skips a test when Glance ``release`` is not in
     ``SIZEAWARE_GLANCE_RELEASES``."""

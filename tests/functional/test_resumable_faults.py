@@ -79,9 +79,7 @@ def glance(request, tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def image_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp('faults-data') / 'image.raw'
-    path.write_bytes(DATA)
-    return str(path)
+    return conftest.write_image(tmp_path_factory, 'faults-data', DATA)
 
 
 @pytest.fixture

@@ -42,9 +42,7 @@ def glance(postgres, keystone):
 
 @pytest.fixture(scope='module')
 def image_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp('tus') / 'image.raw'
-    path.write_bytes(DATA)
-    return str(path)
+    return conftest.write_image(tmp_path_factory, 'tus', DATA)
 
 
 @pytest.fixture
