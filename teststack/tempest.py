@@ -122,7 +122,14 @@ def glance_extras(image_port, allowed_ports=(80, 443)) -> dict:
     """Keyword arguments for :class:`teststack.glance.Glance` that the
     tempest image tests need: a second file store ``fs2`` (copy-image) and
     web-download allowed from 127.0.0.1 on ``image_port``. Merge
-    ``extra_conf`` with :meth:`Keystone.glance_conf`."""
+    ``extra_conf`` with :meth:`Keystone.glance_conf`.
+
+    The stores have weights (``fs`` first) so that an image's ``stores``
+    always reads ``fs,fs2``: Glance lists its locations in the database's
+    row order, which PostgreSQL changes when a location row is updated a
+    second after the other was written (on a loaded machine), and
+    tempest's ``wait_for_image_imported_to_stores`` compares the string
+    with the sorted store ids, waiting out its timeout otherwise."""
     ports = sorted(set(allowed_ports) | {int(image_port)})
     return {
         'backends': {'fs': ('file', {}), 'fs2': ('file', {})},
@@ -133,8 +140,9 @@ def glance_extras(image_port, allowed_ports=(80, 443)) -> dict:
                 'allowed_hosts': '[127.0.0.1]',
                 'allowed_ports': '[%s]' % ','.join(map(str, ports)),
             },
-            'fs': {'store_description': 'first file store'},
-            'fs2': {'store_description': 'second file store'},
+            'fs': {'store_description': 'first file store', 'weight': '2'},
+            'fs2': {'store_description': 'second file store',
+                    'weight': '1'},
         },
     }
 
