@@ -1,31 +1,28 @@
 """Image uploads with the headers tempest's own image client cannot send.
 
 Tempest's ``store_image_file`` and ``stage_image_file`` take no headers, so
-these go through the project's Glance client,
-:class:`sizeaware.client.connection.GlanceConnection`, set up from what
-tempest's image client holds: its token, the image endpoint its filters
-(service, region, endpoint type) name in the catalog, its TLS settings,
-proxy and HTTP timeout.
+:func:`put_image_data` sends the PUT itself, the way ``store_image_file``
+does, through tempest's image client: its auth provider adds the token and
+picks the image endpoint its filters (service, region, endpoint type, API
+version) name in the catalog, and its ``raw_request`` sends the body
+chunked over its own HTTP pool (TLS settings, proxy, HTTP timeout from
+``[service_clients]``) and logs the request as the client's other calls.
+
 An error status raises the ``tempest.lib`` exception tempest's own clients
 raise for it (400 ``BadRequest``, 413 ``OverLimit``, ...): see
 :func:`raise_for_status`.
+
+This module, like the whole plugin, imports tempest and the standard
+library only: the plugin is installed into tempest's environment without
+this package's dependencies.
 """
 
-import contextlib
-import functools
-import io
-import logging
+import json
 
-from keystoneauth1 import session as ks_session
-from keystoneauth1 import token_endpoint
-import requests
 from tempest.lib import exceptions as lib_exc
-
-from sizeaware.client import connection
+from tempest.lib.common import rest_client
 
 CHUNK_SIZE = 64 * 1024
-
-LOG = logging.getLogger(__name__)
 
 #: The exception tempest's rest client raises for each error status
 #: (tempest.lib has no public function for it). A 413 carrying
@@ -48,71 +45,60 @@ ERRORS = {
 }
 
 
-def _body(response):
+class Chunks:
+    """``data`` in :data:`CHUNK_SIZE` pieces, from its start each time it
+    is iterated: when urllib3 sends a request again (a 413 or 503 carrying
+    ``Retry-After``, a dropped connection), it sends the whole body again,
+    not what is left of a spent iterator."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def __iter__(self):
+        view = memoryview(self.data)
+        for start in range(0, len(view), CHUNK_SIZE):
+            yield bytes(view[start:start + CHUNK_SIZE])
+
+
+def _decoded(resp, body):
     """The answer's JSON document if it is one, else its text."""
-    content_type = response.headers.get('Content-Type', '')
+    if isinstance(body, bytes):
+        body = body.decode('utf-8', 'replace')
+    content_type = resp.get('content-type', '')
     if content_type.split(';')[0].strip().lower() == 'application/json':
         try:
-            return response.json()
+            return json.loads(body)
         except ValueError:
             pass
-    return response.text
+    return body
 
 
-def raise_for_status(response):
+def raise_for_status(resp, body=b''):
     """Nothing below 400; else the ``tempest.lib`` exception for the
     status (see :data:`ERRORS`), with the answer's body (parsed when JSON)
-    and ``resp`` the ``requests.Response``."""
-    status = response.status_code
+    and ``resp`` the response as tempest's HTTP pool returns it (a dict of
+    lower-case headers with a ``status``)."""
+    status = resp.status
     if status < 400:
         return
-    if status == 413 and 'Retry-After' in response.headers:
-        raise lib_exc.RateLimitExceeded(_body(response), resp=response)
+    if status == 413 and 'retry-after' in resp:
+        raise lib_exc.RateLimitExceeded(_decoded(resp, body), resp=resp)
     error = ERRORS.get(status)
     if error is None:
-        raise lib_exc.UnexpectedResponseCode(str(status), resp=response)
-    raise error(_body(response), resp=response)
-
-
-def _verify(images_client):
-    """The client's TLS verification as keystoneauth1 takes it: False,
-    a CA bundle's path, or True."""
-    if images_client.dscv:  # disable_ssl_certificate_validation
-        return False
-    return images_client.http_obj.connection_pool_kw.get('ca_certs') or True
-
-
-@contextlib.contextmanager
-def glance_connection(images_client):
-    """A :class:`~sizeaware.client.connection.GlanceConnection` to the
-    image endpoint of tempest's ``images_client``, sending its token, with
-    its TLS settings, and its proxy and HTTP timeout
-    (``[service_clients]``) when it has them; its connections are closed
-    on exit."""
-    endpoint = images_client.base_url
-    http_obj = images_client.http_obj
-    timeouts = {}
-    timeout = http_obj.connection_pool_kw.get('timeout')
-    if isinstance(timeout, (int, float)):
-        timeouts = {'connect_timeout': timeout, 'read_timeout': timeout}
-    with requests.Session() as http:
-        proxy = getattr(http_obj, 'proxy', None)  # a urllib3 ProxyManager's
-        if proxy is not None:
-            http.proxies = {'http': proxy.url, 'https': proxy.url}
-        session = ks_session.Session(
-            auth=token_endpoint.Token(endpoint, images_client.token),
-            session=http, verify=_verify(images_client))
-        yield connection.GlanceConnection(session, endpoint, **timeouts)
+        raise lib_exc.UnexpectedResponseCode(str(status), resp=resp)
+    raise error(_decoded(resp, body), resp=resp)
 
 
 def put_image_data(images_client, image_id, data, target='file',
                    image_size=None, headers=None):
     """PUT ``data`` (bytes) to the image's ``/file`` or ``/stage``, chunked
-    (:data:`CHUNK_SIZE` bytes a chunk).
+    (:data:`CHUNK_SIZE` bytes a chunk), through tempest's ``images_client``.
 
     :param image_size: the ``X-OpenStack-Image-Size`` value, sent as given
         (``str()`` of it), or None to send no such header.
-    :returns: the ``requests.Response``, a 204.
+    :param headers: more headers, sent as given.
+    :returns: a ``tempest.lib`` ``ResponseBody`` whose ``response`` is the
+        204.
     :raises: the ``tempest.lib`` exception of an error status (see
         :func:`raise_for_status`); ``InvalidHttpSuccessCode`` for any other
         status than 204.
@@ -121,16 +107,17 @@ def put_image_data(images_client, image_id, data, target='file',
     if image_size is not None:
         all_headers['X-OpenStack-Image-Size'] = str(image_size)
     all_headers.update(headers or {})
-    body = iter(functools.partial(io.BytesIO(data).read, CHUNK_SIZE), b'')
-    path = '/v2/images/%s/%s' % (image_id, target)
-    with glance_connection(images_client) as glance:
-        response = glance.request('PUT', path, headers=all_headers, data=body)
-        try:
-            LOG.debug('PUT %s%s: %d (request id %s)', glance.endpoint, path,
-                      response.status_code,
-                      response.headers.get('X-Openstack-Request-Id'))
-            raise_for_status(response)
-            images_client.expected_success(204, response.status_code)
-        finally:
-            response.close()
-    return response
+    chunks = Chunks(data)
+    url, all_headers, chunks = images_client.auth_provider.auth_request(
+        'PUT', 'images/%s/%s' % (image_id, target), all_headers, chunks,
+        images_client.filters)
+    # Not tempest's request(): its checks raise UnexpectedContentType for
+    # an error answered in any type but JSON or plain text, and it would
+    # retry a rate limit on top of urllib3's retries.
+    resp, body = images_client.raw_request(
+        url, 'PUT', headers=all_headers, body=chunks, chunked=True,
+        log_req_body='<%d bytes>' % len(data))
+    raise_for_status(resp, body)
+    images_client.response_checker('PUT', resp, body)
+    images_client.expected_success(204, resp.status)
+    return rest_client.ResponseBody(resp)

@@ -1,33 +1,44 @@
-"""The tempest plugin's upload helper: what it sends through GlanceConnection
-and which tempest.lib exception each answer raises."""
+"""The tempest plugin's upload helper: what it sends through tempest's own
+image client, and which tempest.lib exception each answer raises.
 
+The client is tempest's real ``ImagesClient`` with a keystone v3 auth
+provider holding a token and a catalog (no keystone is asked), and its
+own HTTP pool sends to a server on 127.0.0.1 that reads the chunked body
+chunk by chunk and records it.
+"""
+
+import http.server
 import json
+import threading
 
 import pytest
-import requests
+from tempest.lib import auth
 from tempest.lib import exceptions as lib_exc
-from tempest.lib.common import rest_client
-import urllib3
+from tempest.lib.services.image.v2 import images_client
 
-from sizeaware.client import connection
 from sizeaware_tempest_plugin import upload
 
+TOKEN = 'a-token'
+REGION = 'RegionOne'
 
-def _response(status, body=b'', headers=None):
-    response = requests.Response()
-    response.status_code = status
-    response.headers.update(headers or {})
-    response._content = body
-    return response
+
+class Response(dict):
+    """What tempest's HTTP pool returns as a response: lower-case headers
+    and a ``status``."""
+
+    def __init__(self, status, headers=None):
+        super().__init__((k.lower(), v) for k, v in (headers or {}).items())
+        self.status = status
+        self['status'] = str(status)
 
 
 @pytest.mark.parametrize('status, error', sorted(upload.ERRORS.items()))
 def test_each_error_status_raises_tempests_exception(status, error):
-    response = _response(status, b'refused', {'Content-Type': 'text/plain'})
+    resp = Response(status, {'Content-Type': 'text/plain'})
     with pytest.raises(error) as info:
-        upload.raise_for_status(response)
+        upload.raise_for_status(resp, b'refused')
     assert type(info.value) is error
-    assert info.value.resp is response
+    assert info.value.resp is resp
     assert info.value.resp_body == 'refused'
 
 
@@ -38,160 +49,185 @@ def test_the_size_filter_answers_map_as_the_plugin_tests_expect():
 
 def test_a_json_error_body_is_parsed():
     document = {'message': 'too big'}
-    response = _response(413, json.dumps(document).encode(),
-                         {'Content-Type': 'application/json; charset=UTF-8'})
+    resp = Response(413, {'Content-Type': 'application/json; charset=UTF-8'})
     with pytest.raises(lib_exc.OverLimit) as info:
-        upload.raise_for_status(response)
+        upload.raise_for_status(resp, json.dumps(document).encode())
     assert info.value.resp_body == document
 
 
 def test_413_with_retry_after_is_a_rate_limit():
-    response = _response(413, b'slow down', {'Retry-After': '5'})
+    resp = Response(413, {'Retry-After': '5'})
     with pytest.raises(lib_exc.RateLimitExceeded):
-        upload.raise_for_status(response)
+        upload.raise_for_status(resp, b'slow down')
 
 
 @pytest.mark.parametrize('status', [402, 405, 411, 418, 429, 502, 503])
 def test_other_error_statuses_are_unexpected(status):
     with pytest.raises(lib_exc.UnexpectedResponseCode) as info:
-        upload.raise_for_status(_response(status, b'no'))
+        upload.raise_for_status(Response(status), b'no')
     assert str(status) in str(info.value)
 
 
 @pytest.mark.parametrize('status', [200, 201, 204, 301, 399])
 def test_no_error_below_400(status):
-    upload.raise_for_status(_response(status))
+    upload.raise_for_status(Response(status))
 
 
-class RecordingAdapter(requests.adapters.BaseAdapter):
-    """Answers every request with ``status``; keeps what was sent."""
+class Handler(http.server.BaseHTTPRequestHandler):
+    """Reads a PUT's chunked body chunk by chunk; answers with the server's
+    ``answer``; records what it received in the server's ``received``."""
 
-    def __init__(self, status):
-        super().__init__()
-        self.status = status
-        self.sent = []
+    protocol_version = 'HTTP/1.1'
 
-    def send(self, request, **kwargs):
-        chunks = list(request.body)
-        self.sent.append({'method': request.method, 'url': request.url,
-                          'headers': dict(request.headers),
-                          'chunks': chunks, 'verify': kwargs['verify'],
-                          'timeout': kwargs['timeout'],
-                          'proxies': kwargs['proxies']})
-        response = _response(self.status, b'', {'Content-Type': 'text/plain'})
-        response.request = request
-        response.url = request.url
-        return response
+    def do_PUT(self):
+        chunks = []
+        if self.headers.get('Transfer-Encoding') == 'chunked':
+            while True:
+                size = int(self.rfile.readline().split(b';')[0], 16)
+                chunk = self.rfile.read(size + 2)[:size]  # and its CRLF
+                if not size:
+                    break
+                chunks.append(chunk)
+        self.server.received.append({
+            'method': self.command, 'path': self.path,
+            'headers': dict(self.headers), 'chunks': chunks})
+        status, headers, body = self.server.answer
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
-    def close(self):
+    def log_message(self, *args):
         pass
 
 
-class FakePool:
-    def __init__(self, proxy=None, **connection_pool_kw):
-        if proxy is not None:
-            self.proxy = urllib3.util.parse_url(proxy)
-        self.connection_pool_kw = connection_pool_kw
-
-
-class FakeImagesClient:
-    """What the helper reads of tempest's ``ImagesClient``."""
-    base_url = 'https://glance.example/image/v2'
-    token = 'a-token'
-    expected_success = rest_client.RestClient.expected_success
-
-    def __init__(self, dscv=False, proxy=None, **connection_pool_kw):
-        self.dscv = dscv
-        self.http_obj = FakePool(proxy, **connection_pool_kw)
-
-
 @pytest.fixture
-def adapter(monkeypatch):
-    adapter = RecordingAdapter(204)
-    # requests would replace verify=True by a bundle these name, and add
-    # the proxies these name.
-    for name in ('REQUESTS_CA_BUNDLE', 'CURL_CA_BUNDLE', 'https_proxy',
-                 'HTTPS_PROXY', 'all_proxy', 'ALL_PROXY'):
-        monkeypatch.delenv(name, raising=False)
-
-    class Session(requests.Session):
-        def __init__(self):
-            super().__init__()
-            self.mount('https://', adapter)
-
-    monkeypatch.setattr(upload.requests, 'Session', Session)
-    return adapter
+def server():
+    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+    httpd.received = []
+    httpd.answer = (204, {}, b'')
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    thread.join()
+    httpd.server_close()
 
 
-def test_put_sends_the_token_and_the_headers_in_64_kib_chunks(adapter):
+def images_client_for(server, endpoint_type='publicURL', **kwargs):
+    """Tempest's ``ImagesClient`` whose catalog has the image service's
+    public endpoint of ``REGION`` on ``server`` and its other endpoints on
+    hosts that do not exist."""
+    base = 'http://127.0.0.1:%d/image' % server.server_port
+    credentials = auth.KeystoneV3Credentials(
+        username='u', password='p', project_name='p', user_domain_name='d',
+        project_domain_name='d')
+    provider = auth.KeystoneV3AuthProvider(credentials,
+                                           'http://keystone.invalid/v3')
+    provider.cache = (TOKEN, {
+        'expires_at': '2999-01-01T00:00:00.000000Z',
+        'catalog': [{'type': 'image', 'name': 'glance', 'endpoints': [
+            {'interface': 'internal', 'region': REGION,
+             'url': 'http://internal.invalid/image'},
+            {'interface': 'public', 'region': 'Elsewhere',
+             'url': 'http://elsewhere.invalid/image'},
+            {'interface': 'public', 'region': REGION, 'url': base},
+        ]}]})
+    return images_client.ImagesClient(provider, 'image', REGION,
+                                      endpoint_type=endpoint_type, **kwargs)
+
+
+def test_put_sends_the_token_and_the_headers_in_64_kib_chunks(server):
     data = bytes(range(256)) * 1024 + b'tail'
-    response = upload.put_image_data(
-        FakeImagesClient(), 'an-image', data, target='stage',
+    result = upload.put_image_data(
+        images_client_for(server), 'an-image', data, target='stage',
         image_size=len(data), headers={'X-Extra': 'yes'})
-    assert response.status_code == 204
-    (sent,) = adapter.sent
+    assert result.response.status == 204
+    (sent,) = server.received
     assert sent['method'] == 'PUT'
-    assert sent['url'] == (
-        'https://glance.example/image/v2/images/an-image/stage')
-    assert sent['headers']['X-Auth-Token'] == 'a-token'
+    # The catalog's public endpoint of the region, with tempest's API
+    # version.
+    assert sent['path'] == '/image/v2/images/an-image/stage'
+    assert sent['headers']['X-Auth-Token'] == TOKEN
     assert sent['headers']['X-OpenStack-Image-Size'] == str(len(data))
     assert sent['headers']['Content-Type'] == 'application/octet-stream'
     assert sent['headers']['X-Extra'] == 'yes'
     assert sent['headers']['Transfer-Encoding'] == 'chunked'
+    assert 'Content-Length' not in sent['headers']
     assert [len(c) for c in sent['chunks']] == [upload.CHUNK_SIZE] * 4 + [4]
     assert b''.join(sent['chunks']) == data
-    assert sent['verify'] is True
 
 
-def test_put_without_a_size_sends_no_size_header(adapter):
-    upload.put_image_data(FakeImagesClient(), 'an-image', b'x')
-    (sent,) = adapter.sent
-    assert sent['url'].endswith('/v2/images/an-image/file')
+def test_put_without_a_size_sends_no_size_header(server):
+    upload.put_image_data(images_client_for(server), 'an-image', b'x')
+    (sent,) = server.received
+    assert sent['path'] == '/image/v2/images/an-image/file'
     assert 'X-OpenStack-Image-Size' not in sent['headers']
+    assert sent['chunks'] == [b'x']
 
 
-@pytest.mark.parametrize('client, verify', [
-    (FakeImagesClient(dscv=True, ca_certs='/etc/ca.pem',
-                      cert_reqs='CERT_NONE'), False),
-    (FakeImagesClient(ca_certs='/etc/ca.pem', cert_reqs='CERT_REQUIRED'),
-     '/etc/ca.pem'),
-    (FakeImagesClient(), True),
-])
-def test_put_verifies_tls_as_the_images_client_does(adapter, client, verify):
+def test_put_goes_through_the_images_clients_proxy(server):
+    # The catalog's endpoint for this client does not exist: only the
+    # proxy, the test server, is reached.
+    client = images_client_for(server, endpoint_type='internalURL',
+                               proxy_url='http://127.0.0.1:%d'
+                               % server.server_port)
     upload.put_image_data(client, 'an-image', b'x')
-    assert adapter.sent[0]['verify'] == verify
+    (sent,) = server.received
+    assert sent['path'] == (
+        'http://internal.invalid/image/v2/images/an-image/file')
 
 
-def test_put_goes_through_the_images_clients_proxy(adapter):
-    upload.put_image_data(
-        FakeImagesClient(proxy='http://proxy.example:3128'), 'an-image', b'x')
-    assert adapter.sent[0]['proxies']['https'] == 'http://proxy.example:3128'
+def test_put_logs_the_size_not_the_data(server, caplog):
+    client = images_client_for(server)
+    with caplog.at_level('DEBUG', logger=client.LOG.name):
+        upload.put_image_data(client, 'an-image', b'secret-bytes' * 3)
+    assert 'secret-bytes' not in caplog.text
+    assert '<36 bytes>' in caplog.text
+    assert TOKEN not in caplog.text
 
 
-def test_put_without_a_proxy_goes_direct(adapter):
-    upload.put_image_data(FakeImagesClient(), 'an-image', b'x')
-    assert not adapter.sent[0]['proxies'].get('https')
-
-
-def test_put_waits_as_long_as_the_images_client(adapter):
-    upload.put_image_data(FakeImagesClient(timeout=300), 'an-image', b'x')
-    assert adapter.sent[0]['timeout'] == (300, 300)
-
-
-def test_put_without_a_client_timeout_keeps_the_connections_own(adapter):
-    upload.put_image_data(FakeImagesClient(), 'an-image', b'x')
-    assert adapter.sent[0]['timeout'] == (connection.CONNECT_TIMEOUT,
-                                          connection.READ_TIMEOUT)
-
-
-def test_put_raises_tempests_exception_for_an_error(adapter):
-    adapter.status = 400
-    with pytest.raises(lib_exc.BadRequest):
-        upload.put_image_data(FakeImagesClient(), 'an-image', b'x',
+@pytest.mark.parametrize('status, headers, body, error', [
+    (400, {'Content-Type': 'text/plain'}, b'size mismatch',
+     lib_exc.BadRequest),
+    (413, {'Content-Type': 'application/json'}, b'{"message": "too big"}',
+     lib_exc.OverLimit),
+    # tempest's own request() raises UnexpectedContentType for these.
+    (400, {'Content-Type': 'text/html; charset=UTF-8'}, b'<p>no</p>',
+     lib_exc.BadRequest),
+])
+def test_put_raises_tempests_exception_for_an_error(server, status, headers,
+                                                    body, error):
+    server.answer = (status, headers, body)
+    with pytest.raises(error) as info:
+        upload.put_image_data(images_client_for(server), 'an-image', b'x',
                               image_size=2)
+    assert info.value.resp.status == status
 
 
-def test_put_checks_the_success_status(adapter):
-    adapter.status = 200
+def test_a_resent_request_carries_the_whole_body_again(server):
+    # Tempest's HTTP pool (urllib3) sends a PUT answered 413 or 503 with
+    # Retry-After again, up to ten times, and then gives up.
+    server.answer = (413, {'Retry-After': '0', 'Content-Type': 'text/plain'},
+                     b'slow down')
+    data = b'y' * (upload.CHUNK_SIZE + 1)
+    with pytest.raises(lib_exc.RateLimitExceeded):
+        upload.put_image_data(images_client_for(server), 'an-image', data)
+    assert len(server.received) > 1
+    for sent in server.received:
+        assert b''.join(sent['chunks']) == data
+
+
+def test_chunks_start_again_each_time():
+    chunks = upload.Chunks(b'z' * (2 * upload.CHUNK_SIZE + 1))
+    assert [len(c) for c in chunks] == [upload.CHUNK_SIZE] * 2 + [1]
+    assert [len(c) for c in chunks] == [upload.CHUNK_SIZE] * 2 + [1]
+    assert list(upload.Chunks(b'')) == []
+
+
+def test_put_checks_the_success_status(server):
+    server.answer = (200, {'Content-Type': 'application/json'}, b'{}')
     with pytest.raises(lib_exc.InvalidHttpSuccessCode):
-        upload.put_image_data(FakeImagesClient(), 'an-image', b'x')
+        upload.put_image_data(images_client_for(server), 'an-image', b'x')
