@@ -16,9 +16,11 @@
 
 Tempest runs from its own venv (``tempest``: tempest, glance-tempest-plugin
 and, once this repo ships a ``tempest.test_plugins`` entry point, this repo
-installed editable). Results are read from ``stestr last --subunit``, parsed
-by ``scripts/subunit_to_json.py`` inside that venv: one outcome per test id,
-with the skip reason or the traceback.
+installed editable with ``--no-deps``, as a plugin is installed into
+tempest's environment: its plugin must run with tempest alone). Results are
+read from ``stestr last --subunit``, parsed by ``scripts/subunit_to_json.py``
+inside that venv: one outcome per test id, with the skip reason or the
+traceback.
 """
 
 import json
@@ -51,13 +53,17 @@ def repo_has_tempest_plugin(repo=paths.REPO) -> bool:
 def tempest_venv(plugins=None) -> pathlib.Path:
     """The venv ``tempest``.
 
-    :param plugins: checkouts of tempest plugins installed editable. By
-        default this repo, once its setup.cfg declares a
+    :param plugins: checkouts of tempest plugins installed editable
+        without their dependencies (``--no-deps``): a plugin needs tempest
+        only, and this repo's would otherwise bring glance_store,
+        keystoneauth1 and the like into tempest's venv and hide an import
+        of them. By default this repo, once its setup.cfg declares a
         ``tempest.test_plugins`` entry point (the hook for our own plugin).
     """
     if plugins is None:
         plugins = [paths.REPO] if repo_has_tempest_plugin() else []
-    return venvs.ensure_venv('tempest', REQUIREMENTS, editable=plugins)
+    return venvs.ensure_venv('tempest', REQUIREMENTS, editable=plugins,
+                             editable_deps=False)
 
 
 # ---------------------------------------------------------------------------

@@ -78,7 +78,8 @@ def _python_identity(python):
     return out.strip()
 
 
-def _inputs(name, requirements, editable, system_site_packages, python):
+def _inputs(name, requirements, editable, system_site_packages, python,
+            editable_deps=True):
     packaging = {}
     for repo in editable:
         repo = pathlib.Path(repo).resolve()
@@ -87,7 +88,7 @@ def _inputs(name, requirements, editable, system_site_packages, python):
             if path.is_file():
                 packaging['%s/%s' % (repo, fname)] = hashlib.sha256(
                     path.read_bytes()).hexdigest()
-    return {
+    inputs = {
         'name': name,
         'python': _python_identity(python),
         'requirements': list(requirements),
@@ -95,6 +96,9 @@ def _inputs(name, requirements, editable, system_site_packages, python):
         'packaging': packaging,
         'system_site_packages': bool(system_site_packages),
     }
+    if not editable_deps:  # absent otherwise: other venvs keep their digest
+        inputs['editable_no_deps'] = True
+    return inputs
 
 
 def _digest(inputs):
@@ -130,12 +134,16 @@ def _run(argv, log_path):
 
 
 def ensure_venv(name: str, requirements, *, editable=(),
-                system_site_packages=False, python=None) -> pathlib.Path:
+                editable_deps=True, system_site_packages=False,
+                python=None) -> pathlib.Path:
     """Make sure venv ``name`` exists, built from these inputs.
 
     :param requirements: pip requirement lines; they also constrain the
         editable installs.
     :param editable: checkouts installed with ``pip install -e``.
+    :param editable_deps: False to install them with ``--no-deps``, without
+        their dependencies (the venv is rebuilt from scratch when this
+        changes, so none are left from an earlier build).
     :param system_site_packages: let the venv see the interpreter's
         site-packages (e.g. Debian's ``python3-rados``).
     :param python: the interpreter to make the venv from (default:
@@ -148,7 +156,7 @@ def ensure_venv(name: str, requirements, *, editable=(),
     venvs = paths.venvs_dir()
     venv = venvs / name
     inputs = _inputs(name, requirements, editable, system_site_packages,
-                     python)
+                     python, editable_deps)
     digest = _digest(inputs)
     with _locked(venvs / ('%s.lock' % name)):
         try:
@@ -164,7 +172,9 @@ def ensure_venv(name: str, requirements, *, editable=(),
         same_base = (marker is not None and py.exists()
                      and marker.get('python') == inputs['python']
                      and marker.get('system_site_packages')
-                     == inputs['system_site_packages'])
+                     == inputs['system_site_packages']
+                     and marker.get('editable_no_deps')
+                     == inputs.get('editable_no_deps'))
         if same_base:
             # Only requirements or packaging changed: update in place, so
             # a server running from this venv is not pulled from under it.
@@ -196,7 +206,9 @@ def ensure_venv(name: str, requirements, *, editable=(),
             _run(pip + ['-r', req_file], log_path)
         if editable:
             with _locked(venvs / 'editable.lock'):
-                _run(pip + [a for r in editable for a in ('-e', r)], log_path)
+                no_deps = [] if editable_deps else ['--no-deps']
+                _run(pip + no_deps + [a for r in editable for a in ('-e', r)],
+                     log_path)
         elapsed = time.monotonic() - started
         marker = dict(inputs, digest=digest, built_in_s=round(elapsed, 1),
                       built_at=time.strftime('%Y-%m-%dT%H:%M:%S'))
