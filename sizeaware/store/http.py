@@ -46,7 +46,6 @@ from glance_store._drivers import http
 import requests
 import urllib3
 
-from sizeaware import exceptions as sizeaware_exceptions
 from sizeaware import opts
 from sizeaware.store import restart
 
@@ -127,17 +126,11 @@ class Store(http.Store):
                 int(length) if length is not None else None,
                 response.close)
 
-        try:
-            reader = restart.RestartingReader(
-                open_range, offset, chunk_size, policy=policy,
-                broken=BROKEN, name='%s://%s%s' % (
-                    store_location.scheme, store_location.netloc,
-                    store_location.path))
-        except sizeaware_exceptions.BackendReadFailed as exc:
-            # Not one answer: the stock driver's error for a server it
-            # cannot reach, which Glance answers with 503.
-            raise exceptions.RemoteServiceUnavailable(
-                message=str(exc)) from exc
+        reader = restart.open_reader(
+            restart.RestartingReader, open_range, offset, chunk_size,
+            policy=policy, broken=BROKEN, name='%s://%s%s' % (
+                store_location.scheme, store_location.netloc,
+                store_location.path))
         return restart.indexable(reader, self.READ_CHUNKSIZE), reader.expected
 
     def _store_conf(self):

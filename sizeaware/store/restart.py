@@ -44,18 +44,22 @@ file with ``read``/``readinto``; :func:`indexable` makes it what
 * opens the first answer when it is made (so ``get()`` raises what the
   first request raises) and learns the length and the ETag from it;
 * requires 200 for a whole read and, for every ranged request, a 206 whose
-  ``Content-Range`` is exactly the range asked for, of the same total; a
-  200 to a ranged request, another range, another total, another ETag or
-  a 412 raise :class:`~sizeaware.exceptions.BackendObjectChanged` or
+  ``Content-Range`` is exactly the range asked for, of the same total
+  (:func:`sizeaware.resume.check`); a 200 to a ranged request, another
+  range, another total, another ETag or a 412 raise
+  :class:`~sizeaware.exceptions.BackendObjectChanged` or
   :class:`~sizeaware.exceptions.BackendRangeMismatch`: nothing is ever
   spliced;
 * counts as a broken read: an exception of the ``broken`` classes the
   driver names (connection reset, timeout, its client's streaming
-  errors), a body that ends before the range does, a 408, 429 or 5xx
-  answer; each is followed by a new request for the rest after a backoff
+  errors), a body that ends before the range does, a 408, 429, 500, 502,
+  503 or 504 answer (:data:`sizeaware.resume.RETRYABLE_STATUSES`); each
+  is followed by a new request for the rest after a backoff
   (``retry_backoff`` doubled at each failure in a row, at most
-  :data:`MAX_BACKOFF`), at most ``read_retries`` times per read in all,
-  then :class:`~sizeaware.exceptions.BackendReadFailed`;
+  :data:`MAX_BACKOFF`), at most ``read_retries`` times in a row without a
+  byte between them, then :class:`~sizeaware.exceptions.BackendReadFailed`:
+  a read that breaks now and then goes on as long as it advances
+  (:class:`sizeaware.resume.Backoff`);
 * never restarts without a strong ETag to pin the restart to: an object
   served without one fails at its first break;
 * raises, never ends early: the consumer gets the whole range or an
@@ -69,20 +73,26 @@ the wait for them and ``connect_timeout`` the connection.
 The options are :data:`sizeaware.opts.store_read_opts`, registered by each
 driver in its backend's section; :meth:`Policy.from_conf` reads them.
 
+A driver's ``get()`` makes its reader with :func:`open_reader`: the
+first request is sent then, before Glance has answered its client, and
+when it gets no answer at all (the backend refused or dropped every
+connection, timed out, or answered 408, 429 or 5xx until the retries were
+spent), Glance must answer 503, not 500: that is glance_store's
+``RemoteServiceUnavailable``, the one store error Glance maps so.
+
 Counters for logs and benchmarks: :attr:`RestartingReader.requests` (GETs
 sent), :attr:`RestartingReader.restarts` (those after the first) and
 :attr:`RestartingReader.received` (bytes delivered).
 """
 
+
 import dataclasses
 import http.client
 import logging
 import time
-import typing
-
-from webob import byterange
 
 from sizeaware import exceptions
+from sizeaware import resume
 from sizeaware import stream
 
 LOG = logging.getLogger(__name__)
@@ -93,39 +103,16 @@ MAX_BACKOFF = 30.0
 #: stock driver's ``READ_CHUNKSIZE``).
 CHUNK_SIZE = 64 * 1024
 #: Answers after which the same request may succeed.
-RETRYABLE_STATUSES = frozenset((408, 429, 500, 502, 503, 504))
+RETRYABLE_STATUSES = resume.RETRYABLE_STATUSES
 #: What every driver's reads raise when the connection breaks.
 BROKEN = (OSError, http.client.HTTPException)
+#: The store's errors for answers that must not be spliced.
+ERRORS = resume.Errors(changed=exceptions.BackendObjectChanged,
+                       mismatch=exceptions.BackendRangeMismatch)
 
-
-@dataclasses.dataclass(frozen=True)
-class Want:
-    """One request of a read; see the module docstring."""
-
-    start: int
-    stop: typing.Optional[int]
-    etag: typing.Optional[str] = None
-    whole: bool = False
-
-    @property
-    def range(self) -> typing.Optional[str]:
-        if self.whole:
-            return None
-        if self.stop is None:
-            return 'bytes=%d-' % self.start
-        return 'bytes=%d-%d' % (self.start, self.stop - 1)
-
-
-@dataclasses.dataclass
-class Part:
-    """One answer to a :class:`Want`; see the module docstring."""
-
-    status: int
-    body: typing.Any = None
-    etag: typing.Optional[str] = None
-    content_range: typing.Optional[str] = None
-    content_length: typing.Optional[int] = None
-    close: typing.Callable[[], None] = lambda: None
+Want = resume.Want
+Part = resume.Part
+strong = resume.strong
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,20 +133,11 @@ class Policy:
         return cls(**{field.name: getattr(store_conf, field.name)
                       for field in dataclasses.fields(cls)})
 
-    def backoff(self, failures: int) -> float:
-        """Seconds to wait before the attempt after ``failures`` failures
-        in a row (1 for the first restart)."""
-        if failures <= 0:
-            return 0.0
-        return min(MAX_BACKOFF, self.retry_backoff * 2 ** (failures - 1))
-
-
-def strong(etag):
-    """``etag`` if it is a strong entity tag, else None (a weak one, or
-    none, cannot pin a range: RFC 9110 section 13.1.1)."""
-    if not etag or etag.startswith('W/'):
-        return None
-    return etag
+    def backoff(self, give_up, sleep=time.sleep) -> resume.Backoff:
+        """The retry budget of one read: ``read_retries`` failures in a
+        row, waits from ``retry_backoff`` up to :data:`MAX_BACKOFF`."""
+        return resume.Backoff(self.read_retries, self.retry_backoff,
+                              MAX_BACKOFF, give_up=give_up, sleep=sleep)
 
 
 class RestartingReader(stream.BodyStream):
@@ -184,7 +162,7 @@ class RestartingReader(stream.BodyStream):
         self._open_range = open_range
         self.policy = policy or Policy()
         self._broken = tuple(broken)
-        self._sleep = sleep
+        self._backoff = self.policy.backoff(self._spent, sleep)
         self.name = name
         self.start = start
         #: The next byte of the object to ask for.
@@ -198,7 +176,6 @@ class RestartingReader(stream.BodyStream):
         #: GETs sent, and those of them after the first.
         self.requests = 0
         self.restarts = 0
-        self._failures = 0          # failed attempts since the last byte
         self._part = None
         if length == 0:
             self.expected = 0
@@ -238,7 +215,7 @@ class RestartingReader(stream.BodyStream):
                         'for at byte %d' % (self.name, wanted,
                                              self.position)))
                 self.position += len(data)
-                self._failures = 0
+                self._backoff.progressed()
                 return data
             if self.stop is None:
                 # No length was ever given: a clean end is the end.
@@ -255,11 +232,6 @@ class RestartingReader(stream.BodyStream):
 
     def _restart(self):
         """The answer for the rest of the range, or raise."""
-        if self.etag is None:
-            self._fail(exceptions.BackendReadFailed(
-                '%s: the read broke at byte %d and the backend gave no '
-                'strong ETag to pin a restart to' % (self.name,
-                                                     self.position)))
         try:
             return self._attempt(self._want())
         except exceptions.BackendReadError:
@@ -271,32 +243,27 @@ class RestartingReader(stream.BodyStream):
 
     def _attempt(self, want, first=False):
         """Send ``want`` until an answer is usable or the retries are
-        spent; a retry is counted for every request after the first."""
+        spent."""
         while True:
             if self.requests:
-                if self.restarts >= self.policy.read_retries:
-                    self._fail(exceptions.BackendReadFailed(
-                        '%s: gave up at byte %d after %d retries'
-                        % (self.name, self.position, self.restarts)))
                 self.restarts += 1
-                self._sleep(self.policy.backoff(self._failures))
                 LOG.info('Restarting the read of %s at byte %d (retry %d '
-                         'of %d)', self.name, self.position, self.restarts,
-                         self.policy.read_retries)
+                         'of %d in a row)', self.name, self.position,
+                         self._backoff.failures, self.policy.read_retries)
             self.requests += 1
             try:
                 part = self._open_range(want)
             except self._broken as exc:
-                self._failures += 1
                 LOG.warning('Request for %s from byte %d failed: %s',
                             self.name, want.start, exc)
+                self._retry(exc)
                 continue
             try:
-                if part.status in RETRYABLE_STATUSES:
-                    self._failures += 1
+                if resume.retryable(part.status):
                     LOG.warning('Request for %s from byte %d answered %d',
                                 self.name, want.start, part.status)
                     _close(part)
+                    self._retry('answered %d' % part.status)
                     continue
                 self._check(part, want, first)
             except BaseException:
@@ -306,34 +273,10 @@ class RestartingReader(stream.BodyStream):
 
     def _check(self, part, want, first):
         """Raise unless ``part`` is exactly what ``want`` asked for."""
-        what = '%s (%s)' % (self.name, want.range or 'whole object')
-        if part.status == 412:
-            self._fail(exceptions.BackendObjectChanged(
-                '%s: the object changed since the read began (412 to '
-                'If-Match %s)' % (what, want.etag)))
-        if want.range is None:
-            if part.status != 200:
-                self._fail(exceptions.BackendRangeMismatch(
-                    '%s: answered %d' % (what, part.status)))
-            total = part.content_length
-        else:
-            if part.status != 206:
-                self._fail(exceptions.BackendRangeMismatch(
-                    '%s: answered %d, not 206' % (what, part.status)))
-            got = byterange.ContentRange.parse(part.content_range)
-            stop = self.stop if self.stop is not None else (
-                got.length if got is not None else None)
-            if (got is None or got.start != want.start or got.stop != stop
-                    or got.length is None
-                    or self.total not in (None, got.length)):
-                self._fail(exceptions.BackendRangeMismatch(
-                    '%s: answered Content-Range %r' % (what,
-                                                       part.content_range)))
-            total = got.length
-        if want.etag is not None and part.etag != want.etag:
-            self._fail(exceptions.BackendObjectChanged(
-                '%s: the object changed since the read began (ETag %s, '
-                'was %s)' % (what, part.etag, want.etag)))
+        try:
+            total = resume.check(want, part, self.total, ERRORS, self.name)
+        except exceptions.BackendReadError as error:
+            self._fail(error)
         if first:
             self.total = total
             self.etag = strong(part.etag)
@@ -344,9 +287,26 @@ class RestartingReader(stream.BodyStream):
     def _lost(self, reason):
         """The current answer broke; the next pull asks for the rest."""
         self._release()
-        self._failures += 1
         LOG.warning('Read of %s broke at byte %d: %s', self.name,
                     self.position, reason)
+        if self.etag is None:
+            self._fail(exceptions.BackendReadFailed(
+                '%s: the read broke at byte %d and the backend gave no '
+                'strong ETag to pin a restart to' % (self.name,
+                                                     self.position)))
+        self._retry(reason)
+
+    def _retry(self, reason):
+        """Count a failure in a row and wait, or fail the read."""
+        try:
+            self._backoff.failed(reason)
+        except exceptions.BackendReadFailed as error:
+            self._fail(error)
+
+    def _spent(self, failures, reason):
+        return exceptions.BackendReadFailed(
+            '%s: gave up at byte %d after %d retries in a row without a '
+            'byte (last: %s)' % (self.name, self.position, failures, reason))
 
     def _release(self):
         part, self._part = self._part, None
@@ -363,6 +323,22 @@ def _close(part):
         part.close()
     except Exception:
         LOG.debug('Closing an answer failed', exc_info=True)
+
+
+def open_reader(make, *args, **kwargs):
+    """``make(*args, **kwargs)``: a :class:`RestartingReader` (or a
+    subclass), which sends the read's first request as it is made; a first
+    request that got no answer raised as glance_store's
+    ``RemoteServiceUnavailable`` (see the module docstring); the driver's
+    own errors (``NotFound``) and an answer that is not what was asked
+    unchanged."""
+    from glance_store import exceptions as store_exceptions
+
+    try:
+        return make(*args, **kwargs)
+    except exceptions.BackendReadFailed as exc:
+        raise store_exceptions.RemoteServiceUnavailable(
+            message=str(exc)) from exc
 
 
 def chunks(reader, size=CHUNK_SIZE):

@@ -49,7 +49,6 @@ from oslo_log import log as logging
 from oslo_utils import excutils
 import urllib3
 
-from sizeaware import exceptions as sizeaware_exceptions
 from sizeaware import opts
 from sizeaware.store import restart
 
@@ -129,14 +128,9 @@ class Store(s3.Store):
                 answer.get('ETag'), answer.get('ContentRange'),
                 answer.get('ContentLength'), body.close)
 
-        try:
-            reader = restart.RestartingReader(
-                open_range, offset, chunk_size, policy=policy,
-                broken=BROKEN, name='s3://%s/%s' % (bucket, key))
-        except sizeaware_exceptions.BackendReadFailed as exc:
-            # Not one answer: Glance answers this error with 503.
-            raise exceptions.RemoteServiceUnavailable(
-                message=str(exc)) from exc
+        reader = restart.open_reader(
+            restart.RestartingReader, open_range, offset, chunk_size,
+            policy=policy, broken=BROKEN, name='s3://%s/%s' % (bucket, key))
         return restart.indexable(reader, self.READ_CHUNKSIZE), reader.expected
 
     def _store_conf(self):

@@ -36,7 +36,10 @@ meanwhile is an error, never a splice. Each request is one plain
 connect and read timeouts, so ``read_retries`` is the one count of retries
 of a read and ``swift_store_retry_get_count`` is not used. The driver also
 declares ``READ_RANDOM`` and honours ``offset`` and ``chunk_size``, which
-Swift serves as a ranged GET, so Glance's ranged downloads work.
+Swift serves as a ranged GET, so Glance's ranged downloads work. A first
+request that gets no answer within the retries (Swift refusing or
+dropping connections, timing out, answering 5xx) is Glance's 503, as
+with the S3 and HTTP drivers, not a 500.
 
 Enable it by giving the backend the type ``sizeaware_swift`` instead of
 ``swift``; its options are those of the ``swift`` driver, plus the read
@@ -272,16 +275,20 @@ class _RestartingReads:
         all that are left, and their number; see the module docstring.
 
         :raises: ``glance_store.exceptions.NotFound`` if the object does
-            not exist; a :class:`~sizeaware.exceptions.BackendReadError`
-            when the first answer is not the one asked for. Once reading,
-            the stream raises one when it cannot go on, never ends short.
+            not exist; ``glance_store.exceptions.RemoteServiceUnavailable``
+            (Glance's 503) when the first request gets no answer within
+            the retries (refused, timed out, 5xx); a
+            :class:`~sizeaware.exceptions.BackendReadError` when the first
+            answer is not the one asked for. Once reading, the stream
+            raises one when it cannot go on, never ends short.
         """
         policy = restart.Policy.from_conf(self._read_conf())
         store_location = location.store_location
         manager = self.get_manager(store_location, context,
                                    allow_reauth=policy.read_retries > 0)
-        reader = _ManagedReader(
-            manager, _ObjectRanges(self, manager, store_location, policy),
+        reader = restart.open_reader(
+            _ManagedReader, manager,
+            _ObjectRanges(self, manager, store_location, policy),
             offset or 0, chunk_size, policy=policy, broken=BROKEN,
             name='Swift object %s/%s' % (store_location.container,
                                          store_location.obj))

@@ -14,12 +14,14 @@ import hashlib
 import os
 import socket
 
+from glance_store import exceptions as store_exceptions
 from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 import pytest
 
 from sizeaware import exceptions
+from sizeaware import resume
 from sizeaware.store import restart
 
 DATA = os.urandom(300_001)
@@ -179,17 +181,45 @@ def test_zero_length_read_sends_nothing():
 
 
 def test_retries_spent_raise_and_keep_raising():
-    backend = FakeBackend(cuts=[1000, 1001, 1002, 1003])
+    backend = FakeBackend(cuts=[1000])
+    backend.script = [None] + [ConnectionRefusedError(111, 'refused')] * 3
     stream = reader(backend, retries=3)
     got = bytearray()
     with pytest.raises(exceptions.BackendReadFailed, match='after 3'):
         for piece in restart.chunks(stream, 500):
             got += piece
-    assert bytes(got) == DATA[:1003]
+    assert bytes(got) == DATA[:1000]
     assert len(backend.wants) == 4
     with pytest.raises(exceptions.BackendReadFailed):
         stream.read(1)
     assert backend.all_closed()
+
+
+def test_breaks_with_progress_between_them_never_spend_the_retries():
+    """Six breaks, each after bytes arrived, on a read allowed five
+    retries: the budget is of failures in a row, and each restart that
+    delivers bytes makes it whole again."""
+    cuts = [N // 7 * i for i in range(1, 7)]
+    backend = FakeBackend(cuts=cuts)
+    stream = reader(backend, retries=5)
+    assert drain(stream, 4096) == DATA
+    assert [w.start for w in backend.wants[1:]] == cuts
+    assert stream.restarts == 6
+    assert backend.all_closed()
+
+
+@pytest.mark.parametrize('how', ['reset', 'short', 'timeout'])
+def test_restarts_that_deliver_nothing_are_failures_in_a_row(how):
+    # Each cut at 1000 fires once: the first body breaks there, then each
+    # restart from 1000 breaks before its first byte.
+    backend = FakeBackend(cuts=[1000] * 4, how=how)
+    with pytest.raises(exceptions.BackendReadFailed, match='after 3'):
+        drain(reader(backend, retries=3))
+    assert len(backend.wants) == 4
+    # Three in a row, a byte, three in a row again: within the budget.
+    backend = FakeBackend(cuts=[1000] * 3 + [1001] * 3, how=how)
+    assert drain(reader(backend, retries=3)) == DATA
+    assert len(backend.wants) == 7
 
 
 def test_zero_retries_fail_at_the_first_break():
@@ -207,8 +237,10 @@ def test_backoff_doubles_in_a_row_and_resets_after_progress():
     sleeps = []
     assert drain(reader(backend, sleeps=sleeps)) == DATA
     # cut at 1000: 0.5; refused: 1.0; 503: 2.0; then progress, cut at
-    # 2000: 0.5 again.
-    assert sleeps == [0.5, 1.0, 2.0, 0.5]
+    # 2000: 0.5 again; each wait drawn between half and all of it.
+    assert len(sleeps) == 4
+    for slept, longest in zip(sleeps, [0.5, 1.0, 2.0, 0.5]):
+        assert longest / 2 <= slept <= longest
 
 
 def test_replaced_object_is_detected_not_spliced():
@@ -333,4 +365,38 @@ def test_policy_from_conf_and_backoff_cap():
 
     p = restart.Policy.from_conf(Conf)
     assert p == restart.Policy(2, 4.0, 1.0, 2.0, 3.0)
-    assert [p.backoff(i) for i in range(5)] == [0.0, 4.0, 8.0, 16.0, 30.0]
+    backoff = p.backoff(give_up=lambda failures, reason: None)
+    assert (backoff.attempts, backoff.base, backoff.cap) == (
+        2, 4.0, restart.MAX_BACKOFF)
+    assert [resume.delay(p.retry_backoff, i, restart.MAX_BACKOFF)
+            for i in range(5)] == [0.0, 4.0, 8.0, 16.0, 30.0]
+
+
+@pytest.mark.parametrize('answer', [
+    ConnectionRefusedError(111, 'refused'), restart.Part(503),
+    restart.Part(429), socket.timeout('timed out')])
+def test_a_first_request_never_answered_is_glances_503(answer):
+    """Retries spent on the first request: glance_store's
+    ``RemoteServiceUnavailable``, which Glance answers with 503."""
+    backend = FakeBackend()
+    backend.script = [answer] * 3
+    with pytest.raises(store_exceptions.RemoteServiceUnavailable,
+                       match='after 2 retries'):
+        restart.open_reader(restart.RestartingReader, backend,
+                            policy=policy(2), sleep=lambda s: None)
+    assert len(backend.wants) == 3
+
+
+def test_open_reader_leaves_other_errors_alone():
+    backend = FakeBackend()
+    backend.script = [store_exceptions.NotFound('gone')]
+    with pytest.raises(store_exceptions.NotFound):
+        restart.open_reader(restart.RestartingReader, backend,
+                            policy=policy())
+    backend.script = [restart.Part(416)]
+    with pytest.raises(exceptions.BackendRangeMismatch):
+        restart.open_reader(restart.RestartingReader, backend, 10, 5,
+                            policy=policy())
+    stream = restart.open_reader(restart.RestartingReader, backend, 10, 5,
+                                 policy=policy())
+    assert drain(stream) == DATA[10:15]

@@ -170,16 +170,41 @@ def test_a_missing_object_is_glance_stores_not_found(store, stubber):
 
 
 def test_retries_spent_fail_the_read(s3_client, stubber):
+    """A break, then restarts that break before their first byte: the
+    retries are of failures in a row."""
     store = configured(StubbedReads, retry_backoff=0, read_retries=2)
     store.client = s3_client
     expect(stubber, answer(limit=10))
-    expect(stubber, answer(10, N, limit=11 - 10, ranged=True),
-           Range='bytes=10-%d' % (N - 1), IfMatch=ETAG)
-    expect(stubber, answer(11, N, limit=12 - 11, ranged=True),
-           Range='bytes=11-%d' % (N - 1), IfMatch=ETAG)
+    for _ in range(2):
+        expect(stubber, answer(10, N, limit=0, ranged=True),
+               Range='bytes=10-%d' % (N - 1), IfMatch=ETAG)
     data, _ = store.get(location(store))
     with pytest.raises(exceptions.BackendReadFailed, match='after 2'):
         read_all(data)
+
+
+def test_breaks_after_progress_outnumbering_the_retries_are_survived(
+        s3_client, stubber):
+    store = configured(StubbedReads, retry_backoff=0, read_retries=2)
+    store.client = s3_client
+    expect(stubber, answer(limit=10))
+    for start in range(10, 15):
+        expect(stubber, answer(start, N, limit=1, ranged=True),
+               Range='bytes=%d-%d' % (start, N - 1), IfMatch=ETAG)
+    expect(stubber, answer(15, N, ranged=True),
+           Range='bytes=15-%d' % (N - 1), IfMatch=ETAG)
+    data, _ = store.get(location(store))
+    assert read_all(data) == DATA
+
+
+def test_a_first_request_never_answered_is_glances_503(s3_client, stubber):
+    store = configured(StubbedReads, retry_backoff=0, read_retries=1)
+    store.client = s3_client
+    for _ in range(2):
+        stubber.add_client_error('get_object', 'ServiceUnavailable',
+                                 http_status_code=503)
+    with pytest.raises(store_exceptions.RemoteServiceUnavailable):
+        store.get(location(store))
 
 
 def test_the_read_options_come_from_the_backends_section(store):

@@ -14,7 +14,9 @@ import hashlib
 import http.server
 import os
 import re
+import socket
 import threading
+import time
 import types
 
 from glance_store import exceptions as store_exceptions
@@ -32,6 +34,7 @@ class ObjectServer(http.server.ThreadingHTTPServer):
     """One object at ``/v1/AUTH_test/c/obj``; ``faults`` is a list of what
     each next GET does instead of answering plainly: ``('cut', n)`` sends
     ``n`` body bytes then closes, ``('status', code)`` answers ``code``,
+    ``('silent', seconds)`` answers nothing for that long then closes,
     ``('replace', data)`` replaces the object first."""
 
     daemon_threads = True
@@ -64,6 +67,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             fault = None
         if fault and fault[0] == 'status':
             return self._answer(fault[1], b'', {})
+        if fault and fault[0] == 'silent':
+            time.sleep(fault[1])
+            self.close_connection = True
+            return
         if self.path != '/v1/AUTH_test/c/obj':
             return self._answer(404, b'Not Found', {})
         data, etag = server.data, server.etag
@@ -184,7 +191,8 @@ def test_a_503_is_retried(server):
 
 
 def test_spent_retries_raise_never_end_short(server):
-    server.faults = [('cut', 100)] * 4
+    # A break, then restarts that break before their first byte.
+    server.faults = [('cut', 100)] + [('cut', 0)] * 3
     reader, manager = read(server, retries=3)
     with pytest.raises(exceptions.BackendReadFailed):
         read_all(reader)
@@ -211,3 +219,68 @@ def test_a_missing_object_is_not_found_and_lets_the_manager_go(server):
                 types.SimpleNamespace(cacert=None, insecure=False), manager,
                 location, policy), policy=policy, broken=swift.BROKEN)
     assert manager.exits == 1
+
+
+class Reads(swift._RestartingReads):
+    """The driver's ``get()`` on a stand-in for glance_store's store: the
+    connection manager and the read options are the test's."""
+
+    cacert, insecure = None, False
+
+    def __init__(self, url, **options):
+        self.url = url
+        self.managers = []
+        self.options = types.SimpleNamespace(**dict(dict(
+            read_retries=2, retry_backoff=0, connect_timeout=1,
+            read_timeout=0.3, stall_timeout=1), **options))
+
+    def is_capable(self, *capabilities):
+        return True
+
+    def get_manager(self, store_location, context=None, allow_reauth=False):
+        self.managers.append(Manager(self.url))
+        return self.managers[-1]
+
+    def _read_conf(self):
+        return self.options
+
+
+LOCATION = types.SimpleNamespace(
+    store_location=types.SimpleNamespace(container='c', obj='obj'))
+
+
+def refusing_url():
+    """A URL on loopback where nothing listens."""
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+    return 'http://127.0.0.1:%d/v1/AUTH_test' % port
+
+
+@pytest.mark.parametrize('fault', [('status', 503), ('status', 500),
+                                   ('silent', 1.0), 'refused'])
+def test_a_first_read_never_answered_is_glances_503(server, fault):
+    """Swift refusing connections, answering 5xx or nothing at all until
+    the retries are spent: ``RemoteServiceUnavailable``, which Glance
+    answers with 503 (anything else escapes as a 500), as the S3 and HTTP
+    drivers do."""
+    if fault == 'refused':
+        store = Reads(refusing_url())
+    else:
+        server.faults = [fault] * 3
+        store = Reads(server.url)
+    with pytest.raises(store_exceptions.RemoteServiceUnavailable,
+                       match='after 2 retries'):
+        store.get(LOCATION)
+    if fault != 'refused':
+        assert len(server.requests) == 3
+    assert [m.exits for m in store.managers] == [1]
+
+
+def test_the_drivers_get_reads_whole_after_a_first_503(server):
+    server.faults = [('status', 503)]
+    store = Reads(server.url)
+    data, size = store.get(LOCATION, offset=10, chunk_size=20_000)
+    assert size == 20_000
+    assert b''.join(data) == DATA[10:20_010]
+    assert [m.exits for m in store.managers] == [1]
