@@ -13,20 +13,18 @@ breaks the connection, so the client holds a short body, never a
 complete-looking wrong image.
 """
 
-import hashlib
-
+from sizeaware import digests
 from sizeaware import exceptions
 from sizeaware import stream
 
 
 def new_hash(algorithm):
     """A hashlib object for ``algorithm`` (an ``os_hash_algo`` or
-    ``md5``), or None when this Python lacks it."""
+    ``md5``, :func:`sizeaware.digests.new`), or None when this Python
+    lacks it."""
     try:
-        if algorithm == 'md5':
-            return hashlib.md5(usedforsecurity=False)
-        return hashlib.new(algorithm)
-    except (ValueError, TypeError):
+        return digests.new(algorithm)
+    except ValueError:
         return None
 
 

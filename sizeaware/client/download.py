@@ -5,24 +5,35 @@ same image.
 The data goes to a partial file beside the destination
 (``.<name>.sizeaware-part``) with a state file beside it (``...part.json``)
 listing the units (the manifest's chunks, else pieces of
-:data:`DEFAULT_UNIT`) already written; a later run for the same image
-resumes from them, after a ``kill -9`` too. Each request after the first
-asks for ``Range: bytes=a-b`` with ``If-Range`` and the first answer's
-``ETag``, and its answer is written only if it is a 206 of exactly that
-range with that ``ETag`` (:func:`sizeaware.client.answers.check_part`);
-without an ``ETag`` the image's record is fetched again and compared
+:data:`DEFAULT_UNIT`) already written, saved every
+:data:`STATE_INTERVAL`. A later run for the same image resumes from what
+the partial file holds, after a ``kill -9`` too: when the image records
+chunk digests, every chunk of the partial file whose bytes match its
+digest is kept and no other, whatever the state file says (a client
+killed before its first save loses nothing it wrote); without them, the
+units the state file lists.
+
+Resuming follows :mod:`sizeaware.resume`, as the store drivers' restarting
+reads do: each request after the first asks for ``Range: bytes=a-b`` with
+``If-Match`` the first answer's strong ``ETag``, and its answer is written
+only if it is a 206 of exactly that range with that ``ETag``; a 412 or
+another ``ETag`` means the image changed (the partial file is removed).
+Without an ``ETag`` the image's record is fetched again and compared
 before a resumed answer is kept. A server that answers 200 to a ranged
 request is detected and the download starts over with one whole-image
-request. Chunks with digests in the image's properties are checked as they
-arrive, and only a bad chunk is fetched again. The whole file is checked
-against ``os_hash_value`` (``os_hash_algo``), else the MD5 ``checksum``,
-then fsynced and renamed into place.
+request. 408, 429, 500, 502, 503 and 504, a broken, silent or short
+answer are retried from the exact byte, with a budget of failures in a
+row that every answer delivering bytes makes whole again; other statuses
+end the download. Chunks with digests in the image's properties are
+checked as they arrive, and only a bad chunk is fetched again. The whole
+file is checked against ``os_hash_value`` (``os_hash_algo``), else the MD5
+``checksum``, then fsynced and renamed into place.
 """
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import functools
-import hashlib
 import os
 import pathlib
 import queue
@@ -30,12 +41,13 @@ import sys
 import threading
 import time
 
+from sizeaware import digests
+from sizeaware import resume
 from sizeaware.client import answers
 from sizeaware.client import connection
 from sizeaware.client import errors
 from sizeaware.client import manifest as manifest_mod
 from sizeaware.client import progress as progress_mod
-from sizeaware.client import retry
 from sizeaware.client import spans
 from sizeaware.client import state
 
@@ -53,10 +65,32 @@ HOLD_BYTES = 32 * 2**20
 #: Units larger than this are never kept in memory (a stream would hold a
 #: whole unit before knowing whether it is good).
 HOLD_UNIT = 16 * 2**20
+#: Failures in a row a stream retries; its first and longest waits.
+ATTEMPTS = 8
+FIRST_WAIT = 0.5
+LONGEST_WAIT = 10.0
 
 
 class RangesIgnored(errors.NotSpliceable):
     """The server answered 200 to a ranged request."""
+
+
+#: What :func:`sizeaware.resume.check` raises for the client.
+ERRORS = resume.Errors(changed=errors.ImageChanged,
+                       mismatch=errors.NotSpliceable, ignored=RangesIgnored,
+                       noun='the image')
+
+
+def new_backoff(sleep=time.sleep):
+    """A stream's retry budget (:class:`sizeaware.resume.Backoff`)."""
+    return resume.Backoff(ATTEMPTS, FIRST_WAIT, LONGEST_WAIT,
+                          give_up=_give_up, sleep=sleep)
+
+
+def _give_up(failures, reason):
+    return errors.TransferError(
+        'giving up after %d failed attempts in a row; last: %s'
+        % (failures, _short(reason)))
 
 
 class WholeHasher:
@@ -72,7 +106,7 @@ class WholeHasher:
     """
 
     def __init__(self, algorithm, fd):
-        self._hash = hashlib.new(algorithm)
+        self._hash = digests.new(algorithm)
         self._fd = fd
         self.cursor = 0
         self._target = 0
@@ -204,6 +238,22 @@ class _HashPipe:
                     self.error = exc
 
 
+@contextlib.contextmanager
+def first_error_wins(close):
+    """Run the block, then ``close()``. An exception of the block is the
+    one raised, whatever ``close()`` does (its own failure is added to it
+    as a note); ``close()``'s own when the block raised none."""
+    try:
+        yield
+    except BaseException as error:
+        try:
+            close()
+        except Exception as also:
+            error.add_note('closing also failed: %s' % _short(also))
+        raise
+    close()
+
+
 def part_paths(destination):
     destination = pathlib.Path(destination)
     part = destination.with_name('.%s.sizeaware-part' % destination.name)
@@ -215,7 +265,7 @@ class Download:
 
     def __init__(self, conn, image_id, destination, *, parallel=1,
                  verify_chunks=True, show_progress=None, log=None,
-                 backoff=retry.Backoff, unit=DEFAULT_UNIT):
+                 backoff=new_backoff, unit=DEFAULT_UNIT):
         self.conn = conn
         self.image_id = image_id
         self.destination = pathlib.Path(destination)
@@ -268,22 +318,20 @@ class Download:
             'checksum': record.get('checksum'),
             'updated_at': record.get('updated_at'), 'unit': self.unit}
         previous = state.load(self.state_path)
-        self.done = set()
-        self.etag = None
-        if (previous and previous.get('identity') == self.identity
-                and self.part.exists()
-                and self.part.stat().st_size == size):
-            self.done = {int(i) for i in previous.get('done', [])}
-            self.etag = previous.get('etag')
+        if previous and previous.get('identity') != self.identity:
+            previous = None
+        self.etag = resume.strong(previous and previous.get('etag'))
+        try:
+            kept = self.part.stat().st_size
+        except FileNotFoundError:
+            kept = None
         self.destination.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(self.part, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             os.ftruncate(self.fd, size)
+            self.done = self._held(kept, previous)
             self.resumed_from = sum(
                 min(self.unit, size - i * self.unit) for i in self.done)
-            if self.done:
-                self.log('resuming: %d of %d bytes are in %s'
-                         % (self.resumed_from, size, self.part))
             self.algorithm = algorithm
             self.hasher = WholeHasher(algorithm, self.fd)
             self.progress = progress_mod.Progress(
@@ -323,6 +371,30 @@ class Download:
                 'resumed_from': self.resumed_from, 'requests': self.requests,
                 'verified': algorithm if expected else None,
                 'seconds': time.monotonic() - started}
+
+    def _held(self, kept, previous):
+        """The units of the partial file to keep: those whose bytes match
+        the manifest's digests, else those the state file lists (the
+        partial file had ``kept`` bytes before this run, None if there
+        was none)."""
+        if kept is None:
+            return set()
+        if self.manifest is not None:
+            started = time.monotonic()
+            done = manifest_mod.matching_chunks(self.manifest, self.fd)
+            if done:
+                self.log('resuming: %d of %d chunks of %s match their '
+                         'digests (checked in %.2f s)'
+                         % (len(done), self.count, self.part,
+                            time.monotonic() - started))
+            return done
+        if previous is None or kept != self.size:
+            return set()
+        done = {int(i) for i in previous.get('done', [])}
+        if done:
+            self.log('resuming: %d of %d units are in %s, as its state '
+                     'file lists' % (len(done), self.count, self.part))
+        return done
 
     def _fetch_all(self):
         todo = [i for i in range(self.count) if i not in self.done]
@@ -390,9 +462,11 @@ class Download:
                                  stream=True)
 
     def _learn_etag(self, etag):
+        """Pin the download to the first strong ``ETag`` seen."""
         with self._lock:
-            if self.etag is None and etag:
-                self.etag = etag
+            if self.etag is None:
+                self.etag = resume.strong(etag)
+            return self.etag
 
     # -- one span ---------------------------------------------------------
 
@@ -406,59 +480,72 @@ class Download:
             if not ranges:
                 # Only a whole-image request: each try starts over.
                 position = start
-            headers = {}
             whole = position == 0 and stop == self.size
-            if ranges and not (whole and first and not self.etag):
-                headers['Range'] = 'bytes=%d-%d' % (position, stop - 1)
-                if self.etag:
-                    headers['If-Range'] = self.etag
+            want = resume.Want(position, stop, self.etag, whole=not ranges
+                               or (whole and first and not self.etag))
             check_record = not first and not self.etag
             first = False
-            verifier = None
-            if self.manifest:
-                verifier = manifest_mod.ChunkHasher(
-                    self.manifest, position, self._chunk_checked,
-                    read_at=self._read_at)
-            began = position
             cursor = [position]  # moved by _receive as bytes are written
-            pipe = _HashPipe(functools.partial(
-                self._digest, verifier=verifier,
-                held=[] if self.unit <= HOLD_UNIT else None))
             try:
                 if check_record:
                     answers.same_record(self.record,
                                         self.conn.get_image(self.image_id))
-                response = self._get(headers)
+                response = self._get(want.headers())
                 with contextlib.closing(response):
-                    answers.raise_for_status(response, 'GET image data')
-                    self._learn_etag(response.headers.get('ETag'))
-                    try:
-                        answers.check_part(
-                            response.status_code, response.headers,
-                            position, stop, self.size, self.etag)
-                    except errors.ImageChanged:
-                        self._discard()
-                        raise
-                    except errors.NotSpliceable as exc:
-                        if response.status_code == 200:
-                            raise RangesIgnored(str(exc)) from None
-                        raise
-                    self._receive(response, cursor, stop, pipe)
-                pipe.close()
-                position = cursor[0]
-                if position < stop:
+                    self._judge(response, want)
+                    pipe = self._hash_pipe(position)
+                    with first_error_wins(pipe.close):
+                        self._receive(response, cursor, stop, pipe)
+                if cursor[0] < stop:
                     raise errors.Transient('the answer ended at byte %d of '
-                                           '%d' % (position, stop))
+                                           '%d' % (cursor[0], stop))
             except (errors.Transient,) + connection.CONNECTION_ERRORS as exc:
-                pipe.close()
-                position = cursor[0]
-                if position > began:
+                if cursor[0] > position:
                     backoff.progressed()
                 backoff.failed(exc)
                 self.log('the download broke at byte %d (%s); resuming'
-                         % (position, _short(exc)))
-            finally:
-                pipe.close()
+                         % (cursor[0], _short(exc)))
+            position = cursor[0]
+
+    def _judge(self, response, want):
+        """Raise unless the answer to ``want`` may be written: a retryable
+        status is :class:`~errors.Transient`, any other refusal
+        :class:`~errors.Refused`; then :func:`sizeaware.resume.check`,
+        against the ``ETag`` the download is pinned to."""
+        status = response.status_code
+        if status not in (200, 206, 412):
+            try:
+                answers.raise_for_status(response, 'GET image data')
+            except errors.Transient as exc:
+                if not resume.retryable(status):
+                    raise errors.Refused(status, str(exc)) from None
+                raise
+        headers = response.headers
+        etag = headers.get('ETag')
+        pinned = dataclasses.replace(want, etag=want.etag or
+                                     self._learn_etag(etag))
+        length = headers.get('Content-Length')
+        answer = resume.Part(status, etag=etag,
+                             content_range=headers.get('Content-Range'),
+                             content_length=int(length) if length and
+                             length.isdigit() else None)
+        try:
+            resume.check(pinned, answer, self.size, ERRORS,
+                         'image %s' % self.image_id)
+        except errors.ImageChanged:
+            self._discard()
+            raise
+
+    def _hash_pipe(self, position):
+        """The hashing thread of an answer written from ``position``."""
+        verifier = None
+        if self.manifest:
+            verifier = manifest_mod.ChunkHasher(
+                self.manifest, position, self._chunk_checked,
+                read_at=self._read_at)
+        return _HashPipe(functools.partial(
+            self._digest, verifier=verifier,
+            held=[] if self.unit <= HOLD_UNIT else None))
 
     def _receive(self, response, cursor, stop, pipe):
         """Write the answer's bytes from ``cursor[0]`` on, moving it past
