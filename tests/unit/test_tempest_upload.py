@@ -96,6 +96,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         for name, value in headers.items():
             self.send_header(name, value)
         self.send_header('Content-Length', str(len(body)))
+        # As tempest's pool asks (Connection: close): else urllib3 could
+        # send a retry on this connection as the server closes it.
+        self.send_header('Connection', 'close')
+        self.close_connection = True
         self.end_headers()
         self.wfile.write(body)
 
@@ -108,7 +112,8 @@ def server():
     httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
     httpd.received = []
     httpd.answer = (204, {}, b'')
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.01,),
+                              daemon=True)
     thread.start()
     yield httpd
     httpd.shutdown()
