@@ -1,13 +1,17 @@
 """What a transfer keeps on disk to resume after its process was killed.
 
-A state file is JSON, replaced atomically (written beside, fsynced,
-renamed), so a kill at any moment leaves the old state or the new one.
+A state file is JSON, replaced atomically: written to a temporary file of
+its own beside it (a name no other writer uses), fsynced, renamed over it,
+and the directory fsynced so that the rename itself survives a crash. A
+kill at any moment leaves the old state or the new one.
 """
 
+import glob
 import hashlib
 import json
 import os
 import pathlib
+import tempfile
 
 
 def default_dir():
@@ -35,22 +39,47 @@ def load(path):
     return data if isinstance(data, dict) else None
 
 
+def _temporary_prefix(path):
+    return '.%s.' % path.name
+
+
 def save(path, data):
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + '.tmp')
-    with open(temporary, 'w') as handle:
-        json.dump(data, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, suffix='.tmp',
+                                     prefix=_temporary_prefix(path))
+    try:
+        with os.fdopen(fd, 'w') as handle:
+            json.dump(data, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        _unlink(pathlib.Path(temporary))
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path):
+    """Make a rename or an unlink in directory ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def remove(path):
-    for name in (pathlib.Path(path),
-                 pathlib.Path(path).with_name(pathlib.Path(path).name
-                                              + '.tmp')):
-        try:
-            name.unlink()
-        except FileNotFoundError:
-            pass
+    """Remove the state in ``path`` and what a killed :func:`save` left."""
+    path = pathlib.Path(path)
+    _unlink(path)
+    for leftover in path.parent.glob(
+            glob.escape(_temporary_prefix(path)) + '*.tmp'):
+        _unlink(leftover)
+
+
+def _unlink(path):
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass

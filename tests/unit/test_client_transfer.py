@@ -4,6 +4,7 @@ hasher and the command line."""
 
 import hashlib
 import os
+import stat
 import time
 
 import hypothesis
@@ -164,7 +165,7 @@ def test_state_is_saved_atomically_and_a_damaged_one_ignored(tmp_path):
     assert state.load(path) is None
     state.save(path, {'done': [1, 2]})
     assert state.load(path) == {'done': [1, 2]}
-    assert not path.with_name(path.name + '.tmp').exists()
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
     path.write_text('{"done": [1,')  # torn by hand
     assert state.load(path) is None
     path.write_text('[1, 2]')
@@ -172,6 +173,43 @@ def test_state_is_saved_atomically_and_a_damaged_one_ignored(tmp_path):
     state.remove(path)
     state.remove(path)
     assert not path.exists()
+
+
+def test_a_state_save_syncs_the_file_then_its_directory(tmp_path,
+                                                        monkeypatch):
+    """The rename is durable only once the directory is synced."""
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(stat.S_ISDIR(os.fstat(fd).st_mode))
+        real_fsync(fd)
+    monkeypatch.setattr(os, 'fsync', fsync)
+    state.save(tmp_path / 'upload-x.json', {'a': 1})
+    assert synced == [False, True]
+
+
+def test_each_state_save_writes_a_temporary_file_of_its_own(tmp_path,
+                                                             monkeypatch):
+    """Two writers of one state (two runs of a command) never write the
+    same temporary file; what a killed one left is removed with the
+    state."""
+    path = tmp_path / 'upload-x.json'
+    temporaries = []
+    real_replace = os.replace
+
+    def replace(source, destination):
+        temporaries.append(str(source))
+        real_replace(source, destination)
+    monkeypatch.setattr(os, 'replace', replace)
+    state.save(path, {'a': 1})
+    state.save(path, {'a': 2})
+    assert len(set(temporaries)) == 2
+    assert str(path) + '.tmp' not in temporaries
+    leftover = tmp_path / ('.%s.killed.tmp' % path.name)
+    leftover.write_text('{')
+    state.remove(path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_each_upload_has_its_own_state_file(tmp_path):
