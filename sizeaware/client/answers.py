@@ -19,6 +19,18 @@ def raise_for_status(response, what):
     raise errors.Refused(status, reason)
 
 
+def json_of(response, what):
+    """The JSON document an answer holds; :class:`~errors.TransferError`
+    when its body is something else (a proxy's page, a torn body)."""
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise errors.TransferError(
+            '%s answered %d with a body that is not JSON: %s'
+            % (what, response.status_code, _body_text(response)[:100])
+        ) from exc
+
+
 def _body_text(response):
     try:
         text = response.text

@@ -151,7 +151,7 @@ class GlanceConnection:
         response = self.request('POST', '/v2/images', json_body=properties)
         try:
             answers.raise_for_status(response, 'POST image')
-            return response.json()
+            return answers.json_of(response, 'POST image')
         finally:
             response.close()
 
@@ -159,7 +159,7 @@ class GlanceConnection:
         response = self.request('GET', '/v2/images/%s' % image_id)
         try:
             answers.raise_for_status(response, 'GET image %s' % image_id)
-            return response.json()
+            return answers.json_of(response, 'GET image %s' % image_id)
         finally:
             response.close()
 
@@ -207,24 +207,47 @@ class GlanceConnection:
         return self.request('POST', '/v2/images/%s/import' % image_id,
                             json_body={'method': {'name': method}})
 
-    def wait_for_status(self, image_id, statuses, timeout=60.0,
-                        interval=0.2):
-        """The image's record once its status is one of ``statuses``:
-        Glance stores a body after its answer may be lost, and imports
-        after it answers 202. Raises :class:`~errors.TransferError` when
-        the image stays otherwise for ``timeout`` seconds."""
-        if isinstance(statuses, str):
-            statuses = (statuses,)
+    def wait_for_image(self, image_id, done, *, timeout=60.0, interval=0.2,
+                       backoff=None, wanted=None):
+        """The image's record once ``done(record)`` is true: the one loop
+        that polls an image's record (Glance stores a body after its
+        answer may be lost, and imports after it answers 202).
+
+        :param done: a predicate on the record; it may raise, which ends
+            the wait with its exception.
+        :param backoff: a :class:`~sizeaware.client.retry.Backoff`: a
+            connection that fails and a 5xx are tried again with its waits
+            and within its limit. Without one, they raise.
+        :param wanted: what is waited for, named in the message of the
+            :class:`~errors.TransferError` raised when the image stays
+            otherwise for ``timeout`` seconds.
+        """
         deadline = time.monotonic() + timeout
         while True:
-            image = self.get_image(image_id)
-            if image['status'] in statuses:
+            try:
+                image = self.get_image(image_id)
+            except (errors.Transient,) + CONNECTION_ERRORS as exc:
+                if backoff is None:
+                    raise
+                backoff.failed(exc)
+                continue
+            if done(image):
                 return image
             if time.monotonic() > deadline:
-                raise errors.TransferError(
-                    'image %s stayed %s, not %s' % (
-                        image_id, image['status'], ' or '.join(statuses)))
+                raise errors.TransferError('image %s stayed %s%s' % (
+                    image_id, image['status'],
+                    ', not %s' % wanted if wanted else ''))
             time.sleep(interval)
+
+    def wait_for_status(self, image_id, statuses, timeout=60.0,
+                        interval=0.2):
+        """The image's record once its status is one of ``statuses``
+        (:meth:`wait_for_image`)."""
+        if isinstance(statuses, str):
+            statuses = (statuses,)
+        return self.wait_for_image(
+            image_id, lambda image: image['status'] in statuses,
+            timeout=timeout, interval=interval, wanted=' or '.join(statuses))
 
     def update_properties(self, image_id, properties):
         """Add or replace ``properties`` (a dict of strings) in one PATCH."""
@@ -238,7 +261,7 @@ class GlanceConnection:
                      'application/openstack-images-v2.1-json-patch'})
         try:
             answers.raise_for_status(response, 'PATCH image %s' % image_id)
-            return response.json()
+            return answers.json_of(response, 'PATCH image %s' % image_id)
         finally:
             response.close()
 

@@ -19,6 +19,7 @@ from requests import structures
 
 from sizeaware.client import connection
 from sizeaware.client import errors
+from sizeaware.client import retry
 
 URL = 'http://glance.test:9292'
 
@@ -173,6 +174,55 @@ def test_wait_for_status_gives_up_after_the_timeout():
     with pytest.raises(errors.TransferError) as caught:
         conn.wait_for_status('i1', 'active', timeout=0, interval=0)
     assert 'stayed saving' in str(caught.value)
+
+
+def test_wait_for_image_polls_until_the_predicate_holds():
+    conn, adapter = scripted((200, {'status': 'saving'}),
+                             (200, {'status': 'queued'}))
+    image = conn.wait_for_image('i1', lambda i: i['status'] != 'saving',
+                                interval=0)
+    assert image == {'status': 'queued'}
+    assert len(adapter.sent) == 2
+
+
+def test_wait_for_image_tries_failures_again_with_its_backoff():
+    """A 5xx and a refused connection are tried again within the backoff's
+    limit; without a backoff they raise."""
+    class Refusing(ScriptedAdapter):
+        def send(self, request, **kwargs):
+            if self.script[0] is None:
+                self.script.pop(0)
+                raise requests.exceptions.ConnectionError('refused')
+            return super().send(request, **kwargs)
+    conn, _ = scripted()
+    adapter = Refusing([(503, b'busy'), None, (200, {'status': 'active'})])
+    conn.session.session.mount('http://', adapter)
+    waits = []
+    backoff = retry.Backoff(attempts=2, sleep=waits.append)
+    assert conn.wait_for_image('i1', lambda i: True, interval=0,
+                               backoff=backoff) == {'status': 'active'}
+    assert len(waits) == 2
+    conn, _ = scripted((503, b'busy'))
+    with pytest.raises(errors.Transient):
+        conn.wait_for_image('i1', lambda i: True, interval=0)
+
+
+def test_a_predicate_that_raises_ends_the_wait():
+    conn, adapter = scripted((200, {'status': 'killed'}))
+
+    def done(image):
+        raise errors.TransferError('image is %s' % image['status'])
+    with pytest.raises(errors.TransferError, match='image is killed'):
+        conn.wait_for_image('i1', done, interval=0)
+    assert len(adapter.sent) == 1
+
+
+def test_a_record_that_is_not_json_is_a_transfer_error():
+    conn, _ = scripted((200, b'<html>a proxy</html>'))
+    with pytest.raises(errors.TransferError) as caught:
+        conn.get_image('i1')
+    assert 'GET image i1 answered 200 with a body that is not JSON' in str(
+        caught.value)
 
 
 def test_request_raises_nothing_for_a_status():
