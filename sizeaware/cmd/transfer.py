@@ -1,18 +1,17 @@
 """``sizeaware``: upload and download Glance images, resumably.
 
-The commands' arguments (``add_*_arguments``) and their running, summary
-and exit status (:func:`run`) are shared with the openstackclient plugin,
-:mod:`sizeaware.osc`, which only connects differently.
+Argument parsing only: the commands' arguments (``add_*_arguments``) and
+their checks (:func:`check_arguments`), shared with the openstackclient
+plugin (:mod:`sizeaware.osc`); bad usage exits with status 2 here. The
+commands run in :func:`sizeaware.client.cli.run`.
 """
 
 import argparse
 import sys
 
+from sizeaware.client import cli
 from sizeaware.client import connection
-from sizeaware.client import download
-from sizeaware.client import errors
 from sizeaware.client import manifest
-from sizeaware.client import upload
 
 DESCRIPTION = """\
 Upload and download the data of OpenStack Glance images over links that
@@ -45,8 +44,9 @@ download
   as it arrives and fetches again only a bad one.
 
 exit status
-  0 done; 1 the transfer failed (network, integrity, retries spent);
-  2 bad usage; 3 refused by the server (a 4xx).
+  0 done and verified; 1 the transfer failed (network, integrity, the
+  image is not FILE, retries spent); 2 bad usage; 3 refused by the server
+  (a 4xx).
 
 examples
   sizeaware upload --parallel 4 IMAGE_ID disk.raw
@@ -71,6 +71,14 @@ def _size(text):
     if value < 0:
         raise argparse.ArgumentTypeError('a size cannot be negative')
     return value
+
+
+def _header(text):
+    """``'Name: value'`` -> ``('Name', 'value')``."""
+    try:
+        return connection.parse_header(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive(text):
@@ -101,7 +109,7 @@ def add_connection_arguments(group):
     """The options of both commands about the connections and their
     streams."""
     group.add_argument('--os-header', metavar='"NAME: VALUE"',
-                       action='append', default=[],
+                       action='append', default=[], type=_header,
                        help='a header for every request (repeatable)')
     group.add_argument('--connect-timeout', type=float,
                        default=connection.CONNECT_TIMEOUT, metavar='S',
@@ -195,7 +203,7 @@ def connection_options(args):
     """The keyword arguments of :class:`GlanceConnection` that the
     connection options give: headers and timeouts."""
     return {
-        'headers': dict(connection.parse_header(h) for h in args.os_header),
+        'headers': dict(args.os_header),
         'connect_timeout': args.connect_timeout,
         'read_timeout': args.read_timeout}
 
@@ -206,83 +214,11 @@ def _connect(args):
         **connection_options(args))
 
 
-def _mib(count):
-    return count / 2**20
-
-
-def _upload(conn, args, show):
-    stats = upload.Upload(
-        conn, args.image, args.file, size=args.size,
-        target='stage' if args.stage else 'file',
-        parallel=args.parallel, chunk_size=args.chunk_size,
-        state_dir=args.state_dir, show_progress=show,
-        resumable=False if args.no_resumable else None,
-        digests=None if args.no_digests else args.chunk_digest).run()
-    print('uploaded %d bytes to image %s in %.1f s (%.1f MiB/s); '
-          'sent %d bytes%s' % (
-              stats['size'], args.image, stats['seconds'],
-              _mib(stats['size'] - stats['resumed_from'])
-              / max(stats['seconds'], 1e-6), stats['sent'],
-              ', resumed from %d' % stats['resumed_from']
-              if stats['resumed_from'] else ''), file=sys.stderr)
-
-
-def _download(conn, args, show):
-    stats = download.Download(
-        conn, args.image, args.file, parallel=args.parallel,
-        verify_chunks=not args.no_chunk_check, show_progress=show).run()
-    print('downloaded %d bytes of image %s to %s in %.1f s '
-          '(%.1f MiB/s); fetched %d bytes in %d requests; '
-          're-fetched %d bytes of %d bad chunk(s); verified: %s%s'
-          % (stats['size'], args.image, args.file, stats['seconds'],
-             _mib(stats['fetched']) / max(stats['seconds'], 1e-6),
-             stats['fetched'], stats['requests'], stats['refetched'],
-             stats['bad_chunks'], stats['verified'],
-             ', resumed from %d' % stats['resumed_from']
-             if stats['resumed_from'] else ''), file=sys.stderr)
-
-
-COMMANDS = {'upload': _upload, 'download': _download}
-
-
-def run(command, args, connect, usage_error):
-    """Run ``command`` (``'upload'`` or ``'download'``) with the parsed
-    ``args``, print its summary to stderr and return the exit status.
-
-    :param connect: called with no arguments, inside the error handling:
-        the :class:`GlanceConnection` to transfer through.
-    :param usage_error: called with a message for bad usage (it exits).
-    """
-    check_arguments(args, usage_error)
-    show = False if args.no_progress else None
-    try:
-        COMMANDS[command](connect(), args, show)
-    except errors.Refused as exc:
-        print('sizeaware: refused: %s' % exc, file=sys.stderr)
-        return 3
-    except errors.TransferError as exc:
-        print('sizeaware: %s' % exc, file=sys.stderr)
-        return 1
-    except errors.Transient as exc:
-        print('sizeaware: %s' % exc, file=sys.stderr)
-        return 1
-    except connection.CONNECTION_ERRORS as exc:
-        print('sizeaware: cannot reach Glance: %s' % exc, file=sys.stderr)
-        return 1
-    except ValueError as exc:
-        usage_error(str(exc))
-        return 2
-    except KeyboardInterrupt:
-        print('sizeaware: interrupted; the same command resumes',
-              file=sys.stderr)
-        return 130
-    return 0
-
-
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    return run(args.command, args, lambda: _connect(args), parser.error)
+    check_arguments(args, parser.error)
+    return cli.run(args.command, args, lambda: _connect(args))
 
 
 if __name__ == '__main__':

@@ -1,15 +1,17 @@
 """``openstack sizeaware upload`` and ``openstack sizeaware download``:
-the options, checks, summaries and exit statuses of the ``sizeaware``
-console script (:mod:`sizeaware.cmd.transfer`), with openstackclient's
-authentication instead of --os-cloud and --os-image-url."""
+the arguments and checks of the ``sizeaware`` console script
+(:mod:`sizeaware.cmd.transfer`), with openstackclient's authentication
+instead of --os-cloud and --os-image-url; the commands run in
+:func:`sizeaware.client.cli.run`."""
 
 from osc_lib.command import command
 
+from sizeaware.client import cli
 from sizeaware.cmd import transfer
 
 
 class _Transfer(command.Command):
-    #: ``'upload'`` or ``'download'``: :func:`transfer.run`'s command.
+    #: ``'upload'`` or ``'download'``: :func:`cli.run`'s command.
     transfer_command = None
     #: The console script's function that adds the command's arguments.
     add_arguments = None
@@ -19,7 +21,7 @@ class _Transfer(command.Command):
         self.add_arguments(parser)
         transfer.add_connection_arguments(
             parser.add_argument_group('connection'))
-        # run() reports bad usage through it, as the console script does.
+        # Bad usage is reported through it, as the console script does.
         self._parser = parser
         return parser
 
@@ -29,9 +31,9 @@ class _Transfer(command.Command):
             **transfer.connection_options(parsed_args))
 
     def take_action(self, parsed_args):
-        return transfer.run(self.transfer_command, parsed_args,
-                            lambda: self.connect(parsed_args),
-                            self._parser.error)
+        transfer.check_arguments(parsed_args, self._parser.error)
+        return cli.run(self.transfer_command, parsed_args,
+                       lambda: self.connect(parsed_args))
 
 
 class Upload(_Transfer):

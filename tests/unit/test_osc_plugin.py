@@ -19,6 +19,7 @@ import pytest
 
 pytest.importorskip('osc_lib')
 
+from sizeaware.client import cli  # noqa: E402
 from sizeaware.client import connection  # noqa: E402
 from sizeaware.client import errors  # noqa: E402
 from sizeaware.cmd import transfer  # noqa: E402
@@ -165,11 +166,21 @@ def test_a_missing_image_endpoint_ends_the_command_with_status_1(
     ['--os-header', 'no colon', 'img', 'f']])
 def test_bad_usage_exits_2_as_in_the_console_script(argv, capsys):
     cmd, parser = command(osc_transfer.Upload)
-    args = parser.parse_args(argv)
     with pytest.raises(SystemExit) as caught:
-        cmd.take_action(args)
+        cmd.take_action(parser.parse_args(argv))
     assert caught.value.code == 2
     assert 'openstack sizeaware upload: error:' in capsys.readouterr().err
+
+
+def test_the_command_runs_in_the_clients_cli_module(monkeypatch):
+    """The plugin parses; sizeaware.client.cli runs, as for the console
+    script."""
+    ran = []
+    monkeypatch.setattr(cli, 'run', lambda command, args, connect: ran.append(
+        (command, args.image)) or 7)
+    cmd, parser = command(osc_transfer.Download)
+    assert cmd.take_action(parser.parse_args(['img', 'out'])) == 7
+    assert ran == [('download', 'img')]
 
 
 def test_the_plugin_module_names_its_api_and_version():
