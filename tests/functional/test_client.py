@@ -20,9 +20,11 @@ Each test proves one of:
 * ``kill -9`` of the client mid-upload and mid-download, in one stream and
   in four (each having made progress), then the same command, finishes
   exactly without starting over: the proxy counts the bytes of the second
-  run, which are only what the server did not hold or the state file did
-  not list, and those lag what had gone through by at most what each
-  stream had in flight;
+  run, which are only what the server did not hold or, for a download,
+  the chunks of the partial file that do not match their digests, and
+  those lag what had gone through by at most what each stream had in
+  flight; a download killed before it ever saved its state (within its
+  first second) keeps what it wrote too;
 * a 4xx ends the command with status 3 and the server's reason.
 """
 
@@ -69,6 +71,10 @@ CRAWL = 4 * MiB
 #: The rate the same command then goes at, through the same proxy (its
 #: state names the endpoint): as good as none.
 FAST = 2**40
+#: The rate, shared among its streams, of a download to be killed before
+#: its first state save (a second after it starts): fast enough for each
+#: stream to write chunks first.
+EARLY_RATE = 96 * MiB
 USER = 'user1'
 CLI = str(pathlib.Path(sys.executable).with_name('sizeaware'))
 
@@ -142,6 +148,13 @@ def assert_uploaded(api, image_id, data):
 def fetched(result):
     """The bytes a download wrote, as its summary line says."""
     return int(re.search(r'fetched (\d+) bytes', result.stderr).group(1))
+
+
+def resumed_from(result):
+    """The bytes a download kept from an earlier run, as its summary line
+    says."""
+    found = re.search(r'resumed from (\d+)', result.stderr)
+    return int(found.group(1)) if found else 0
 
 
 def sha256(path):
@@ -513,10 +526,76 @@ def test_killed_download_resumes_without_starting_over(
         result = run_cli(env, *args)
         delivered = proxy.delivered
     assert result.returncode == 0, result.stderr
-    assert 'resumed from %d' % done in result.stderr
-    # Only the units the state did not list were fetched again.
-    assert N - done <= delivered <= N - done + OVERHEAD, (done, delivered)
+    # Every unit the state listed was kept, and those written since that
+    # match their digests; only the rest was fetched again.
+    resumed = resumed_from(result)
+    assert done <= resumed <= marks['delivered'], (done, resumed)
+    assert fetched(result) == N - resumed
+    assert N - resumed <= delivered <= N - resumed + OVERHEAD, (resumed,
+                                                                delivered)
     assert sha256(target) == hashlib.sha256(data).hexdigest()
+    assert not part.exists() and not state_path.exists()
+
+
+def written(part, data, parallel):
+    """The bytes each of ``parallel`` streams had written from the start
+    of its share, as the partial file holds them."""
+    held = []
+    with open(part, 'rb') as handle:
+        for start, stop in shares(parallel):
+            position = start
+            while position < stop:
+                handle.seek(position)
+                block = handle.read(min(MiB, stop - position))
+                expected = data[position:position + len(block)]
+                if block != expected:
+                    position += len(os.path.commonprefix([block, expected]))
+                    break
+                position += len(block)
+            held.append(position - start)
+    return held
+
+
+@pytest.mark.parametrize('parallel', [1, 4])
+def test_download_killed_before_its_first_save_keeps_what_it_wrote(
+        glance, stored, data, tmp_path, parallel):
+    """``kill -9`` within the first second, before the state file was ever
+    written: the same command keeps every chunk of the partial file that
+    matches its digest, and fetches at most the rest and the chunk each
+    stream was writing."""
+    target = tmp_path / 'out.raw'
+    part, state_path = download_mod.part_paths(target)
+    env = cli_env(glance, None, tmp_path)
+    enough = parallel * (2 * CHUNK + CHUNK // 2)
+
+    def ready():
+        """Polled finely: the kill must come before the first save."""
+        deadline = time.monotonic() + 0.1
+        while proxy.delivered < enough:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
+    with faultproxy.FaultProxy(('127.0.0.1', glance.port),
+                               rate=EARLY_RATE // parallel) as proxy:
+        env['OS_IMAGE_URL'] = proxy.url
+        args = ['download', '--parallel', str(parallel), stored,
+                str(target)]
+        kill_once(start_cli(env, args), ready)
+        assert not state_path.exists(), (
+            'the client saved its state before it was killed')
+        held = written(part, data, parallel)
+        proxy.rate = FAST
+        proxy.reset_counters()
+        result = run_cli(env, *args)
+        delivered = proxy.delivered
+    assert result.returncode == 0, result.stderr
+    assert sha256(target) == hashlib.sha256(data).hexdigest()
+    missing = N - sum(held)
+    assert missing <= fetched(result) <= missing + parallel * CHUNK, (
+        held, fetched(result))
+    assert resumed_from(result) == N - fetched(result) >= CHUNK
+    assert delivered <= fetched(result) + OVERHEAD
     assert not part.exists() and not state_path.exists()
 
 

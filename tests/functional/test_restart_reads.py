@@ -179,6 +179,21 @@ def test_download_survives_broken_backend_reads(
     assert restarts_logged(glance, image_id) - before == count
 
 
+@pytest.mark.parametrize('store', STORES)
+def test_more_breaks_than_retries_each_after_progress_are_survived(
+        glance, api, proxies, big_images, store):
+    """``read_retries`` counts failures in a row: a read that breaks more
+    often than that, advancing between the breaks, arrives whole."""
+    proxy, image_id = proxies[store], big_images[store]
+    count = ranges.RETRIES + 2
+    before = restarts_logged(glance, image_id)
+    proxy.cut_reply_at(*ranges.spread(count))
+    got = ranges.Streamed(api, image_id)
+    ranges.assert_streamed_whole(got, ranges.BIG, BIG_SHA)
+    assert proxy.reply_faults == count
+    assert restarts_logged(glance, image_id) - before == count
+
+
 def test_http_restarts_ask_for_the_exact_rest_pinned_to_the_etag(
         glance, api, web, proxies, big_images):
     """nginx's log: each restart is a 206 for the rest, from the byte

@@ -246,6 +246,35 @@ def test_download_survives_broken_swift_reads(faulty, fapi, proxy, big_image,
     assert proxy.connections == count + 1
 
 
+def test_more_breaks_than_retries_each_after_progress_are_survived(
+        faulty, fapi, proxy, big_image, big_data):
+    """``read_retries`` counts failures in a row: a read that breaks more
+    often than that, advancing between the breaks, arrives whole."""
+    glance, _ = faulty
+    count = ranges.RETRIES + 2
+    before = restarts_logged(glance, big_image)
+    proxy.cut_reply_at(*ranges.spread(count))
+    got = ranges.Streamed(fapi, big_image)
+    ranges.assert_streamed_whole(got, ranges.BIG, big_data[1])
+    assert proxy.reply_faults == count
+    assert restarts_logged(glance, big_image) - before == count
+
+
+def test_a_first_read_swift_never_answers_is_503(fapi, proxy):
+    """Every request for the object reset before a byte of its answer,
+    until the retries are spent: Glance answers 503, as for the S3 and
+    HTTP stores, not 500; the next download is whole."""
+    data = os.urandom(MIB + 5)
+    image_id = fapi.create_image()
+    assert fapi.upload(image_id, data, size=len(data)).status == 204
+    proxy.cut_reply_at(*[0] * (ranges.RETRIES + 1))
+    resp = fapi.download(image_id)
+    assert resp.status == 503, resp
+    assert proxy.reply_faults == ranges.RETRIES + 1
+    proxy.cut_reply_at()
+    ranges.assert_whole(fapi.download(image_id), data)
+
+
 def test_ranged_download_survives_a_cut(fapi, proxy, big_image, big_data):
     first, last = 10 * MIB + 3, 200 * MIB - 5
     proxy.cut_reply_at(50 * MIB)
