@@ -25,7 +25,12 @@ Each test proves one of:
   those lag what had gone through by at most what each stream had in
   flight; a download killed before it ever saved its state (within its
   first second) keeps what it wrote too;
-* a 4xx ends the command with status 3 and the server's reason.
+* a 4xx ends the command with status 3 and the server's reason;
+* an upload never completes an image that is not the file: a file
+  rewritten after the client was killed, or bytes of another upload in
+  Glance's session, are found through the session's pieces, the session
+  is cancelled and the upload starts over; the image's sha512 is then the
+  file's, and only then does the command succeed.
 """
 
 import hashlib
@@ -46,6 +51,7 @@ import pytest
 from sizeaware.client import download as download_mod
 from sizeaware.client import manifest
 from sizeaware.client import spans
+from sizeaware.client import upload
 from tests.functional import conftest
 from tests.functional import faultproxy
 
@@ -207,7 +213,7 @@ def paused(api, session, timeout=120):
     deadline = time.monotonic() + timeout
     while True:
         status = api.request('GET', session).json()
-        if status['phase'] == 'paused':
+        if status['phase'] in ('paused', 'paused_system'):
             return status
         assert time.monotonic() < deadline, status
         time.sleep(0.2)
@@ -251,7 +257,10 @@ def test_upload_in_four_streams_cut_and_stalled_completes_exactly(
         assert fired == ['cut'] and proxy.stalled.is_set()
     assert result.returncode == 0, result.stderr
     assert_uploaded(api, image_id, data)
-    assert N <= forwarded <= N + IN_FLIGHT + OVERHEAD, forwarded
+    # Each ranged PUT carries its digest: the cut request and the stalled
+    # one lost what they had sent, at most a request's bytes each.
+    assert N <= forwarded <= N + 2 * upload.REQUEST_BYTES + OVERHEAD, (
+        forwarded)
     # The state file is gone once the upload is done.
     assert not list((tmp_path / 'cache' / 'sizeaware').glob('upload-*'))
 
@@ -365,9 +374,11 @@ def test_killed_upload_resumes_without_starting_over(
         held = status['bytes_held']
         assert min(per_stream(status['ranges_held'], parallel,
                               inclusive=True)) >= CHUNK, status
-        # Of what reached Glance, each stream lost at most what was in
-        # flight when its request broke.
-        assert sent - parallel * IN_FLIGHT <= held <= sent, (sent, held)
+        # Of what reached Glance, each stream lost at most the request it
+        # was sending (a request with a digest keeps nothing when cut).
+        assert sent - parallel * upload.REQUEST_BYTES - OVERHEAD <= held, (
+            sent, held)
+        assert held <= sent, (sent, held)
         assert held < N
         assert list((tmp_path / 'cache' / 'sizeaware').glob('upload-*'))
         proxy.rate = FAST  # the second run, unhindered
@@ -380,6 +391,69 @@ def test_killed_upload_resumes_without_starting_over(
     assert N - held <= forwarded <= N - held + OVERHEAD, (held, forwarded)
     assert_uploaded(api, image_id, data)
     assert not list((tmp_path / 'cache' / 'sizeaware').glob('upload-*'))
+
+
+def test_a_file_rewritten_after_a_kill_is_uploaded_again_from_its_start(
+        glance, api, data, tmp_path):
+    """Killed at about half, the file's first 8 MiB rewritten (same size,
+    new mtime), the same command again: the bytes Glance's session holds
+    are compared with the file, differ, and the session is cancelled; the
+    upload starts over and the image is the new file."""
+    source = tmp_path / 'disk.raw'
+    source.write_bytes(data)
+    image_id = api.create_image()
+    session = '/v2/images/%s/file/session' % image_id
+    env = cli_env(glance, None, tmp_path)
+    with faultproxy.FaultProxy(('127.0.0.1', glance.port),
+                               rate=KILL_RATE) as proxy:
+        env['OS_IMAGE_URL'] = proxy.url
+        args = ['upload', image_id, str(source)]
+        kill_once(start_cli(env, args), lambda: proxy.forwarded >= N // 2)
+        assert paused(api, session)['bytes_held'] >= 8 * MiB
+        start = os.urandom(8 * MiB)
+        with open(source, 'r+b') as handle:
+            handle.write(start)
+        new = start + data[8 * MiB:]
+        proxy.rate = FAST
+        result = run_cli(env, *args)
+    assert result.returncode == 0, result.stderr
+    assert ('the server held bytes that differ from %s: cancelled its '
+            'session, starting over' % source) in result.stderr
+    assert 'resumed from' not in result.stderr
+    assert 'verified: sha512' in result.stderr
+    assert_uploaded(api, image_id, new)
+
+
+@pytest.mark.parametrize('held', ['the files', 'others'])
+def test_bytes_glance_holds_are_resumed_only_if_they_are_the_files(
+        glance, api, tmp_path, held):
+    """A ranged PUT of 8 MiB written first, then the command: of the
+    file's own bytes it sends only the rest; other bytes of the same size
+    have the session cancelled and the whole file sent."""
+    small = os.urandom(24 * MiB + 5)
+    source = tmp_path / 'small.raw'
+    source.write_bytes(small)
+    image_id = api.create_image()
+    first = small[:8 * MiB] if held == 'the files' else os.urandom(8 * MiB)
+    answer = api.request('PUT', '/v2/images/%s/file' % image_id, first, {
+        'Content-Type': 'application/octet-stream',
+        'Content-Range': 'bytes 0-%d/%d' % (8 * MiB - 1, len(small)),
+        'X-OpenStack-Image-Size': len(small)})
+    assert answer.status == 204, answer
+    result = run_cli(cli_env(glance, glance.url, tmp_path), 'upload',
+                     image_id, str(source))
+    assert result.returncode == 0, result.stderr
+    if held == 'the files':
+        assert 'resumed from %d' % (8 * MiB) in result.stderr
+        assert 'starting over' not in result.stderr
+    else:
+        assert 'the server held bytes that differ from' in result.stderr
+        assert 'sent %d bytes' % len(small) in result.stderr
+    image = api.get_image(image_id)
+    assert image['status'] == 'active'
+    assert image['os_hash_value'] == hashlib.sha512(small).hexdigest()
+    recorded = manifest.Manifest.from_properties(image, len(small))
+    assert recorded.digests == chunk_digests(small)
 
 
 # -- downloads --------------------------------------------------------------
@@ -510,6 +584,7 @@ def test_killed_download_resumes_without_starting_over(
                 str(target)]
         child = start_cli(env, args)
         kill_once(child, ready)
+        killed_at = proxy.delivered
         units, _ = saved()
         done = spans.total(units)
         assert min(per_stream(units, parallel)) >= CHUNK, units
@@ -529,7 +604,7 @@ def test_killed_download_resumes_without_starting_over(
     # Every unit the state listed was kept, and those written since that
     # match their digests; only the rest was fetched again.
     resumed = resumed_from(result)
-    assert done <= resumed <= marks['delivered'], (done, resumed)
+    assert done <= resumed <= killed_at, (done, resumed, killed_at)
     assert fetched(result) == N - resumed
     assert N - resumed <= delivered <= N - resumed + OVERHEAD, (resumed,
                                                                 delivered)

@@ -107,6 +107,11 @@ class Session:
         self.phase = 'transferring'
         self.error = None
 
+    def end(self, phase):
+        """Ended: the document stays, without the bytes or pieces."""
+        self.phase = phase
+        self.held, self.pieces = [], []
+
     def keep(self, first, data):
         if not data:
             return
@@ -213,7 +218,7 @@ class SessionGlance:
         if self.session is None:
             return webob.Response(status=404)
         if request.method == 'DELETE':
-            self.session.phase = 'cancelled_user'
+            self.session.end('cancelled_user')
             return webob.Response(status=204)
         return self._json(self.session.document(self.pieces))
 
@@ -269,7 +274,7 @@ class SessionGlance:
             return webob.Response(status=503, text='try again')
         self.stored = data
         if self.session is not None:
-            self.session.phase = 'finished_success'
+            self.session.end('finished_success')
         self.record.update(size=len(data))
         if target == 'stage':
             self.record['status'] = 'uploading'
@@ -486,7 +491,7 @@ def test_without_pieces_held_bytes_are_kept_only_for_the_same_file(
 def test_an_ended_session_is_not_resumed(data, source_file):
     glance = SessionGlance()
     glance.hold(data, (0, MiB))
-    glance.session.phase = 'cancelled_user'
+    glance.session.end('cancelled_user')
     stats = uploaded(glance, source_file)
     assert stats['resumed_from'] == 0
     assert_active_with(glance, data)
@@ -530,11 +535,18 @@ def test_another_hashing_algorithm_costs_one_more_pass(data, source_file):
     assert uploaded(glance, source_file)['verified'] == 'sha256'
 
 
-def test_staged_data_is_checked_through_its_pieces(data, source_file):
+def test_staged_data_is_verified_by_each_requests_digest(
+        data, source_file):
     glance = SessionGlance()
     stats = uploaded(glance, source_file, target='stage', parallel=2)
     assert glance.record['status'] == 'uploading'
-    assert stats['verified'] == 'crc32c pieces'
+    assert glance.stored == data
+    assert stats['verified'] == 'crc32c of each request'
+    logs = []
+    glance = SessionGlance(pieces=False)
+    stats = uploaded(glance, source_file, logs, target='stage')
+    assert stats['verified'] is None
+    assert any('not verified' in line for line in logs), logs
 
 
 def test_summary_says_what_was_verified(data, source_file, capsys):
