@@ -402,6 +402,17 @@ def partial(target, chunks, garbage=(), half=None):
     return part
 
 
+def save_state(target, conn, image, done):
+    """The state file a run of the same download saved, listing ``done``
+    units of :data:`CHUNK`."""
+    _, state_path = download.part_paths(target)
+    state.save(state_path, {'identity': {
+        'image_id': IMAGE_ID, 'endpoint': conn.endpoint, 'size': N,
+        'os_hash_value': image['os_hash_value'],
+        'checksum': image['checksum'], 'updated_at': image['updated_at'],
+        'unit': CHUNK}, 'etag': ETAG, 'done': list(done)})
+
+
 def asked_chunks(transport):
     """The chunks each ranged request for data asked for (not the probe
     of four streams: does the server answer ranges?)."""
@@ -442,13 +453,7 @@ def test_the_digests_overrule_a_state_file(glance, tmp_path):
     target = tmp_path / 'disk.raw'
     partial(target, chunks=range(COUNT), garbage=[5])
     _, conn, transport = glance()
-    _, state_path = download.part_paths(target)
-    image = record()
-    state.save(state_path, {'identity': {
-        'image_id': IMAGE_ID, 'endpoint': conn.endpoint, 'size': N,
-        'os_hash_value': image['os_hash_value'],
-        'checksum': image['checksum'], 'updated_at': image['updated_at'],
-        'unit': CHUNK}, 'etag': ETAG, 'done': list(range(COUNT))})
+    save_state(target, conn, record(), range(COUNT))
     result = run(conn, target)
     assert target.read_bytes() == DATA
     assert ranges_asked(transport) == [(tail(5 * CHUNK, 6 * CHUNK), ETAG)]
@@ -463,13 +468,7 @@ def test_without_chunk_digests_the_state_file_says_what_is_kept(
     # No state file: nothing can be trusted, all is fetched.
     assert run(conn, target, unit=CHUNK)['fetched'] == N
     partial(target, chunks=range(4))
-    _, state_path = download.part_paths(target)
-    image = record(chunks=False)
-    state.save(state_path, {'identity': {
-        'image_id': IMAGE_ID, 'endpoint': conn.endpoint, 'size': N,
-        'os_hash_value': image['os_hash_value'],
-        'checksum': image['checksum'], 'updated_at': image['updated_at'],
-        'unit': CHUNK}, 'etag': ETAG, 'done': [0, 1, 2]})
+    save_state(target, conn, record(chunks=False), [0, 1, 2])
     result = run(conn, target, unit=CHUNK)
     assert result['fetched'] == N - 3 * CHUNK
     assert target.read_bytes() == DATA
