@@ -182,8 +182,8 @@ def check_file(fd, check):
 
 class FileHash:
     """The digest of a whole file, computed by a thread of its own that
-    reads it in order while the transfer sends it: the hash costs the
-    transfer no time of its own (hashlib and ``pread`` release the GIL).
+    reads it in order while the transfer sends it, overlapping with it
+    (hashlib and ``pread`` release the GIL).
 
     :meth:`hexdigest` waits for it; :meth:`stop` ends it early (before the
     file is closed).
