@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import os
+import pathlib
 import threading
 import urllib.parse
 
@@ -317,13 +318,12 @@ def source_file(tmp_path, data):
     return path
 
 
-def uploaded(glance, path, logs=None, **options):
-    """Upload ``path`` (a path, or a PipeSource) to ``glance``; the
-    figures."""
-    options.setdefault('state_dir', path.parent / 'state'
-                       if hasattr(path, 'parent') else None)
-    source = (readers.open_source(str(path)) if hasattr(path, 'parent')
-              else path)
+def uploaded(glance, source, logs=None, **options):
+    """Upload ``source`` (a file's path, or a PipeSource) to ``glance``;
+    the figures."""
+    if isinstance(source, pathlib.Path):
+        options.setdefault('state_dir', source.parent / 'state')
+        source = readers.open_source(str(source))
     try:
         return upload.Upload(
             connect(glance), IMAGE, source, backoff=no_wait,
