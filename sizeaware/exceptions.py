@@ -182,6 +182,11 @@ class ChecksumMismatch(SizeawareError):
     none of its bytes are kept."""
 
 
+class DigestMismatch(SizeawareError):
+    """A body whose RFC 9530 ``Content-Digest`` differs from its bytes;
+    none of them are kept (400, as the RFC leaves it to the server)."""
+
+
 class BeyondUploadLength(SizeawareError):
     """A body that would take an upload past the length declared when it
     was created."""

@@ -6,8 +6,10 @@ before it is trusted. The functions take the raw WSGI environ values and
 raise :mod:`sizeaware.exceptions` errors whose text a client can act on.
 """
 
+import base64
 import re
 
+from sizeaware import digests
 from sizeaware import exceptions
 
 IMAGE_SIZE_HEADER = 'X-OpenStack-Image-Size'
@@ -149,3 +151,49 @@ def image_sha256(environ):
             'Invalid %s header %s: expected 64 hexadecimal digits.'
             % (IMAGE_SHA256_HEADER, quote(value)))
     return match.group(1).lower()
+
+
+#: RFC 9530 digest algorithms a body may be checked with, strongest first.
+CONTENT_DIGEST_ALGORITHMS = ('sha-512', 'sha-256', 'crc32c')
+#: One member of the ``Content-Digest`` dictionary: a key and a byte
+#: sequence (RFC 8941 section 3.3.5).
+_DIGEST_MEMBER = re.compile(
+    r'[ \t]*([a-z][a-z0-9_.*-]*)=:([A-Za-z0-9+/]*={0,2}):[ \t]*')
+
+
+def content_digest(environ):
+    """``(algorithm, digest bytes)`` of the request's RFC 9530
+    ``Content-Digest``, the strongest algorithm :data:`CONTENT_DIGEST_
+    ALGORITHMS` names; None without one. Algorithms not known are
+    ignored, as the RFC asks.
+
+    :raises sizeaware.exceptions.MalformedHeader: for a value that is not
+        a dictionary of byte sequences, or a digest of the wrong length.
+    """
+    value = environ.get('HTTP_CONTENT_DIGEST')
+    if value is None:
+        return None
+    found = {}
+    for member in value.split(','):
+        match = _DIGEST_MEMBER.fullmatch(member)
+        if match is None:
+            raise exceptions.MalformedHeader(
+                'Invalid Content-Digest header %s: expected '
+                '"<algorithm>=:<base64>:" members (RFC 9530).' % quote(value))
+        try:
+            found[match.group(1)] = base64.b64decode(match.group(2),
+                                                     validate=True)
+        except ValueError:
+            raise exceptions.MalformedHeader(
+                'Invalid Content-Digest header %s: not base64.'
+                % quote(value)) from None
+    for algorithm in CONTENT_DIGEST_ALGORITHMS:
+        if algorithm in found:
+            digest = found[algorithm]
+            if len(digest) != digests.new(algorithm).digest_size:
+                raise exceptions.MalformedHeader(
+                    'Invalid Content-Digest header %s: a %s digest is %d '
+                    'bytes.' % (quote(value), algorithm,
+                                digests.new(algorithm).digest_size))
+            return algorithm, digest
+    return None

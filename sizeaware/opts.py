@@ -119,8 +119,9 @@ Possible values:
 Seconds after its last request at which a transfer session expires.
 
 Every request to a session (a range written, its status read) extends it
-by this much. An expired session and its spooled bytes are removed by a
-sweep that requests trigger (no daemon is needed).
+by this much. An expired session ends as ``cancelled_system`` and its
+spooled bytes are removed by a sweep that requests trigger (no daemon is
+needed).
 
 Possible values:
     * A positive number of seconds; the default is one day.
@@ -141,6 +142,21 @@ Possible values:
 
 Related options:
     * ``session_inactivity_timeout``
+"""),
+    cfg.IntOpt(
+        'session_retention',
+        default=24 * 3600,
+        min=0,
+        help="""
+Seconds a transfer session's status document is kept after the session
+ended (finished, failed or cancelled).
+
+Meanwhile its owner still reads how it ended (phase, error, the time of
+each phase change) at its URL; anyone else gets 404, as before. Only the
+record is kept: the session's bytes are removed when it ends.
+
+Possible values:
+    * A non-negative number of seconds; the default is one day.
 """),
     cfg.BoolOpt(
         'finalize_while_receiving',

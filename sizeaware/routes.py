@@ -13,11 +13,12 @@ _UPLOAD_PATH = re.compile(
     r'/v2(?:\.[0-9]+)?/images/(?P<image_id>[^/]+)/(?P<target>file|stage)/?')
 
 
-#: The status document of a transfer session (``GET``) and its
-#: cancellation (``DELETE``): ``session`` under the upload's own URL.
+#: A transfer session's own URL: ``session`` under the upload's own URL
+#: (its status document, extension and cancellation), and its actions
+#: under that.
 _SESSION_PATH = re.compile(
     r'/v2(?:\.[0-9]+)?/images/(?P<image_id>[^/]+)/(?P<target>file|stage)'
-    r'/session/?')
+    r'/session(?:/(?P<action>extend|pause|resume|finalize))?/?')
 
 
 #: A tus upload's own URL: a random upload id under the image's upload
@@ -55,12 +56,13 @@ def tus_upload(path):
 
 
 def session_target(environ):
-    """``(image_id, 'file' or 'stage')`` for a request to a transfer
-    session's own URL (any method), else None."""
+    """``(image_id, 'file' or 'stage', action or None)`` for a request to a
+    transfer session's own URL (any method), else None."""
     match = _SESSION_PATH.fullmatch(environ.get('PATH_INFO', ''))
     if match is None:
         return None
-    return match.group('image_id'), match.group('target')
+    return (match.group('image_id'), match.group('target'),
+            match.group('action'))
 
 
 def upload_target(environ):

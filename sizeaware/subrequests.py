@@ -11,6 +11,7 @@ it opens a session and hands a finished image back the same way
 answers a download's ranges and validators.
 """
 
+import collections
 import io
 import json
 
@@ -18,6 +19,7 @@ import webob
 
 from sizeaware import exceptions
 from sizeaware import headers
+from sizeaware import refusals
 
 # Request headers that describe the caller's body, not a sub-request's.
 _BODY_KEYS = ('CONTENT_LENGTH', 'CONTENT_TYPE', 'HTTP_CONTENT_RANGE',
@@ -47,15 +49,24 @@ class GlanceAnswer(Exception):
         self.response = response
 
 
+class Caller(collections.namedtuple('Caller',
+                                    'project_id user_id request_id',
+                                    defaults=(None,))):
+    """Who asks: the owner a transfer session must belong to, and the
+    request id what it does is logged with."""
+
+
 def caller(environ):
-    """``(project_id, user_id)`` of the request: from the request context
-    that Glance's ``context`` filter built, else from the identity headers
+    """The :class:`Caller` of the request: from the request context that
+    Glance's ``context`` filter built, else from the identity headers
     keystonemiddleware sets."""
+    rid = refusals.request_id(environ)
     context = environ.get('webob.adhoc_attrs', {}).get('context')
     if context is not None:
-        return (getattr(context, 'project_id', None),
-                getattr(context, 'user_id', None))
-    return environ.get('HTTP_X_PROJECT_ID'), environ.get('HTTP_X_USER_ID')
+        return Caller(getattr(context, 'project_id', None),
+                      getattr(context, 'user_id', None), rid)
+    return Caller(environ.get('HTTP_X_PROJECT_ID'),
+                  environ.get('HTTP_X_USER_ID'), rid)
 
 
 def sub_environ(environ, method, path, body=b'', content_length=None):

@@ -19,16 +19,26 @@ Requests it acts on (any ``/v2.N/``):
     has the whole image's sha256 checked before it reaches Glance.
 ``GET .../file/session`` or ``.../stage/session``
     the session's status document, JSON: ``image_id``, ``target``,
-    ``phase`` (``transferring``, ``paused``, ``finalizing``, ``finished``,
-    ``failed``, ``cancelled``), ``size``, ``bytes_held``, ``ranges_held``
-    (``[first, last]`` pairs, last inclusive), ``created_at``,
-    ``expires_at``, ``error``, ``sha256``.
-``POST`` on the same URL
+    ``phase`` (oVirt's ``ImageTransferPhase`` names: ``transferring``,
+    ``paused_system``, ``paused_user``, ``finalizing``,
+    ``finished_success``, ``finished_failure``, ``cancelled_user``,
+    ``cancelled_system``), ``size``, ``bytes_held``, ``ranges_held``
+    (``[first, last]`` pairs, last inclusive), ``pieces`` (``[first, last,
+    crc32c]``: every claim with its CRC-32C, so a client checks what is
+    held against its file), ``piece_digest``, ``created_at``,
+    ``updated_at``, ``expires_at``, ``phases`` (each phase change and its
+    time), ``error``, ``sha256``. Kept for its owner for
+    ``session_retention`` after the session ended.
+``POST`` on the same URL, or on ``.../session/extend``
     extends the session (as every request of its owner does) and answers
-    its status document, whose ``expires_at`` has moved on: a client that
-    pauses on purpose keeps its upload without sending bytes.
+    its status document.
+``POST .../session/pause``, ``.../resume``, ``.../finalize``
+    pause (writes answer 409 until resumed), resume, finalize now (409
+    with the missing ranges if any, else the verdict)
+    (:mod:`sizeaware.sessions.control`).
 ``DELETE`` on the same URL
-    cancels the session and removes its spool: 204.
+    cancels the session and removes its data: 204; 409 while another
+    request finalizes it.
 tus 1.0 (``Tus-Resumable``)
     ``OPTIONS`` and ``POST`` on the upload URL create an upload at
     ``.../file/tus/<upload id>``, where ``HEAD``, ``PATCH`` and ``DELETE``
@@ -48,7 +58,7 @@ Deploy it in every pipeline of ``glance-api-paste.ini`` after ``context``
 
 It needs no option; those it reads (``spool_dir``, ``spool_max_bytes``,
 ``max_sessions_per_project``, ``session_inactivity_timeout``,
-``session_max_age``, ``finalize_while_receiving`` and the size filter's
+``session_max_age``, ``session_retention``, ``finalize_while_receiving`` and the size filter's
 ``max_image_size``) are documented once, in ``etc/sizeaware.conf.sample``.
 
 tus clients may ask what the server supports with ``OPTIONS``, which the
@@ -70,11 +80,13 @@ from sizeaware import headers
 from sizeaware import opts
 from sizeaware import refusals
 from sizeaware import routes
+from sizeaware.sessions import control
 from sizeaware.sessions import downstream
-from sizeaware.sessions import ranged_put
-from sizeaware.sessions import record as records
-from sizeaware.sessions import spool as spools
-from sizeaware.sessions import tus
+from sizeaware.sessions import limits
+from sizeaware.sessions.protocols import ranged_put
+from sizeaware.sessions.protocols import tus
+from sizeaware.sessions import reaper
+from sizeaware.sessions.storage import spool as spools
 
 LOG = logging.getLogger(__name__)
 
@@ -91,11 +103,12 @@ class ResumableFilter(base.ConfigurableMiddleware):
 
         def option(name):
             return opts.option_value(self, opts.resumable_opts, name)
-        self.spool = spools.Spool(option('spool_dir'), spools.Limits(
+        self.storage = spools.Spool(option('spool_dir'), limits.Limits(
             max_sessions_per_project=option('max_sessions_per_project'),
             max_bytes=option('spool_max_bytes'),
             inactivity_timeout=option('session_inactivity_timeout'),
-            max_age=option('session_max_age')))
+            max_age=option('session_max_age'),
+            retention=option('session_retention')))
         self.through = option('finalize_while_receiving')
 
     def __call__(self, environ, start_response):
@@ -131,47 +144,25 @@ class ResumableFilter(base.ConfigurableMiddleware):
         return response(environ, start_response)
 
     def _tus(self, environ, image_id, target, upload_id):
-        return tus.handle(self.application, self.spool, environ, image_id,
+        if environ['REQUEST_METHOD'] != 'OPTIONS':
+            self._reap(environ)
+        return tus.handle(self.application, self.storage, environ, image_id,
                           target, upload_id, self.max_image_size,
                           self.through)
 
     def _ranged_put(self, environ, image_id, target):
-        first, last, size, chunked = ranged_put.parse(environ,
-                                                      self.max_image_size)
-        self.spool.reap()
-        session = ranged_put.open_session(self.application, self.spool,
-                                          environ, image_id, target, size)
-        try:
-            return ranged_put.write(self.application, environ, session,
-                                    first, last, chunked, self.through)
-        finally:
-            session.close()
+        self._reap(environ)
+        return ranged_put.handle(self.application, self.storage, environ,
+                                 image_id, target, self.max_image_size,
+                                 self.through)
 
-    def _session(self, environ, image_id, target):
-        method = environ['REQUEST_METHOD']
-        if method not in ('GET', 'HEAD', 'POST', 'DELETE'):
-            raise exceptions.MethodNotAllowed(
-                'A transfer session answers GET, POST (extend) and DELETE '
-                'only.')
-        self.spool.reap()
-        session = self.spool.session(image_id, target,
-                                     downstream.caller(environ))
-        if session is None:
-            raise exceptions.SessionNotFound(
-                'No upload session for this image.')
-        try:
-            if method == 'DELETE':
-                session.set_phase(records.CANCELLED)
-                session.remove()
-                return webob.Response(status=204)
-            session.touch()
-            response = webob.Response(
-                (json.dumps(session.status(), indent=1) + '\n').encode(),
-                content_type='application/json', charset=None)
-            response.cache_control = 'no-store'
-            return response
-        finally:
-            session.close()
+    def _session(self, environ, image_id, target, action):
+        self._reap(environ)
+        return control.handle(self.application, self.storage, environ,
+                              image_id, target, action)
+
+    def _reap(self, environ):
+        reaper.reap(self.storage, downstream.caller(environ))
 
 
 class TusDiscovery(base.ConfigurableMiddleware):

@@ -5,24 +5,39 @@ until every byte is there, then hands the whole image to Glance as one
 ordinary upload. The modules, each with one job:
 
 ``ranges``
-    byte-range arithmetic (which bytes are held, which overlap);
+    byte-range arithmetic (which bytes are held, which overlap, which are
+    missing);
 ``locks``
     ``fcntl`` record locks, so several Glance API processes, or nodes on
     one shared spool directory, agree on who writes what;
 ``record``
-    the session's JSON record on disk;
-``spool``
-    the spool directory: sessions' data written at offsets and made
-    durable, the ranges held, limits, and the bounded reaper;
-``verify``
-    the checks an assembled image must pass before Glance sees it;
+    the session's record: owner, size, phase and the history of phases;
+``journal``
+    the pieces log (each claim with its CRC-32C) and the writers'
+    journals that let a killed worker's bytes be claimed;
+``limits``
+    what a project and a storage may hold, checked before a session is
+    created;
+``reaper``
+    the bounded sweep any request triggers: expiry and retention;
+``storage``
+    the interface every session storage implements, and its
+    implementations (``storage.spool``: a directory on the API node or a
+    shared filesystem);
+``receive``
+    the one receive flow every protocol shares: a body into a session,
+    kept on disconnect, checked against a declared digest, claimed,
+    finalized;
+``checks``
+    the verdicts an assembled image must pass before Glance has it;
+``finalize``
+    handing a complete session to Glance, and what a failure does to it;
+``control``
+    the session's own URL: status document, pause, resume, extend,
+    finalize, cancel;
 ``downstream``
     the sub-requests to Glance made with the caller's own credentials;
-``ranged_put``
-    the ranged-PUT protocol (``Content-Range``) on top of the above;
-``tus``
-    the tus 1.0 protocol on the same sessions, spool and finalize.
-
-A third protocol (the IETF draft's resumable uploads) is another module
-beside these two.
+``protocols``
+    ranged PUT (``Content-Range``) and tus 1.0, each only translating its
+    requests into the receive flow.
 """

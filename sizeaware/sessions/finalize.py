@@ -1,28 +1,47 @@
 """Turning a complete session into an image: the same for every protocol.
 
-Runs in the request that completed the data, so its client gets the
-verdict: the image is asked for again with that request's credentials (a
-session can outlive the token that created it) and must still be
-``queued``; then the spool goes into Glance as one ordinary upload with its
-size declared, through the size filter, read once through the stream base
-and judged on the way (:mod:`verify`: a refused image is refused in place
-of its last byte). Any failure leaves the image ``queued`` with nothing
-stored, and the session ``failed`` with the reason; success removes the
-spool.
+Runs in the request that completed the data (or asked to finalize), so its
+client gets the verdict: the image is asked for again with that request's
+credentials (a session can outlive the token that created it) and must
+still be ``queued``; then the session's bytes go into Glance as one
+ordinary upload with its size declared, through the size filter, read once
+through the stream base and judged on the way (:mod:`checks`: a refused
+image is refused in place of its last byte).
+
+How it ends, by whose fault:
+
+* the data's (our checks refuse it, or Glance answers 400, 409, 413, 415
+  or 422 for it): ``finished_failure`` with the reason; the image stays
+  ``queued``, nothing reaches the store, the session's bytes go;
+* nobody's (Glance or its store unavailable or full, a 5xx, a token that
+  expired, a worker killed meanwhile): every byte is kept, the phase goes
+  back to ``paused_system`` with ``error`` set, and finalizing again
+  (``POST .../session/finalize``, any range sent again, a tus ``HEAD``)
+  completes the image without a byte sent again;
+* the image was deleted: ``cancelled_system``;
+* success: ``finished_success``, and the session's bytes go.
 """
 
 from oslo_utils import excutils
 
 from sizeaware import exceptions
+from sizeaware.sessions import checks
 from sizeaware.sessions import downstream
 from sizeaware.sessions import record as records
-from sizeaware.sessions import verify
+
+#: Glance's answers that refuse the data itself.
+DATA_REFUSALS = frozenset((400, 409, 413, 415, 422))
 
 
-def finalize(app, environ, session, path, live=None):
-    """Hand the session's image to Glance at ``path`` (the upload URL).
+def upload_path(rec):
+    """The upload URL a session's image goes to."""
+    return '/v2/images/%s/%s' % (rec.image_id, rec.target)
 
-    :param live: a :class:`~sizeaware.sessions.spool.Live` when the
+
+def finalize(app, environ, session, live=None):
+    """Hand the session's image to Glance.
+
+    :param live: a :class:`~sizeaware.sessions.receive.Live` when the
         request's own bytes are still arriving; its ``ended`` must move the
         session to ``finalizing``.
 
@@ -33,25 +52,28 @@ def finalize(app, environ, session, path, live=None):
     rec = session.record
     try:
         image = downstream.get_image(app, environ, rec.image_id)
-        if image.get('status') != 'queued':
-            raise exceptions.UploadConflict(
-                'The image is %s, no longer queued: the upload cannot be '
-                'finished.' % image.get('status'))
-        reader = verify.CheckedImage(session, image.get('disk_format'),
-                                     live)
-    except exceptions.SizeawareError as error:
-        session.fail(str(error))
+    except exceptions.ImageNotFound:
+        session.end(records.CANCELLED_SYSTEM, 'The image was deleted.')
         raise
     except downstream.GlanceAnswer as answer:
-        session.fail('Glance answered %s when asked for the image.'
-                     % answer.response.status)
+        _keep(session, 'Glance answered %s when asked for the image.'
+              % answer.response.status)
         raise
+    if image.get('status') != 'queued':
+        error = exceptions.UploadConflict(
+            'The image is %s, no longer queued: the upload cannot be '
+            'finished.' % image.get('status'))
+        session.end(records.FINISHED_FAILURE, str(error))
+        raise error
+    reader = checks.CheckedImage(session, image.get('disk_format'), live)
     try:
-        response = downstream.put_image(app, environ, path, reader, rec.size)
+        response = downstream.put_image(app, environ, upload_path(rec),
+                                        reader, rec.size)
     except Exception as exc:
         if reader.refusal is None and (live is None or live.error is None):
             with excutils.save_and_reraise_exception():
-                session.fail('Glance failed to store the image: %r' % (exc,))
+                _keep(session, 'Glance failed to store the image: %r.'
+                      % (exc,))
         # Our refusal, raised inside Glance's read of the image (Glance
         # hands it back, or answers 500 with it in its log): the image was
         # refused, whatever Glance made of it.
@@ -60,16 +82,28 @@ def finalize(app, environ, session, path, live=None):
         reader.close()
     if live is not None and live.error is not None:
         # The request's own failure (its body broke, or its bytes were
-        # refused): Glance's upload failed with it; the caller keeps what
-        # arrived.
+        # refused) before it claimed them: the session never moved to
+        # finalizing, and keeps what arrived.
         raise live.error
     if reader.refusal is not None:
-        session.fail(str(reader.refusal))
+        session.end(records.FINISHED_FAILURE, str(reader.refusal))
         raise reader.refusal
-    if response.status_int < 300 and reader.received == rec.size:
-        session.set_phase(records.FINISHED)
-        session.remove()
+    status = response.status_int
+    if status < 300 and reader.received == rec.size:
+        session.end(records.FINISHED_SUCCESS)
+    elif status in DATA_REFUSALS:
+        session.end(records.FINISHED_FAILURE, 'Glance refused the image: '
+                    '%s %s' % (response.status, _text(response)))
     else:
-        session.fail('Glance answered %s: %s' % (
-            response.status, response.text[:300].strip()))
+        _keep(session, 'Glance answered %s: %s' % (response.status,
+                                                   _text(response)))
     return response
+
+
+def _keep(session, reason):
+    session.set_phase(records.PAUSED_SYSTEM, reason + ' Every byte is '
+                      'kept: finalize again to finish the upload.')
+
+
+def _text(response):
+    return ' '.join(response.text[:300].split())

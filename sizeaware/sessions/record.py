@@ -1,9 +1,33 @@
-"""The session record: what a session is, as JSON on disk.
+"""The session record: what a session is and where it stands, as JSON.
 
-The record says who owns the session, what it uploads and where it
-stands; it never says which bytes are held (``spool`` derives that from
-the ranges file, written only after the data is synced), so the two can
-never disagree about data.
+The record says who owns the session, what it uploads, its phase and the
+history of its phases; it never says which bytes are held (the storage
+derives that from its pieces, written only after the data is durable), so
+the two can never disagree about data.
+
+Phases are oVirt's ``ImageTransferPhase`` names, so a client that knows
+oVirt's image transfers reads them without a table:
+
+``transferring``
+    a request is writing bytes (stored while the session takes bytes; it
+    is *reported* as ``paused_system`` while nobody writes);
+``paused_system``
+    nobody writes, or a finalize failed for a reason that is not the
+    data's (the store or Glance unavailable, a worker killed): every byte
+    is kept, ``error`` says what happened, and finalizing again needs no
+    byte sent again;
+``paused_user``
+    paused by its owner: writes are refused until it is resumed;
+``finalizing``
+    the image is being handed to Glance;
+``finished_success``, ``finished_failure``
+    the image is Glance's; or the data was refused (format, checksum,
+    size), with the reason in ``error``, and nothing reached the store;
+``cancelled_user``, ``cancelled_system``
+    cancelled by its owner; or expired, or its image deleted.
+
+A session that ended keeps its record (not its data) for the retention
+time, so its owner can still read how it ended.
 """
 
 import dataclasses
@@ -11,17 +35,27 @@ import json
 import os
 import threading
 
-#: A session's phases, as in oVirt's ImageTransfer. ``paused`` is never
-#: stored: it is how a ``transferring`` session with no write in progress
-#: is reported.
 TRANSFERRING = 'transferring'
-PAUSED = 'paused'
+PAUSED_SYSTEM = 'paused_system'
+PAUSED_USER = 'paused_user'
 FINALIZING = 'finalizing'
-FINISHED = 'finished'
-FAILED = 'failed'
-CANCELLED = 'cancelled'
-#: Phases in which a session holds (or is about to hold) spool space.
-LIVE_PHASES = (TRANSFERRING, FINALIZING)
+FINISHED_SUCCESS = 'finished_success'
+FINISHED_FAILURE = 'finished_failure'
+CANCELLED_USER = 'cancelled_user'
+CANCELLED_SYSTEM = 'cancelled_system'
+
+#: Phases in which bytes may be written and the session finalized.
+RESUMABLE = (TRANSFERRING, PAUSED_SYSTEM)
+#: Phases in which a session holds (or is about to hold) storage.
+LIVE = (TRANSFERRING, PAUSED_SYSTEM, PAUSED_USER, FINALIZING)
+#: Phases after which nothing changes.
+ENDED = (FINISHED_SUCCESS, FINISHED_FAILURE, CANCELLED_USER,
+         CANCELLED_SYSTEM)
+
+
+#: The phases records written by earlier releases name otherwise.
+_EARLIER_NAMES = {'failed': FINISHED_FAILURE, 'finished': FINISHED_SUCCESS,
+                  'cancelled': CANCELLED_USER}
 
 
 @dataclasses.dataclass
@@ -37,6 +71,8 @@ class Record:
     phase: str = TRANSFERRING
     sha256: str = None
     error: str = None
+    #: ``[phase, time]`` of every phase change, the first included.
+    phases: list = dataclasses.field(default_factory=list)
     #: tus: the random part of the upload's URL, ``partial`` or ``final``
     #: for concatenation, the raw ``Upload-Metadata``, and for a final
     #: upload the sizes of the partial uploads it joins (their bytes are
@@ -47,7 +83,19 @@ class Record:
     parts: list = None
 
     def owned_by(self, owner):
-        return (self.project_id, self.user_id) == tuple(owner)
+        return (self.project_id, self.user_id) == tuple(owner[:2])
+
+    @property
+    def ended(self):
+        return self.phase in ENDED
+
+    def move_to(self, phase, now, error=None):
+        """Change the phase, recording when; whether it changed."""
+        changed = phase != self.phase or not self.phases
+        self.phase, self.error = phase, error
+        if changed:
+            self.phases.append([phase, now])
+        return changed
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -55,8 +103,10 @@ class Record:
     @classmethod
     def from_json(cls, text):
         fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in json.loads(text).items()
-                      if k in fields})
+        rec = cls(**{k: v for k, v in json.loads(text).items()
+                     if k in fields})
+        rec.phase = _EARLIER_NAMES.get(rec.phase, rec.phase)
+        return rec
 
 
 def write_atomically(path, text):
@@ -80,3 +130,11 @@ def fsync_dir(path):
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def log_change(log, rec, request_id):
+    """The one line every phase change gets."""
+    log.info('Upload session %s: request_id=%s image_id=%s target=%s '
+             'project_id=%s size=%d error=%s', rec.phase, request_id,
+             rec.image_id, rec.target, rec.project_id, rec.size,
+             json.dumps(rec.error))

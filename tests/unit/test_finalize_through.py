@@ -97,7 +97,7 @@ def test_other_bytes_than_those_held_are_409_and_nothing_stored(app, glance):
     assert response.status_int == 409
     assert refused_in_flight(glance, N)
     status = fakes.serve(app, request('GET', SESSION)).json
-    assert status['phase'] == 'paused' and status['bytes_held'] == 100
+    assert status['phase'] == 'paused_system' and status['bytes_held'] == 100
 
 
 def test_a_refused_format_is_refused_before_the_last_byte(glance_app,
@@ -111,7 +111,7 @@ def test_a_refused_format_is_refused_before_the_last_byte(glance_app,
     assert refused_in_flight(glance, len(data))
     assert glance.images[IMAGE]['status'] == 'queued'
     assert fakes.serve(app, request('GET', SESSION)).json[
-        'phase'] == 'failed'
+        'phase'] == 'finished_failure'
 
 
 def test_declared_sha256_mismatch(app, glance):

@@ -37,7 +37,7 @@ def test_config_opts_entry_point_lists_the_group():
     assert {o.name for o in options} == {
         'max_image_size', 'require_image_size', 'spool_dir',
         'spool_max_bytes', 'max_sessions_per_project',
-        'session_inactivity_timeout', 'session_max_age',
+        'session_inactivity_timeout', 'session_max_age', 'session_retention',
         'finalize_while_receiving', 'verify_download', 'ranged_store_types'}
 
 

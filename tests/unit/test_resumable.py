@@ -72,7 +72,11 @@ def refused_in_flight(glance, size):
 
 
 def spooled(spool_dir):
-    return [n for n in os.listdir(spool_dir) if not n.startswith('.')]
+    """The sessions in the spool that still hold data (one that ended
+    keeps its record alone, for its status document)."""
+    return [n for n in os.listdir(spool_dir) if not n.startswith('.')
+            and {'data', 'part.0'} & set(os.listdir(os.path.join(spool_dir,
+                                                                   n)))]
 
 
 def quarters(data=DATA):
@@ -102,8 +106,14 @@ def test_quarters_out_of_order_become_one_upload(glance_app, tmp_path):
     assert 'HTTP_CONTENT_RANGE' not in upload.environ
     assert upload.environ['HTTP_X_PROJECT_ID'] == 'p1'
     assert spooled(tmp_path) == []
-    status = fakes.serve(app, request('GET', SESSION))
-    assert status.status_int == 404
+    # The owner still reads how it ended.
+    status = fakes.serve(app, request('GET', SESSION)).json
+    assert status['phase'] == 'finished_success'
+    assert [phase for phase, _ in status['phases']] == [
+        'transferring', 'finalizing', 'finished_success']
+    assert status['pieces'] == [] and status['expires_at'] is None
+    assert fakes.serve(app, request('GET', SESSION,
+                                    project='p2')).status_int == 404
 
 
 @settings(max_examples=40, deadline=None)
@@ -228,7 +238,7 @@ def test_a_cut_connection_keeps_every_byte_that_arrived(glance_app,
     assert 'request_id=req-cut' in line and 'status=499' in line
     status = fakes.serve(app, request('GET', SESSION)).json
     assert status['ranges_held'] == [[100, 1299]]
-    assert status['phase'] == 'paused'
+    assert status['phase'] == 'paused_system'
     # The client sends what is missing, overlapping what arrived.
     assert put_range(app, 1000, N - 1).status_int == 204
     assert put_range(app, 0, 99).status_int == 204
@@ -244,7 +254,7 @@ def test_status_is_the_owners_only(glance_app, tmp_path):
     assert response.status_int == 200
     assert response.headers['Cache-Control'] == 'no-store'
     document = response.json
-    assert document['phase'] == 'paused'
+    assert document['phase'] == 'paused_system'
     assert document['size'] == N
     assert document['bytes_held'] == 10
     assert document['image_id'] == IMAGE
@@ -274,8 +284,14 @@ def test_delete_cancels_and_removes_the_spool(glance_app, tmp_path):
     assert spooled(tmp_path)
     assert fakes.serve(app, request('DELETE', SESSION)).status_int == 204
     assert spooled(tmp_path) == []
-    assert fakes.serve(app, request('GET', SESSION)).status_int == 404
+    assert fakes.serve(app, request('GET', SESSION)).json['phase'] == (
+        'cancelled_user')
+    assert fakes.serve(app, request('DELETE', SESSION)).status_int == 404
     assert fakes.serve(app, request('PATCH', SESSION)).status_int == 405
+    # A new upload of the image starts a new session.
+    assert put_range(app, 0, 9).status_int == 204
+    assert fakes.serve(app, request('GET', SESSION)).json['phase'] == (
+        'paused_system')
 
 
 def test_image_not_visible_is_404_and_not_queued_is_409(glance_app,
@@ -301,9 +317,11 @@ def test_declared_sha256_mismatch_refused_before_the_last_byte(
     assert 'sha256' in response.text
     assert refused_in_flight(glance, N)
     status = fakes.serve(app, request('GET', SESSION)).json
-    assert status['phase'] == 'failed'
+    assert status['phase'] == 'finished_failure'
     assert 'sha256' in status['error']
-    assert put_range(app, 0, 9).status_int == 409
+    assert status['bytes_held'] == 0
+    # The image is still queued: a new range starts a new session.
+    assert put_range(app, 0, 9).status_int == 204
     assert fakes.serve(app, request('DELETE', SESSION)).status_int == 204
     right = hashlib.sha256(DATA).hexdigest()
     put_range(app, 0, N - 1, headers={'X-Image-Sha256': right})
@@ -344,7 +362,7 @@ def test_glance_refusing_the_upload_fails_the_session(glance_app, tmp_path):
     response = put_range(app, 0, N - 1)
     assert response.status_int == 413
     status = fakes.serve(app, request('GET', SESSION)).json
-    assert status['phase'] == 'failed'
+    assert status['phase'] == 'finished_failure'
     assert '413' in status['error']
     # Its data is dropped: the session counts none of it any more.
     assert status['bytes_held'] == 0 and status['ranges_held'] == []
@@ -384,7 +402,7 @@ def test_works_with_no_options(monkeypatch, tmp_path):
     default = next(o for o in opts.resumable_opts if o.name == 'spool_dir')
     assert default.default == '/var/lib/glance/sizeaware-spool'
     flt = resumable.ResumableFilter.factory({})(fakes.FakeGlance())
-    assert flt.spool.directory == default.default
+    assert flt.storage.directory == default.default
 
 
 def test_a_finalize_whose_worker_died_is_retried_by_the_next_range(
@@ -394,13 +412,14 @@ def test_a_finalize_whose_worker_died_is_retried_by_the_next_range(
     assert put_range(app, 0, N - 2).status_int == 204
     # The request that completes the data dies before it finalizes: its
     # session moved to finalizing, then its locks went with its worker.
-    session = app.spool.session(IMAGE, 'file', ('p1', 'u1'))
+    session = app.storage.session(IMAGE, 'file', ('p1', 'u1'))
     with session.writer(N - 1, N - 1) as stream_class:
-        stream_class(lambda hint: DATA[N - 1:], 1, True).read(1)
-        assert session.commit(N - 1, N) == ([(0, N)], True)
+        writer = stream_class(lambda hint: DATA[N - 1:], 1, True)
+        writer.read(1)
+        assert session.commit(*writer.unclaimed()) == ([(0, N)], True)
     session.close()
     status = fakes.serve(app, request('GET', SESSION)).json
-    assert status['phase'] == 'paused' and status['bytes_held'] == N
+    assert status['phase'] == 'paused_system' and status['bytes_held'] == N
     assert 'interrupted' in status['error']
     assert uploads(glance) == []
     response = put_range(app, N - 1, N - 1)
@@ -414,7 +433,7 @@ def test_post_to_the_session_extends_it(glance_app, tmp_path):
     glance = glance_app(images=images())
     app = stack(glance, tmp_path, session_inactivity_timeout=100)
     now = [1000.0]
-    app.spool.clock = lambda: now[0]
+    app.storage.clock = lambda: now[0]
     assert put_range(app, 0, 9).status_int == 204
     now[0] += 60
     other = fakes.serve(app, request('POST', SESSION, project='p2'))

@@ -1,8 +1,9 @@
 """Sessions on disk: ranges, locks, the spool's durability, limits, reaper."""
 
-import json
 import os
 import signal
+
+import crc32c
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -10,10 +11,14 @@ import pytest
 
 from sizeaware import exceptions
 from sizeaware import framing
+from sizeaware.sessions import control
+from sizeaware.sessions import journal as journals
+from sizeaware.sessions import limits
 from sizeaware.sessions import locks
 from sizeaware.sessions import ranges
+from sizeaware.sessions import reaper
 from sizeaware.sessions import record as records
-from sizeaware.sessions import spool as spools
+from sizeaware.sessions.storage import spool as spools
 
 IMAGE = '6f1c2a77-0000-4000-8000-000000000001'
 OWNER = ('p1', 'u1')
@@ -35,9 +40,9 @@ def clock():
 
 @pytest.fixture
 def spool(tmp_path, clock):
-    return spools.Spool(tmp_path / 'spool', spools.Limits(
+    return spools.Spool(tmp_path / 'spool', limits.Limits(
         max_sessions_per_project=2, max_bytes=10 * len(DATA),
-        inactivity_timeout=100, max_age=1000), clock=clock)
+        inactivity_timeout=100, max_age=1000, retention=500), clock=clock)
 
 
 def write(session, first, body, chunks=None, fail_with=None):
@@ -63,9 +68,9 @@ def write(session, first, body, chunks=None, fail_with=None):
             while reader.read(5):
                 pass
         except (exceptions.ClientDisconnected, exceptions.ClientTimeout):
-            session.commit(first, first + reader.received, final=False)
+            session.commit(*reader.unclaimed(), final=False)
             raise
-        return session.commit(first, last + 1)
+        return session.commit(*reader.unclaimed())
 
 
 @given(st.lists(st.tuples(st.integers(0, 100), st.integers(0, 100)),
@@ -121,15 +126,19 @@ def test_create_write_complete(spool):
     session.close()
 
 
-def test_a_failed_session_counts_none_of_its_dropped_data(spool):
+def test_an_ended_session_counts_none_of_its_dropped_data(spool):
     session = spool.create(IMAGE, 'file', OWNER, len(DATA), None)
     write(session, 0, DATA)
-    session.fail('refused')
-    assert os.path.getsize(os.path.join(session.path, 'data')) == 0
+    session.end(records.FINISHED_FAILURE, 'refused')
+    assert not os.path.exists(os.path.join(session.path, 'data'))
     assert session.held() == []
-    status = session.status()
-    assert (status['phase'], status['error']) == ('failed', 'refused')
+    status = control.status(session)
+    assert (status['phase'], status['error']) == ('finished_failure',
+                                                  'refused')
     assert (status['bytes_held'], status['ranges_held']) == (0, [])
+    assert status['pieces'] == []
+    assert [p for p, _ in status['phases']] == [
+        'transferring', 'finalizing', 'finished_failure']
     session.close()
 
 
@@ -142,10 +151,10 @@ def test_a_write_cut_mid_body_keeps_exactly_what_arrived(spool):
     session.close()
     again = spool.session(IMAGE, 'file', OWNER)
     assert again.held() == [(1000, 2000)]
-    status = again.status()
+    status = control.status(again)
     assert status['bytes_held'] == 1000
     assert status['ranges_held'] == [[1000, 1999]]
-    assert status['phase'] == 'paused'
+    assert status['phase'] == 'paused_system'
     with open(os.path.join(again.path, 'data'), 'rb') as f:
         f.seek(1000)
         assert f.read(1000) == DATA[1000:2000]
@@ -173,18 +182,35 @@ def test_two_writers_of_the_same_bytes_conflict(spool):
             with two.writer(99, 200):
                 pass
         with two.writer(100, 200):
-            assert two.status()['phase'] == 'transferring'
+            assert control.status(two)['phase'] == 'transferring'
     one.close()
     two.close()
 
 
-def test_nothing_claimed_is_unsynced_ranges_file_is_json(spool):
+def test_every_claim_is_a_piece_with_its_crc32c(spool):
     session = spool.create(IMAGE, 'file', OWNER, len(DATA), None)
     write(session, 0, DATA[:10])
-    with open(os.path.join(session.path, 'ranges.json')) as f:
-        assert json.load(f) == [[0, 10]]
+    write(session, 100, DATA[100:300], chunks=[DATA[100:150],
+                                               DATA[150:300]])
+    assert journals.read_pieces(os.path.join(session.path, 'pieces')) == [
+        (0, 10, crc32c.crc32c(DATA[:10])),
+        (100, 300, crc32c.crc32c(DATA[100:300]))]
+    assert control.status(session)['pieces'] == [
+        [0, 9, '%08x' % crc32c.crc32c(DATA[:10])],
+        [100, 299, '%08x' % crc32c.crc32c(DATA[100:300])]]
     assert not [n for n in os.listdir(session.path) if '.tmp.' in n]
     session.close()
+
+
+def test_a_torn_last_piece_is_the_logs_end_and_is_written_over(tmp_path):
+    path = str(tmp_path / 'pieces')
+    journals.append_piece(path, 0, 10, 7)
+    with open(path, 'ab') as f:
+        f.write(b'torn entry')
+    assert journals.read_pieces(path) == [(0, 10, 7)]
+    journals.append_piece(path, 10, 20, 8)
+    assert journals.read_pieces(path) == [(0, 10, 7), (10, 20, 8)]
+    assert os.path.getsize(path) == 2 * 24
 
 
 def test_limits(spool):
@@ -205,13 +231,22 @@ def test_expiry_and_the_bounded_reaper(spool, clock):
     kept.touch()
     kept.close()
     clock.now += 60
-    assert spool.reap() == 1
+    assert reaper.reap(spool, OWNER) == 1
     assert spool.session('a', 'file', OWNER) is None
+    ended = spool.session('a', 'file', OWNER, ended=True)
+    assert ended.record.phase == records.CANCELLED_SYSTEM
+    assert 'expired' in ended.record.error
+    ended.close()
     assert spool.session('b', 'file', OWNER) is not None
     clock.now += 30
-    assert spool.reap() == 0  # swept less than REAP_INTERVAL ago
+    assert reaper.reap(spool, OWNER) == 0  # swept less than INTERVAL ago
     clock.now += 1000
     assert spool.session('b', 'file', OWNER) is None
+    # Ended, their records are kept for the retention time, then removed.
+    assert sorted(n for n in os.listdir(spool.directory)
+                  if not n.startswith('.')) == ['a.file', 'b.file']
+    clock.now += 500
+    assert reaper.reap(spool, OWNER) == 2
     assert [n for n in os.listdir(spool.directory)
             if not n.startswith('.')] == []
 
@@ -221,8 +256,8 @@ def test_a_session_being_written_is_not_reaped(spool, clock):
     other = spool.session('a', 'file', OWNER)
     with other.writer(0, 4):
         clock.now += 2000
-        assert spool.reap(force=True) == 0
-    assert spool.reap(force=True) == 1
+        assert reaper.reap(spool, OWNER, force=True) == 0
+    assert reaper.reap(spool, OWNER, force=True) == 1
     session.close()
     other.close()
 
@@ -241,7 +276,7 @@ def test_removed_session_is_gone_for_a_request_holding_it(spool):
     other = spool.session('a', 'file', OWNER)
     assert session.remove() == 1
     with pytest.raises(exceptions.SessionNotFound):
-        other.commit(0, 5)
+        other.commit(0, 5, 0)
     session.close()
     other.close()
 
@@ -299,9 +334,11 @@ def test_a_killed_writer_keeps_what_reached_the_spool(spool):
     session = spool.session(IMAGE, 'file', OWNER)
     # Nothing claimed yet, but its journal is there, unlocked.
     assert session.held() == [(0, 100)]
-    status = session.status()
+    status = control.status(session)
     assert status['ranges_held'] == [[0, 99], [1000, 1999]]
-    assert status['phase'] == 'paused'
+    assert status['pieces'][1] == [1000, 1999, '%08x' % crc32c.crc32c(
+        DATA[1000:2000])]
+    assert status['phase'] == 'paused_system'
     assert not [n for n in os.listdir(session.path)
                 if n.startswith('journal.')]
     reader = session.reader()
@@ -319,7 +356,7 @@ def test_a_killed_writer_claims_no_piece_that_is_not_on_disk(spool):
     with open(os.path.join(session.path, 'data'), 'r+b') as f:
         f.seek(550)
         f.write(b'\0')
-    assert session.status()['ranges_held'] == [[0, 499]]
+    assert control.status(session)['ranges_held'] == [[0, 499]]
     session.close()
 
 
@@ -329,8 +366,8 @@ def test_a_live_writers_journal_is_left_alone(spool):
     with session.writer(0, 99) as cls:
         writer = cls(_source([DATA[:50]]), 100)
         writer.read(50)
-        assert other.status()['ranges_held'] == []
-        assert other.status()['phase'] == 'transferring'
+        assert control.status(other)['ranges_held'] == []
+        assert control.status(other)['phase'] == 'transferring'
     session.close()
     other.close()
 
@@ -341,12 +378,12 @@ def test_a_finalize_whose_worker_died_can_be_retried(spool):
     assert finalizing and session.finalizer
     other = spool.session(IMAGE, 'file', OWNER)
     # While the finalizer lives, the session stays finalizing.
-    assert other.status()['phase'] == 'finalizing'
+    assert control.status(other)['phase'] == 'finalizing'
     with pytest.raises(exceptions.UploadConflict):
         other.check_writable()
     session.close()  # the finalizer's worker dies: its locks go
-    status = other.status()
-    assert status['phase'] == 'paused'
+    status = control.status(other)
+    assert status['phase'] == 'paused_system'
     assert status['bytes_held'] == 10
     assert 'interrupted' in status['error']
     other.check_writable()
@@ -362,10 +399,10 @@ def test_a_claim_already_held_when_another_request_completed_is_kept(spool):
     is not a conflict."""
     session = spool.create(IMAGE, 'file', OWNER, len(DATA), None)
     half = len(DATA) // 2
-    session.commit(0, half, final=False)
+    session.commit(0, half, crc32c.crc32c(DATA[:half]), final=False)
     other = spool.session(IMAGE, 'file', OWNER)
     held, finalizing = write(other, half, DATA[half:])
     assert finalizing
-    held, finalizing = session.commit(0, half)
+    held, finalizing = session.commit(0, half, crc32c.crc32c(DATA[:half]))
     assert held == [(0, len(DATA))] and not finalizing
     assert session.record.phase == records.FINALIZING

@@ -12,7 +12,7 @@ import pytest
 
 from sizeaware.middleware import resumable
 from sizeaware.sessions import locks
-from sizeaware.sessions import tus
+from sizeaware.sessions.protocols import tus
 from tests.unit import fakes
 from tests.unit.test_resumable import IMAGE
 from tests.unit.test_resumable import images
@@ -368,18 +368,27 @@ def test_final_upload_takes_no_patch_and_incomplete_partials_refused(
     response = call(app, 'POST', CREATE, headers=dict(
         final, **{'Upload-Length': str(N + 1)}))
     assert response.status_int == 400
-    # Glance fails the upload: its answer, and the final upload stays,
-    # failed, refusing PATCH with 403.
+    # Glance fails the upload, not for the data's sake: its answer, and
+    # the final upload stays, every byte kept, refusing PATCH with 403.
     response = call(app, 'POST', CREATE, headers=final)
     assert response.status_int == 500
     (name,) = spooled(tmp_path)
     final_session = fakes.serve(app, request(
         'GET', CREATE + '/session')).json
-    assert final_session['phase'] == 'failed'
+    assert final_session['phase'] == 'paused_system'
+    assert '500' in final_session['error']
+    assert final_session['bytes_held'] == N
     with open(os.path.join(tmp_path, name, 'record.json')) as f:
         upload_id = __import__('json').load(f)['upload_id']
-    response = send(app, HOST + CREATE + '/tus/' + upload_id, 0, b'x')
+    location = HOST + CREATE + '/tus/' + upload_id
+    response = send(app, location, 0, b'x')
     assert response.status_int == 403
+    # Glance is back: the HEAD a resuming client sends finishes the image
+    # with the bytes held, none sent again.
+    glance.status = 204
+    assert offset_of(app, location) == N
+    assert uploads(glance)[-1].body == DATA
+    assert spooled(tmp_path) == []
 
 
 def test_final_names_only_own_partials_of_this_image(app):
@@ -406,10 +415,11 @@ def test_head_finalizes_an_upload_whose_finalizer_died(app, glance,
     assert send(app, location, 0, DATA[:N - 1]).status_int == 204
     # The request that completes the data dies before it finalizes: the
     # session moved to finalizing, then its locks went with its worker.
-    session = app.spool.session(IMAGE, 'file', ('p1', 'u1'))
+    session = app.storage.session(IMAGE, 'file', ('p1', 'u1'))
     with session.writer(N - 1, N - 1) as stream_class:
-        stream_class(lambda hint: DATA[N - 1:], 1, True).read(1)
-        assert session.commit(N - 1, N) == ([(0, N)], True)
+        writer = stream_class(lambda hint: DATA[N - 1:], 1, True)
+        writer.read(1)
+        assert session.commit(*writer.unclaimed()) == ([(0, N)], True)
     session.close()
     assert uploads(glance) == []
     # A client told the offset sends nothing more: the HEAD finalizes.
@@ -443,7 +453,7 @@ def test_creation_with_upload_and_a_checksum(app, tmp_path):
 def test_head_reports_expiry_and_every_request_extends_it(glance, tmp_path):
     now = [1_000_000.0]
     app = stack(glance, tmp_path, session_inactivity_timeout='3600')
-    app.spool.clock = lambda: now[0]
+    app.storage.clock = lambda: now[0]
     location = create(app)
     head = call(app, 'HEAD', url_path(location))
     assert head.headers['Upload-Expires'] == email.utils.formatdate(

@@ -3,7 +3,7 @@
 ``/v2/images/<id>/file`` and ``/v2/images/<id>/stage`` are tus creation
 URLs; an upload created there gets its own URL,
 ``.../file/tus/<upload id>`` (128 random bits), on the same transfer
-sessions as the ranged PUT (:mod:`ranged_put`): an upload of the whole
+sessions as the ranged PUT (:mod:`~sizeaware.sessions.protocols.ranged_put`): an upload of the whole
 image is the image's one session for that target, a partial upload
 (concatenation) a session of its own. Extensions: creation,
 creation-with-upload, expiration, checksum (``sha1``, ``sha256``,
@@ -15,7 +15,8 @@ creation-with-upload, expiration, checksum (``sha1``, ``sha256``,
     needs no identity.
 ``POST`` with ``Tus-Resumable`` and ``Upload-Length``
     201 with ``Location`` (absolute) and ``Upload-Expires`` (an RFC 9110
-    date); 413 above ``Tus-Max-Size``; 409 while the image has a session
+    date); 413 above ``Tus-Max-Size``; ``Upload-Length: 0`` makes an
+    empty image at once; 409 while the image has a session
     for that target already, or is not ``queued``. ``Upload-Metadata`` is
     kept and echoed by ``HEAD``. A body (``Content-Type:
     application/offset+octet-stream``) is written as by ``PATCH``; if that
@@ -41,42 +42,45 @@ application/offset+octet-stream``
     another offset (or while another request writes), 415 on another
     media type, 413 past ``Upload-Length``, 403 to a final upload, 460
     when ``Upload-Checksum`` does not match (nothing of the request is
-    kept). A request cut off keeps every byte that arrived, unless it
-    carried a checksum (its bytes cannot be verified: none are kept).
+    kept). The new offset is what the session holds from byte 0 on, also
+    when ranged PUTs filled bytes after this request's. A request cut off
+    keeps every byte that arrived (:mod:`~sizeaware.sessions.receive`
+    says exactly which), unless it carried a checksum (its bytes cannot be
+    verified: none are kept).
 ``DELETE`` on an upload URL
-    204; the URL then answers 404.
+    204; the URL then answers 404. 409 while another request finalizes
+    the upload: its client gets the real verdict.
 
 Every request but ``OPTIONS`` must carry ``Tus-Resumable: 1.0.0`` (412
 with ``Tus-Version`` otherwise); the filter puts ``Tus-Resumable`` on every
 answer. An upload belongs to the project and user that created it:
 anyone else gets 404. The request that completes the data finalizes the
-image (:mod:`finalize`), whose session, and so its URL, is then gone.
+image (:mod:`~sizeaware.sessions.finalize`), whose upload URL then
+answers 404.
 """
 
 import base64
 import email.utils
-import functools
-import hashlib
 import secrets
 import urllib.parse
 
 import webob
 
+from sizeaware import digests
 from sizeaware import exceptions
-from sizeaware import framing
 from sizeaware import headers
 from sizeaware import routes
-from sizeaware import stream
+from sizeaware.sessions import control
 from sizeaware.sessions import downstream
 from sizeaware.sessions import finalize
+from sizeaware.sessions import receive
 from sizeaware.sessions import record as records
-from sizeaware.sessions import spool as spools
 
 VERSION = '1.0.0'
 EXTENSIONS = ('creation', 'creation-with-upload', 'expiration', 'checksum',
               'termination', 'concatenation')
-CHECKSUMS = {'sha1': hashlib.sha1, 'sha256': hashlib.sha256,
-             'md5': hashlib.md5}
+#: The checksum algorithms, ``sha1`` first as the extension requires.
+CHECKSUMS = ('sha1', 'sha256', 'md5')
 MEDIA_TYPE = 'application/offset+octet-stream'
 #: The most seconds a HEAD waits for a PATCH still being wound up (the
 #: server's socket timeout ends one whose client went quiet sooner).
@@ -87,25 +91,7 @@ PARTIAL = 'partial'
 FINAL = 'final;'
 
 
-class TusWriter(spools.SpoolWriter):
-    """The spool writer, refusing bytes past the upload's length and
-    digesting what it writes when the request declared a checksum."""
-
-    def __init__(self, *args, limit, digest=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.limit = limit
-        self.digest = digest
-
-    def chunk_update(self, data):
-        if self.received + len(data) > self.limit:
-            raise exceptions.BeyondUploadLength(
-                'The body goes past the upload\'s length.')
-        super().chunk_update(data)
-        if self.digest is not None:
-            self.digest.update(data)
-
-
-def handle(app, spool, environ, image_id, target, upload_id,
+def handle(app, storage, environ, image_id, target, upload_id,
            max_image_size, through=False):
     """Answer one tus request (see the module docstring).
 
@@ -120,23 +106,21 @@ def handle(app, spool, environ, image_id, target, upload_id,
             'Tus-Resumable %s is not supported; this server speaks tus %s.'
             % ('(none)' if value is None else headers.quote(value), VERSION),
             VERSION)
-    spool.reap()
     if upload_id is None:
         if method != 'POST':
             raise exceptions.MethodNotAllowed(
                 'A tus creation URL answers OPTIONS and POST only.')
-        return create(app, spool, environ, image_id, target, max_image_size,
-                      through)
+        return create(app, storage, environ, image_id, target,
+                      max_image_size, through)
     if method not in ('HEAD', 'PATCH', 'DELETE'):
         raise exceptions.MethodNotAllowed(
             'A tus upload answers HEAD, PATCH and DELETE only.')
-    session = _find(spool, environ, image_id, target, upload_id)
+    session = _find(storage, environ, image_id, target, upload_id)
     try:
         if method == 'HEAD':
             return head(app, environ, session)
         if method == 'DELETE':
-            session.set_phase(records.CANCELLED)
-            session.remove()
+            session.cancel()
             return webob.Response(status=204)
         return patch(app, environ, session, through)
     finally:
@@ -156,21 +140,21 @@ def options(max_image_size):
 
 def head(app, environ, session):
     session.wait_idle(IDLE_WAIT)
-    document = session.status()
-    rec = session.record
-    if (rec.concat != PARTIAL and rec.phase == records.TRANSFERRING
-            and rec.size and document['bytes_held'] == rec.size):
+    rec = session.refresh()
+    held = session.held()
+    if (rec.concat != PARTIAL and rec.phase in records.RESUMABLE
+            and _offset(held) == rec.size):
         # Every byte is held, yet nobody finalizes: the request that
         # completed them died before or while it finalized (its worker
-        # killed). A client told this offset sends nothing more, so this
-        # request finalizes; Glance's refusal is the answer.
-        _, finalizing = session.commit(rec.size, rec.size)
-        refusal = _finalize(app, environ, session, finalizing)
+        # killed), or Glance failed for a reason of its own. A client told
+        # this offset sends nothing more, so this request finalizes;
+        # Glance's refusal is the answer.
+        refusal = control.finalize_now(app, environ, session)
         if refusal is not None:
             return refusal
     response = webob.Response(status=200)
-    response.headers['Upload-Offset'] = str(_offset(
-        [(first, last + 1) for first, last in document['ranges_held']]))
+    response.headers['Upload-Offset'] = str(
+        rec.size if session.record.ended else _offset(held))
     response.headers['Upload-Length'] = str(rec.size)
     response.headers['Upload-Expires'] = _date(rec.expires_at)
     if rec.metadata:
@@ -195,11 +179,11 @@ def patch(app, environ, session, through=False):
     return _write(app, environ, session, offset, through)
 
 
-def create(app, spool, environ, image_id, target, max_image_size,
+def create(app, storage, environ, image_id, target, max_image_size,
            through=False):
     concat = environ.get('HTTP_UPLOAD_CONCAT')
     if concat is not None and concat.strip().startswith(FINAL):
-        return _create_final(app, spool, environ, image_id, target,
+        return _create_final(app, storage, environ, image_id, target,
                              concat.strip(), max_image_size)
     if concat is not None and concat.strip() != PARTIAL:
         raise exceptions.MalformedHeader(
@@ -219,16 +203,12 @@ def create(app, spool, environ, image_id, target, max_image_size,
     if has_body:
         _check_media_type(environ)
         _checksum(environ)
-    _check_queued(app, environ, image_id)
     upload_id = secrets.token_hex(16)
-    owner = downstream.caller(environ)
+    fields = dict(upload_id=upload_id, metadata=metadata)
     if concat is not None:
-        session = spool.create(image_id, target, owner, size,
-                               part=upload_id, upload_id=upload_id,
-                               concat=PARTIAL, metadata=metadata)
-    else:
-        session = spool.create(image_id, target, owner, size,
-                               upload_id=upload_id, metadata=metadata)
+        fields.update(part=upload_id, concat=PARTIAL)
+    session = receive.open_session(app, storage, environ, image_id, target,
+                                   size, **fields)
     try:
         _check_new(session, upload_id)
         location = _location(environ, upload_id)
@@ -244,6 +224,12 @@ def create(app, spool, environ, image_id, target, max_image_size,
                 session.remove()
                 return response
             response.status = 201
+        elif size == 0 and concat is None:
+            # An empty image is complete as created.
+            refusal = control.finalize_now(app, environ, session)
+            if refusal is not None:
+                return refusal
+            response = webob.Response(status=201)
         else:
             response = webob.Response(status=201)
         response.headers['Location'] = location
@@ -280,88 +266,34 @@ def _write(app, environ, session, offset, through=False):
         raise exceptions.BeyondUploadLength(
             'Upload-Offset %d plus Content-Length %d goes past the '
             'Upload-Length %d.' % (offset, length, rec.size))
-    through = (through and length is not None and offset + length == rec.size
-               and rec.concat != PARTIAL and rec.parts is None)
-    digest = None if checksum is None else checksum[0]()
-    stream_class = functools.partial(TusWriter, limit=rec.size - offset,
-                                     digest=digest)
-    with session.writer(offset, rec.size - 1, stream_class,
-                        checkpoints=checksum is None) as writer_class:
-        current = _offset(session.held())
+
+    def at_offset(held):
+        current = _offset(held)
         if current != offset:
             raise _offset_conflict(offset, current)
-        body = framing.open_body(environ, length, chunked, writer_class)
-        try:
-            if through:
-                return _through(app, environ, session, offset, body,
-                                checksum)
-            while body.read(stream.DEFAULT_READ_SIZE):
-                pass
-        except (exceptions.ClientDisconnected, exceptions.ClientTimeout):
-            # Keep what arrived, unless it must be verified first.
-            if checksum is None and body.received:
-                session.commit(offset, offset + body.received, final=False)
-            raise
-        finally:
-            body.close()
-        _check_checksum(checksum, body)
-        end = offset + body.received
-        finalizing = False
-        if body.received:
-            _, finalizing = session.commit(offset, end,
-                                           final=rec.concat != PARTIAL)
-    refusal = _finalize(app, environ, session, finalizing)
-    if refusal is not None:
-        return refusal
-    return _written(session, end)
+    received = receive.receive(
+        app, environ, session, offset, rec.size - 1, length, chunked,
+        declared=checksum, limit=rec.size - offset,
+        final=rec.concat != PARTIAL, through=through,
+        mismatch=exceptions.ChecksumMismatch, before=at_offset)
+    if received.response is not None:
+        if received.response.status_int >= 300:
+            return received.response
+        control.discard(received.response)
+        return _written(session, rec.size)
+    # What the session holds from 0 on: ranged PUTs may have filled the
+    # bytes after this request's.
+    return _written(session, _offset(received.held))
 
 
-def _check_checksum(checksum, body):
-    if checksum is not None and body.digest.digest() != checksum[1]:
-        raise exceptions.ChecksumMismatch(
-            'The body does not match its Upload-Checksum; none of it '
-            'was kept.')
-
-
-def _through(app, environ, session, offset, body, checksum):
-    """Finalize while the body that completes the upload arrives."""
-    size = session.record.size
-
-    def ended():
-        _check_checksum(checksum, body)
-        if not session.commit(offset, size)[1]:
-            raise exceptions.UploadConflict(
-                'The upload is being finished by another request.')
-    response = finalize.finalize(app, environ, session,
-                                 _upload_path(session.record),
-                                 live=spools.Live(offset, body, ended))
-    if response.status_int >= 300:
-        return response
-    _discard(response)
-    return _written(session, size)
-
-
-def _finalize(app, environ, session, finalizing):
-    """Finalize when this request took the finalize; Glance's answer when
-    it refused the image, else None (the tus answer follows)."""
-    if not finalizing:
-        return None
-    response = finalize.finalize(app, environ, session,
-                                 _upload_path(session.record))
-    if response.status_int >= 300:
-        return response
-    _discard(response)
-    return None
-
-
-def _create_final(app, spool, environ, image_id, target, concat,
+def _create_final(app, storage, environ, image_id, target, concat,
                   max_image_size):
     urls = concat[len(FINAL):].split()
     if not urls or len(set(urls)) != len(urls):
         raise exceptions.MalformedHeader(
             'Invalid Upload-Concat header: "final;" must be followed by the '
             'URLs of distinct partial uploads.')
-    owner = downstream.caller(environ)
+    caller = downstream.caller(environ)
     partials = []
     session = None
     try:
@@ -371,7 +303,8 @@ def _create_final(app, spool, environ, image_id, target, concat,
                 raise exceptions.MalformedHeader(
                     'Upload-Concat names %s, not a partial upload of this '
                     'image.' % headers.quote(url))
-            partial = spool.session(image_id, target, owner, part=upload[2])
+            partial = storage.session(image_id, target, caller,
+                                      part=upload[2])
             if partial is None:
                 raise exceptions.SessionNotFound(
                     'No partial upload %s.' % headers.quote(url))
@@ -391,22 +324,27 @@ def _create_final(app, spool, environ, image_id, target, concat,
                 'uploads.' % size)
         _check_size(size, max_image_size)
         metadata = _metadata(environ)
-        _check_queued(app, environ, image_id)
+        receive.check_queued(app, environ, image_id)
         upload_id = secrets.token_hex(16)
-        session = spool.create(image_id, target, owner, size,
-                               upload_id=upload_id, metadata=metadata,
-                               concat=FINAL + ' '.join(urls), reserved=True)
+        session = storage.create(image_id, target, caller, size,
+                                 upload_id=upload_id, metadata=metadata,
+                                 concat=FINAL + ' '.join(urls), reserved=True)
         _check_new(session, upload_id)
-        _, finalizing = session.join(partials)
+        try:
+            _, finalizing = session.join(partials)
+        except exceptions.SizeawareError:
+            # A partial upload went meanwhile: no final upload is left
+            # behind to stand in the way of the next creation.
+            session.remove()
+            raise
         for partial in partials:
             partial.remove()
         response = webob.Response(status=201)
         if finalizing:
-            answer = finalize.finalize(app, environ, session,
-                                       _upload_path(session.record))
+            answer = finalize.finalize(app, environ, session)
             if answer.status_int >= 300:
                 return answer
-            _discard(answer)
+            control.discard(answer)
         response.headers['Location'] = _location(environ, upload_id)
         response.headers['Upload-Expires'] = _date(session.record.expires_at)
         return response
@@ -417,14 +355,14 @@ def _create_final(app, spool, environ, image_id, target, concat,
             session.close()
 
 
-def _find(spool, environ, image_id, target, upload_id):
+def _find(storage, environ, image_id, target, upload_id):
     """The caller's upload of that id: a partial upload's own session, or
     the image's session if the upload is that."""
-    owner = downstream.caller(environ)
-    session = spool.session(image_id, target, owner, part=upload_id)
+    caller = downstream.caller(environ)
+    session = storage.session(image_id, target, caller, part=upload_id)
     if session is None:
         try:
-            session = spool.session(image_id, target, owner)
+            session = storage.session(image_id, target, caller)
         except exceptions.SessionNotFound:
             session = None
         if session is not None and session.record.upload_id != upload_id:
@@ -444,22 +382,11 @@ def _check_new(session, upload_id):
             'or on the "session" URL under this one.' % phase)
 
 
-def _check_queued(app, environ, image_id):
-    image = downstream.get_image(app, environ, image_id)
-    if image.get('status') != 'queued':
-        raise exceptions.UploadConflict(
-            'The image is %s; only a queued image takes an upload.'
-            % image.get('status'))
-
-
 def _check_size(size, max_image_size):
     if size > max_image_size:
         raise exceptions.ImageTooLarge(
             'Upload-Length %d bytes exceeds the maximum of %d bytes '
             '(Tus-Max-Size).' % (size, max_image_size))
-    if size == 0:
-        raise exceptions.MalformedHeader(
-            'Upload-Length 0: an empty image is not uploaded.')
 
 
 def _check_media_type(environ):
@@ -471,7 +398,7 @@ def _check_media_type(environ):
 
 
 def _checksum(environ):
-    """``(hash constructor, digest)`` of ``Upload-Checksum``, or None."""
+    """``(algorithm, digest)`` of ``Upload-Checksum``, or None."""
     value = environ.get('HTTP_UPLOAD_CHECKSUM')
     if value is None:
         return None
@@ -480,8 +407,7 @@ def _checksum(environ):
         raise exceptions.MalformedHeader(
             'Invalid Upload-Checksum header %s: expected "<algorithm> '
             '<base64 digest>".' % headers.quote(value))
-    algorithm = CHECKSUMS.get(parts[0])
-    if algorithm is None:
+    if parts[0] not in CHECKSUMS:
         raise exceptions.MalformedHeader(
             'Unsupported checksum algorithm %s; supported: %s.'
             % (headers.quote(parts[0]), ', '.join(CHECKSUMS)))
@@ -489,11 +415,11 @@ def _checksum(environ):
         digest = base64.b64decode(parts[1], validate=True)
     except ValueError:
         digest = None
-    if digest is None or len(digest) != algorithm().digest_size:
+    if digest is None or len(digest) != digests.new(parts[0]).digest_size:
         raise exceptions.MalformedHeader(
             'Invalid Upload-Checksum header %s: not a base64 %s digest.'
             % (headers.quote(value), parts[0]))
-    return algorithm, digest
+    return parts[0], digest
 
 
 def _metadata(environ):
@@ -523,22 +449,6 @@ def _written(session, offset):
     response.headers['Upload-Offset'] = str(offset)
     response.headers['Upload-Expires'] = _date(session.record.expires_at)
     return response
-
-
-def _discard(response):
-    """Read and close Glance's answer, replaced by the filter's own."""
-    app_iter = response.app_iter
-    try:
-        for _ in app_iter:
-            pass
-    finally:
-        close = getattr(app_iter, 'close', None)
-        if close is not None:
-            close()
-
-
-def _upload_path(rec):
-    return '/v2/images/%s/%s' % (rec.image_id, rec.target)
 
 
 def _location(environ, upload_id):

@@ -1,0 +1,704 @@
+"""The spool: one directory per transfer session, written at offsets.
+
+Layout of ``<spool_dir>/<image_id>.<target>/``:
+
+``record.json``
+    the :class:`~sizeaware.sessions.record.Record`;
+``data``
+    the image's bytes, each written at its own offset (``os.pwrite``), so
+    ranges arrive in any order and in parallel;
+``part.0``, ``part.1``, ...
+    instead of ``data``, for a tus final upload that joins partial uploads
+    (concatenation): hard links to the partial uploads' ``data`` files, so
+    joining copies nothing; :meth:`SpoolSession.reader` reads them in
+    order;
+``pieces``
+    the claims, each with its CRC-32C (:mod:`~sizeaware.sessions.journal`),
+    appended only after the bytes they claim were synced; the ranges held
+    are their union;
+``lock``
+    the session's locks (:mod:`~sizeaware.sessions.locks`): byte 0 guards
+    the record and the pieces for the moment they are read or written;
+    bytes ``1 + a`` to ``1 + b`` are held by the request writing image
+    bytes ``a`` to ``b``, so two requests never write the same bytes at
+    once, on any process sharing the directory; byte ``2**62`` is held by
+    the request finalizing the session, so a ``finalizing`` session whose
+    byte is free was left by a worker that died, and goes back to
+    ``paused_system`` with every byte it holds;
+``journal.<uuid>``
+    one per request writing bytes (:class:`~sizeaware.sessions.journal.
+    Journal`), claimed by the next request should its worker die.
+
+A session that ended keeps its directory with ``record.json`` alone until
+its retention time has passed. A tus partial upload (concatenation) is a
+session of its own, in ``<image_id>.<target>.<upload_id>/``. A spool-wide
+``.lock`` serialises creating sessions (so the limits hold across
+processes) and the reaper's sweep of leftovers.
+"""
+
+import contextlib
+import functools
+import os
+import random
+import re
+import shutil
+import time
+import uuid
+
+import crc32c
+from oslo_log import log as logging
+
+from sizeaware import exceptions
+from sizeaware import stream
+from sizeaware.sessions import journal as journals
+from sizeaware.sessions import limits as limits_mod
+from sizeaware.sessions import locks
+from sizeaware.sessions import ranges
+from sizeaware.sessions import reaper
+from sizeaware.sessions import record as records
+from sizeaware.sessions import storage
+
+LOG = logging.getLogger(__name__)
+
+#: Image ids are UUIDs; anything else names no image (and no directory).
+_IMAGE_ID = re.compile(r'[A-Za-z0-9_-]{1,64}')
+#: The random name of a tus upload (``secrets.token_hex(16)``).
+_UPLOAD_ID = re.compile(r'[0-9a-f]{32}')
+#: A long write is made durable and claimed every this many bytes, so a
+#: killed worker loses at most this much of what it had received.
+CHECKPOINT_BYTES = 16 * 1024 * 1024
+_RECORD_LOCK = (0, 1)
+_FINALIZE_LOCK = (1 << 62, 1)
+_DATA_FILES = ('data', journals.PIECES)
+
+
+class SpoolWriter(storage.Writer):
+    """The stream base, writing each piece of a request body into a
+    session's data file at its offset.
+
+    Bytes the session already holds are compared rather than trusted: a
+    piece that differs from them raises
+    :class:`~sizeaware.exceptions.UploadConflict` before it is written.
+    Every :data:`CHECKPOINT_BYTES` the bytes written so far are synced and
+    claimed through ``checkpoint(start, end, crc)``; :meth:`unclaimed` is
+    what is left for the request's own last claim.
+    """
+
+    def __init__(self, pull, expected=None, delimited=False, *, fd, start,
+                 held, checkpoint=None, journal=None, **kwargs):
+        super().__init__(pull, expected, delimited, **kwargs)
+        self.fd = fd
+        self.start = start
+        self.held = held
+        self._checkpoint = checkpoint
+        self._claimed = 0
+        self._crc = 0
+        self._journal = journal
+
+    def store(self, data):
+        position = self.start + self.received
+        with memoryview(data) as view:
+            for first, end in ranges.overlaps(self.held, position,
+                                              position + len(view)):
+                have = os.pread(self.fd, end - first, first)
+                if have != view[first - position:end - position]:
+                    raise exceptions.UploadConflict(
+                        'Bytes %d-%d differ from the bytes already received '
+                        'for this image.' % (first, end - 1))
+            journals.write_all(self.fd, view, position)
+            self._crc = crc32c.crc32c(view, self._crc)
+            if self._journal is not None:
+                self._journal.append(position + len(view), self._crc)
+        written = self.received + len(data)
+        if (self._checkpoint is not None
+                and written - self._claimed >= CHECKPOINT_BYTES):
+            os.fsync(self.fd)
+            self._checkpoint(self.start + self._claimed,
+                             self.start + written, self._crc)
+            self._claimed, self._crc = written, 0
+            if self._journal is not None:
+                self._journal.reset(self.start + written)
+
+    def unclaimed(self):
+        return (self.start + self._claimed, self.start + self.received,
+                self._crc)
+
+
+class Spool(storage.Storage):
+    """The spool directory and the sessions in it.
+
+    :param directory: created (mode 0700) if missing.
+    :param clock: ``time.time`` in production; tests move time on.
+    """
+
+    def __init__(self, directory, limits=None, clock=time.time):
+        self.directory = os.path.abspath(directory)
+        self.limits = limits or limits_mod.Limits()
+        self.clock = clock
+
+    def session(self, image_id, target, caller, part=None, ended=False):
+        path = self._path(image_id, target, part)
+        try:
+            session = SpoolSession(self, path, caller)
+        except exceptions.SessionNotFound:
+            return None
+        session = _owned(session, caller)
+        rec = session.record
+        if not rec.ended and rec.expires_at <= self.clock():
+            # Expired: ended on sight (unless a request still writes).
+            reaper.expire(session, self.clock())
+        if session.record.ended and not ended:
+            session.close()
+            return None
+        return session
+
+    def open(self, key, caller):
+        return SpoolSession(self, key, caller)
+
+    def create(self, image_id, target, caller, size, sha256=None, *,
+               part=None, reserved=False, gone=None, **fields):
+        path = self._path(image_id, target, part)
+        with self._spool_locked():
+            existing = self.session(image_id, target, caller, part)
+            if existing is not None:
+                return existing
+            now = self.clock()
+            if not reserved:
+                limits_mod.check(
+                    self.limits, [rec for _, rec in self.records()],
+                    caller[0], size, now, self.directory,
+                    gone or (lambda rec: False))
+            rec = records.Record(
+                image_id=image_id, target=target, project_id=caller[0],
+                user_id=caller[1], size=size, created_at=now,
+                updated_at=now, expires_at=self.limits.expiry(now, now),
+                sha256=sha256, **fields)
+            rec.move_to(records.TRANSFERRING, now)
+            tmp = os.path.join(self.directory, '.new.%s' % uuid.uuid4().hex)
+            os.mkdir(tmp, 0o700)
+            for name in ('lock',) + _DATA_FILES:
+                os.close(os.open(os.path.join(tmp, name),
+                                 os.O_WRONLY | os.O_CREAT, 0o600))
+            records.write_atomically(os.path.join(tmp, 'record.json'),
+                                     rec.to_json())
+            if os.path.exists(path):
+                # An ended session's record, or a crashed one's leftovers.
+                os.rename(path, self._dead_path())
+            os.rename(tmp, path)
+            records.fsync_dir(self.directory)
+        session = SpoolSession(self, path, caller)
+        records.log_change(LOG, session.record,
+                           getattr(caller, 'request_id', None))
+        return session
+
+    def records(self, limit=None):
+        try:
+            names = [n for n in os.listdir(self.directory)
+                     if not n.startswith('.')]
+        except FileNotFoundError:
+            return
+        if limit is not None and len(names) > limit:
+            start = random.randrange(len(names))
+            names = (names[start:] + names[:start])[:limit]
+        for name in names:
+            path = os.path.join(self.directory, name)
+            try:
+                with open(os.path.join(path, 'record.json')) as f:
+                    yield path, records.Record.from_json(f.read())
+            except (OSError, ValueError, TypeError):
+                continue
+
+    def claim_sweep(self, interval, now):
+        stamp = os.path.join(self.directory, '.reaped')
+        try:
+            if os.stat(stamp).st_mtime > now - interval:
+                return False
+        except FileNotFoundError:
+            pass
+        try:
+            with open(stamp, 'a'):
+                pass
+            os.utime(stamp, (now, now))
+        except OSError:
+            return False
+        return True
+
+    def sweep_leftovers(self, now):
+        # Under the spool lock: a creation renames its ``.new.`` entry
+        # while holding it.
+        with self._spool_locked():
+            for name in os.listdir(self.directory)[:256]:
+                path = os.path.join(self.directory, name)
+                try:
+                    stale = name.startswith('.dead.') or (
+                        name.startswith('.new.')
+                        and os.stat(path).st_mtime < now - 3600)
+                except FileNotFoundError:
+                    continue
+                if stale:
+                    shutil.rmtree(path, ignore_errors=True)
+
+    # -- internals ----------------------------------------------------------
+
+    def _path(self, image_id, target, part=None):
+        if not _IMAGE_ID.fullmatch(image_id) or target not in ('file',
+                                                                'stage'):
+            raise exceptions.ImageNotFound('No image with id %s.' % (
+                ascii(image_id[:64]),))
+        name = '%s.%s' % (image_id, target)
+        if part is not None:
+            if not _UPLOAD_ID.fullmatch(part):
+                raise exceptions.SessionNotFound('No such upload.')
+            name += '.' + part
+        return os.path.join(self.directory, name)
+
+    def _dead_path(self):
+        return os.path.join(self.directory, '.dead.%s' % uuid.uuid4().hex)
+
+    @contextlib.contextmanager
+    def _spool_locked(self):
+        try:
+            os.makedirs(self.directory, 0o700, exist_ok=True)
+            fd = os.open(os.path.join(self.directory, '.lock'),
+                         os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise exceptions.SpoolUnavailable(
+                'Resumable uploads are unavailable: the spool directory '
+                'cannot be used (%s).' % exc.strerror) from exc
+        try:
+            locks.acquire(fd, *_RECORD_LOCK)
+            yield
+        finally:
+            os.close(fd)
+
+
+class SpoolSession(storage.Session):
+    """One session on disk, opened for the length of one request.
+
+    :raises sizeaware.exceptions.SessionNotFound: when there is none.
+    """
+
+    def __init__(self, spool, path, caller=None):
+        self.storage = spool
+        self.path = path
+        self.caller = caller
+        #: Whether this request holds the finalize lock.
+        self.finalizer = False
+        try:
+            self.lock_fd = os.open(os.path.join(path, 'lock'), os.O_RDWR)
+        except FileNotFoundError:
+            raise exceptions.SessionNotFound(
+                'No upload session for this image.') from None
+        try:
+            self.record = self._read_record()
+        except Exception:
+            self.close()
+            raise
+
+    def close(self):
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
+        self.finalizer = False
+
+    # -- reading ------------------------------------------------------------
+
+    def pieces(self):
+        return journals.read_pieces(os.path.join(self.path,
+                                                 journals.PIECES))
+
+    def held(self):
+        held = []
+        for start, end, _ in self.pieces():
+            held = ranges.add(held, start, end)
+        return held
+
+    def writing(self):
+        return locks.held_by_another(self.lock_fd, 1, max(self.record.size,
+                                                          1))
+
+    def finalizing_elsewhere(self):
+        return (not self.finalizer
+                and locks.held_by_another(self.lock_fd, *_FINALIZE_LOCK))
+
+    def refresh(self):
+        """Read the record afresh, making good what dead workers left."""
+        with self._locked():
+            self._recover()
+        return self.record
+
+    def reader(self, stream_class=stream.BodyStream, live=None):
+        sizes = self.record.parts
+        names = (['data'] if sizes is None
+                 else ['part.%d' % n for n in range(len(sizes))])
+        sizes = [self.record.size] if sizes is None else list(sizes)
+        if live is not None and len(names) != 1:
+            raise ValueError('a joined upload has no live bytes')
+        fds = []
+        try:
+            for name in names:
+                fds.append(os.open(os.path.join(self.path, name),
+                                   os.O_RDONLY))
+        except FileNotFoundError:
+            for fd in fds:
+                os.close(fd)
+            raise exceptions.SessionNotFound(
+                'The upload session of this image has ended.') from None
+        index, position = 0, 0
+
+        def pull(hint):
+            nonlocal index, position
+            if live is not None and live.first <= position < live.end:
+                data = live.read(min(hint, live.end - position))
+                position += len(data)
+                return data
+            while index < len(fds):
+                limit = sizes[index] - position
+                if live is not None and position < live.first:
+                    limit = live.first - position
+                data = os.pread(fds[index], min(hint, limit), position)
+                if data:
+                    position += len(data)
+                    return data
+                index, position = index + 1, 0
+            return b''
+
+        reader = stream_class(pull, self.record.size, delimited=True)
+        close = reader.close
+
+        def close_all():
+            close()
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        reader.close = close_all
+        return reader
+
+    # -- writing ------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def writer(self, first, last, checkpoints=True, limit=None,
+               digest=None):
+        """Hold bytes ``first`` to ``last`` for this request and yield a
+        :class:`SpoolWriter` class for :func:`sizeaware.framing.open_body`
+        writing them.
+
+        :param limit: see :class:`~sizeaware.sessions.storage.Writer`.
+        :param digest: see :class:`~sizeaware.sessions.storage.Writer`.
+        :param checkpoints: claim what was written every
+            :data:`CHECKPOINT_BYTES`, and keep a journal for the next
+            request to claim from should this worker die; without, nothing
+            is claimed before the request commits (a body with a digest to
+            verify first).
+        :raises sizeaware.exceptions.UploadConflict: while another request
+            writes any of these bytes.
+        """
+        if not locks.try_acquire(self.lock_fd, 1 + first, last - first + 1):
+            raise exceptions.UploadConflict(
+                'Another request is writing some of bytes %d-%d of this '
+                'image; retry once it has ended.' % (first, last))
+        fd = journal = None
+        try:
+            try:
+                fd = os.open(os.path.join(self.path, 'data'), os.O_RDWR)
+            except FileNotFoundError:
+                raise exceptions.SessionNotFound(
+                    'The upload session of this image has ended.') from None
+            if checkpoints:
+                journal = journals.Journal(self.path, uuid.uuid4().hex,
+                                           first)
+            with self._locked():
+                self._recover()
+                held = self.held()
+            yield functools.partial(
+                SpoolWriter, fd=fd, start=first, held=held, journal=journal,
+                limit=limit, digest=digest,
+                checkpoint=functools.partial(self.commit, final=False,
+                                             synced=True)
+                if checkpoints else None)
+        finally:
+            if journal is not None:
+                journal.close()
+            if fd is not None:
+                os.close(fd)
+            locks.release(self.lock_fd, 1 + first, last - first + 1)
+
+    def commit(self, start, end, crc=None, final=True, synced=False):
+        """Claim bytes ``start`` to ``end`` (exclusive), whose CRC-32C is
+        ``crc``, after syncing them, and extend the session.
+
+        :param final: the request's last claim: a session in a resumable
+            phase that is then complete moves to ``finalizing`` (once,
+            whoever completes it).
+        :returns: ``(held, now_finalizing)``.
+        :raises sizeaware.exceptions.UploadConflict: the session takes no
+            bytes (it is finalizing, or ended).
+        """
+        if end > start and not synced:
+            self._sync_data()
+        with self._locked():
+            self._recover()
+            rec = self.record
+            held = self.held()
+            if rec.phase not in records.LIVE or (
+                    rec.phase == records.FINALIZING):
+                if ranges.covers(held, start, end):
+                    # Claimed already (at a checkpoint) before another
+                    # request completed the image: kept, not a conflict.
+                    return held, False
+                raise phase_conflict(rec)
+            if end > start and not ranges.covers(held, start, end):
+                journals.append_piece(os.path.join(
+                    self.path, journals.PIECES), start, end, crc)
+                held = ranges.add(held, start, end)
+            finalizing = (final and rec.phase in records.RESUMABLE
+                          and _complete(held, rec.size))
+            if finalizing:
+                # Held until this request ends, also when its worker dies.
+                if not locks.try_acquire(self.lock_fd, *_FINALIZE_LOCK):
+                    raise phase_conflict(records.Record(
+                        **dict(vars(rec), phase=records.FINALIZING)))
+                self.finalizer = True
+                self._move(rec, records.FINALIZING)
+            self._touch(rec)
+            return held, finalizing
+
+    def wait_idle(self, timeout, interval=0.05):
+        """Wait until no request writes bytes of this session (one whose
+        client went away may still be claiming what arrived), at most
+        ``timeout`` seconds; whether it is idle."""
+        deadline = time.monotonic() + timeout
+        while self.writing():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(interval)
+        return True
+
+    def join(self, partials):
+        """Make the bytes of ``partials`` (complete sessions of their
+        own, in order) this session's, without copying them: each one's
+        ``data`` is hard-linked here as ``part.<n>``, its pieces moved to
+        their place in the image.
+
+        The partials are left as they are; remove them afterwards.
+
+        :returns: ``(held, now_finalizing)``, as :meth:`commit`.
+        :raises sizeaware.exceptions.UploadConflict: a partial upload was
+            cancelled meanwhile.
+        """
+        pieces = []
+        offset = 0
+        for number, partial in enumerate(partials):
+            with partial._locked():
+                try:
+                    os.link(os.path.join(partial.path, 'data'),
+                            os.path.join(self.path, 'part.%d' % number))
+                except FileNotFoundError:
+                    raise exceptions.UploadConflict(
+                        'A partial upload was cancelled while the final '
+                        'upload joined it.') from None
+                pieces += [(offset + s, offset + e, c)
+                           for s, e, c in partial.pieces()]
+            offset += partial.record.size
+        records.fsync_dir(self.path)
+        with self._locked():
+            rec = self._read_record()
+            rec.parts = [partial.record.size for partial in partials]
+            for start, end, crc in pieces:
+                journals.append_piece(os.path.join(
+                    self.path, journals.PIECES), start, end, crc)
+            self._touch(rec)
+        return self.commit(0, 0, synced=True)
+
+    def check_writable(self):
+        """:raises UploadConflict: unless bytes may be written now."""
+        rec = self.refresh()
+        if rec.phase not in records.RESUMABLE:
+            raise phase_conflict(rec)
+
+    def touch(self):
+        """Extend the session, as every request does."""
+        with self._locked():
+            self._touch(self._read_record())
+
+    def set_phase(self, phase, error=None, expect=None):
+        """Move to ``phase``.
+
+        :param expect: the phases it may move from; UploadConflict from
+            any other.
+        """
+        with self._locked():
+            self._recover()
+            rec = self.record
+            if expect is not None and rec.phase not in expect:
+                raise phase_conflict(rec)
+            self._move(rec, phase, error)
+            self._touch(rec)
+        if phase not in (records.FINALIZING,) and self.finalizer:
+            locks.release(self.lock_fd, *_FINALIZE_LOCK)
+            self.finalizer = False
+
+    def end(self, phase, error=None):
+        """End the session as ``phase``: the pieces are dropped before the
+        data, so nothing ever claims a byte that is no longer on disk; the
+        record stays for the status document."""
+        with self._locked():
+            rec = self._read_record()
+            self._move(rec, phase, error)
+            journals.clear_pieces(os.path.join(self.path, journals.PIECES))
+            self._touch(rec)
+            for name in os.listdir(self.path):
+                if name.startswith(('part.', journals.JOURNAL_PREFIX)) or (
+                        name == 'data'):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(self.path, name))
+        if self.finalizer:
+            locks.release(self.lock_fd, *_FINALIZE_LOCK)
+            self.finalizer = False
+
+    def cancel(self, phase=records.CANCELLED_USER, error=None):
+        """Cancel: as :meth:`end`, refused while another request is
+        finalizing the session (its client gets the real verdict)."""
+        with self._locked():
+            self._recover()
+        if self.record.ended:
+            raise exceptions.SessionNotFound(
+                'The upload session of this image has ended.')
+        if self.finalizing_elsewhere():
+            raise exceptions.UploadConflict(
+                'The upload session of this image is being finalized; it '
+                'can no longer be cancelled.')
+        self.end(phase, error)
+
+    def remove(self, only_if_idle=False):
+        locked = locks.try_acquire(self.lock_fd, *_RECORD_LOCK)
+        if not locked and only_if_idle:
+            return 0
+        if not locked:
+            locks.acquire(self.lock_fd, *_RECORD_LOCK)
+        try:
+            if only_if_idle and self.writing():
+                return 0
+            if not self._still_ours():
+                return 0
+            dead = self.storage._dead_path()
+            os.rename(self.path, dead)
+            records.fsync_dir(self.storage.directory)
+        finally:
+            locks.release(self.lock_fd, *_RECORD_LOCK)
+        shutil.rmtree(dead, ignore_errors=True)
+        return 1
+
+    # -- internals ----------------------------------------------------------
+
+    def _move(self, rec, phase, error=None):
+        if rec.move_to(phase, self.storage.clock(), error):
+            records.log_change(LOG, rec, getattr(self.caller, 'request_id',
+                                                 None))
+
+    def _sync_data(self):
+        try:
+            fd = os.open(os.path.join(self.path, 'data'), os.O_RDWR)
+        except FileNotFoundError:
+            raise exceptions.SessionNotFound(
+                'The upload session of this image has ended.') from None
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _recover(self):
+        """What dead workers left, made good; under the record lock.
+
+        Reads the record afresh into :attr:`record`. Claims the pieces that
+        the journals of killed writers list and the data file holds; puts a
+        ``finalizing`` session whose finalizer died back to
+        ``paused_system``.
+        """
+        rec = self.record = self._read_record()
+        if rec.phase == records.FINALIZING and not self.finalizer:
+            if locks.try_acquire(self.lock_fd, *_FINALIZE_LOCK):
+                locks.release(self.lock_fd, *_FINALIZE_LOCK)
+                self._move(rec, records.PAUSED_SYSTEM,
+                           'A finalize was interrupted; finalize again, or '
+                           'send any range again, to finish the upload.')
+                self._touch(rec)
+        paths = journals.journals(self.path)
+        if not paths:
+            return
+        data = os.open(os.path.join(self.path, 'data'), os.O_RDWR)
+        try:
+            for path in paths:
+                found = journals.recover(path, data, rec.size)
+                if found is not None and rec.phase in records.LIVE:
+                    journals.append_piece(os.path.join(
+                        self.path, journals.PIECES), *found)
+        finally:
+            os.close(data)
+
+    def _read_record(self):
+        try:
+            with open(os.path.join(self.path, 'record.json')) as f:
+                return records.Record.from_json(f.read())
+        except FileNotFoundError:
+            raise exceptions.SessionNotFound(
+                'No upload session for this image.') from None
+
+    def _touch(self, rec):
+        now = self.storage.clock()
+        rec.updated_at = now
+        if not rec.ended:
+            rec.expires_at = self.storage.limits.expiry(rec.created_at, now)
+        records.write_atomically(os.path.join(self.path, 'record.json'),
+                                 rec.to_json())
+        self.record = rec
+
+    def _still_ours(self):
+        """Whether the directory is still the one this request opened (not
+        removed, nor replaced by a new session)."""
+        try:
+            return os.stat(os.path.join(self.path, 'lock')).st_ino == (
+                os.fstat(self.lock_fd).st_ino)
+        except FileNotFoundError:
+            return False
+
+    @contextlib.contextmanager
+    def _locked(self):
+        locks.acquire(self.lock_fd, *_RECORD_LOCK)
+        try:
+            if not self._still_ours():
+                raise exceptions.SessionNotFound(
+                    'The upload session of this image has ended.')
+            yield
+        finally:
+            locks.release(self.lock_fd, *_RECORD_LOCK)
+
+
+def _complete(held, size):
+    return ranges.is_complete(held, size) or (size == 0 and not held)
+
+
+def _owned(session, caller):
+    """``session`` if ``caller`` owns it (or None if there is none).
+
+    :raises sizeaware.exceptions.SessionNotFound: someone else's.
+    """
+    if session is None or session.record.owned_by(caller):
+        return session
+    session.close()
+    raise exceptions.SessionNotFound('No upload session for this image.')
+
+
+def phase_conflict(rec):
+    """The UploadConflict for a write or finalize the phase forbids."""
+    if rec.phase == records.PAUSED_USER:
+        return exceptions.UploadConflict(
+            'The upload session of this image is paused; resume it '
+            '(POST .../session/resume) to send bytes.')
+    if rec.phase == records.FINISHED_FAILURE:
+        return exceptions.UploadConflict(
+            'The upload session of this image failed (%s); start a new '
+            'upload.' % rec.error)
+    return exceptions.UploadConflict(
+        'The upload session of this image is %s and takes no more bytes.'
+        % rec.phase)
