@@ -268,6 +268,11 @@ class BodyStream(io.RawIOBase):
             return self._pull(hint)
         except OSError as exc:
             self._fail(read_error(exc, self.expected, self.received))
+        except Exception as exc:
+            # Not ours to name (a store driver's error, a refusal from a
+            # stream underneath): kept as it is, so a read that already
+            # took pieces does not turn it into an end of the body.
+            self._fail(exc)
 
     def _fail(self, error):
         self.error = error

@@ -394,3 +394,26 @@ def test_any_chunking_and_reads_deliver_a_prefix_and_the_right_outcome(
         'disconnect': exceptions.ClientDisconnected,
         'timeout': exceptions.ClientTimeout}[outcome])
     assert error.received == len(body)
+
+
+def test_an_error_not_of_the_connection_after_pieces_is_kept_not_an_end():
+    """A pull that fails with something else than an OSError (a store
+    driver's own error, a refusal) after a read already took pieces: the
+    read returns those pieces, and the next one raises that error, never a
+    short end of the body."""
+    calls = []
+
+    def pull(hint):
+        calls.append(hint)
+        if len(calls) == 1:
+            return b'abc'
+        if len(calls) == 2:
+            raise RuntimeError('the store went away')
+        return b''
+    body = stream.BodyStream(pull)
+    assert body.read(10) == b'abc'
+    with pytest.raises(RuntimeError, match='store went away'):
+        body.read(10)
+    with pytest.raises(RuntimeError):
+        body.read(10)
+    assert len(calls) == 2
