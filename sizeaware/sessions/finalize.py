@@ -10,11 +10,12 @@ image is refused in place of its last byte).
 
 How it ends, by whose fault:
 
-* the data's (our checks refuse it, or Glance answers 400, 409, 413, 415
-  or 422 for it): ``finished_failure`` with the reason; the image stays
+* the data's (our checks refuse it, or Glance answers 400, 409, 415 or
+  422 for it): ``finished_failure`` with the reason; the image stays
   ``queued``, nothing reaches the store, the session's bytes go;
-* nobody's (Glance or its store unavailable or full, a 5xx, a token that
-  expired, a worker killed meanwhile): every byte is kept, the phase goes
+* nobody's (Glance or its store unavailable or full, a 5xx, a 413 for a
+  full store or a quota, a token that expired, a worker killed
+  meanwhile): every byte is kept, the phase goes
   back to ``paused_system`` with ``error`` set, and finalizing again
   (``POST .../session/finalize``, any range sent again, a tus ``HEAD``)
   completes the image without a byte sent again;
@@ -30,7 +31,7 @@ from sizeaware.sessions import downstream
 from sizeaware.sessions import record as records
 
 #: Glance's answers that refuse the data itself.
-DATA_REFUSALS = frozenset((400, 409, 413, 415, 422))
+DATA_REFUSALS = frozenset((400, 409, 415, 422))
 
 
 def upload_path(rec):

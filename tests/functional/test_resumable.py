@@ -27,7 +27,7 @@ import pytest
 from tusclient import client as tus_client
 from tusclient import exceptions as tus_exceptions
 
-from sizeaware.sessions import spool as spools
+from sizeaware.sessions.storage import spool as spools
 from tests.functional import client
 from tests.functional import conftest
 from tests.functional import faultproxy
@@ -100,6 +100,26 @@ def status(api, image_id):
     return resp.status, (resp.json() if resp.status == 200 else None)
 
 
+def ended(api, image_id, target='file'):
+    """The phase a session ended in, from the status document its owner
+    still reads, which holds no byte any more."""
+    resp = api.request('GET', '/v2/images/%s/%s/session' % (image_id,
+                                                              target))
+    assert resp.status == 200, resp
+    document = resp.json()
+    assert document['bytes_held'] == 0 and document['pieces'] == []
+    assert document['expires_at'] is None
+    return document['phase']
+
+
+def holding(spool_dir, name=''):
+    """The sessions in a spool that still hold data (an ended one keeps
+    its record alone, for its status document)."""
+    return [p.name for p in spool_dir.iterdir()
+            if not p.name.startswith('.') and name in p.name
+            and {'data', 'part.0'} & {q.name for q in p.iterdir()}]
+
+
 def assert_active_with(api, image_id, data):
     image = api.get_image(image_id)
     assert image['status'] == 'active'
@@ -126,11 +146,11 @@ def test_quarters_2_4_1_3_one_cut_and_resent(glance, identity, tmp_path):
     while True:
         code, document = status(api, image_id)
         assert code == 200
-        if document['phase'] == 'paused' or time.monotonic() > deadline:
+        if document['phase'] == 'paused_system' or time.monotonic() > deadline:
             break
         time.sleep(0.1)
     held = [tuple(r) for r in document['ranges_held']]
-    assert document['phase'] == 'paused'
+    assert document['phase'] == 'paused_system'
     # Quarter 1 kept what arrived before the cut: a prefix, no more.
     (first_held, second, fourth) = held
     assert first_held[0] == 0 and 0 < first_held[1] < parts[0][1], held
@@ -143,9 +163,8 @@ def test_quarters_2_4_1_3_one_cut_and_resent(glance, identity, tmp_path):
     assert put_range(glance, identity, image_id, tmp_path,
                      first_held[1] + 1, parts[0][1]).communicate()[0] == '204'
     assert_active_with(api, image_id, DATA)
-    assert status(api, image_id)[0] == 404
-    assert not [p for p in glance.spool_dir.iterdir()
-                if not p.name.startswith('.')]
+    assert ended(api, image_id) == 'finished_success'
+    assert holding(glance.spool_dir) == []
 
 
 def test_tuspy_cut_mid_patch_and_resumed(glance, identity, tmp_path):
@@ -199,7 +218,7 @@ def test_another_project_sees_nothing_and_harms_nothing(glance, identity,
                      *parts[1]).communicate()[0] == '404'
     after = status(api, image_id)[1]
     assert after['ranges_held'] == before['ranges_held']
-    assert after['phase'] == 'paused'
+    assert after['phase'] == 'paused_system'
     for part in parts[1:]:
         assert put_range(glance, identity, image_id, tmp_path,
                          *part).communicate()[0] == '204'
@@ -228,7 +247,7 @@ def test_bad_ranges_and_status_document(glance, identity, tmp_path):
     assert json.loads(json.dumps(document))['target'] == 'file'
     resp = api.request('DELETE', '/v2/images/%s/file/session' % image_id)
     assert resp.status == 204
-    assert status(api, image_id)[0] == 404
+    assert ended(api, image_id) == 'cancelled_user'
     assert api.get_image(image_id)['status'] == 'queued'
 
 
@@ -267,7 +286,7 @@ def test_another_projects_user_gets_404_for_a_session_of_an_image_it_sees(
                          *part).communicate()[0] == '404'
     after = status(owner, image_id)[1]
     assert after['ranges_held'] == before['ranges_held']
-    assert after['phase'] == 'paused' and after['error'] is None
+    assert after['phase'] == 'paused_system' and after['error'] is None
     for part in parts[1:]:
         assert put_range(glance, owner.headers, image_id, tmp_path,
                          *part).communicate()[0] == '204'
@@ -345,7 +364,7 @@ def test_two_servers_one_spool_behind_a_round_robin_proxy(glance_pair,
         (first_held, second, fourth) = held
         assert first_held[0] == 0 and 0 < first_held[1] < parts[0][1], held
         assert (second, fourth) == (parts[1], parts[3])
-        assert document['phase'] == 'paused'
+        assert document['phase'] == 'paused_system'
         on_disk = data_file.read_bytes()
         for first, last in held:
             assert on_disk[first:last + 1] == DATA[first:last + 1]
@@ -356,7 +375,7 @@ def test_two_servers_one_spool_behind_a_round_robin_proxy(glance_pair,
                          first_held[1] + 1, parts[0][1]
                          ).communicate()[0] == '204'
         assert_active_with(api, image_id, DATA)
-        assert status(api, image_id)[0] == 404
+        assert ended(api, image_id) == 'finished_success'
         # Both servers took part: every request was a connection.
         assert proxy.connections >= 2 * len(servers)
 
@@ -431,12 +450,13 @@ def test_a_finalize_whose_worker_died_is_redone_on_the_other_server(
     session = spool.session(image_id, 'file', (identity['X-Project-Id'],
                                                identity['X-User-Id']))
     with session.writer(N - 1, N - 1) as stream_class:
-        stream_class(lambda hint: DATA[N - 1:], 1, True).read(1)
-        assert session.commit(N - 1, N)[1]
+        writer = stream_class(lambda hint: DATA[N - 1:], 1, True)
+        writer.read(1)
+        assert session.commit(*writer.unclaimed())[1]
     assert status(api, image_id)[1]['phase'] == 'finalizing'
     session.close()
     code, document = status(api, image_id)
-    assert (document['phase'], document['bytes_held']) == ('paused', N)
+    assert (document['phase'], document['bytes_held']) == ('paused_system', N)
     assert 'interrupted' in document['error']
     assert api.get_image(image_id)['status'] == 'queued'
     # Any range sent again finishes the upload.

@@ -21,6 +21,7 @@ from tusclient import exceptions as tus_exceptions
 from tests.functional import client
 from tests.functional import conftest
 from tests.functional import faultproxy
+from tests.functional.test_resumable import holding
 
 MiB = 1024 * 1024
 DATA = os.urandom(256 * MiB)
@@ -98,8 +99,7 @@ def test_tuspy_cut_mid_patch_and_resumed(glance, identity, image_file,
     image_id = api.create_image()
     cut_upload(proxy, identity, image_file, image_id, 'file')
     assert_active_with(api, image_id)
-    assert not [p for p in glance.spool_dir.iterdir()
-                if not p.name.startswith('.')]
+    assert holding(glance.spool_dir) == []
 
 
 def test_tuspy_to_stage_then_glance_direct_import(glance, identity,

@@ -356,16 +356,27 @@ def test_safe_qcow2_goes_through(glance_app, tmp_path):
     assert uploads(glance)[0].body == qcow2()
 
 
-def test_glance_refusing_the_upload_fails_the_session(glance_app, tmp_path):
+def test_glance_refusing_the_data_fails_the_session(glance_app, tmp_path):
+    glance = glance_app(images=images(), status=400)
+    app = stack(glance, tmp_path)
+    response = put_range(app, 0, N - 1)
+    assert response.status_int == 400
+    status = fakes.serve(app, request('GET', SESSION)).json
+    assert status['phase'] == 'finished_failure'
+    assert '400' in status['error']
+    # Its data is dropped: the session counts none of it any more.
+    assert status['bytes_held'] == 0 and status['ranges_held'] == []
+    assert spooled(tmp_path) == []
+
+
+def test_a_full_store_or_quota_keeps_every_byte(glance_app, tmp_path):
     glance = glance_app(images=images(), status=413)
     app = stack(glance, tmp_path)
     response = put_range(app, 0, N - 1)
     assert response.status_int == 413
     status = fakes.serve(app, request('GET', SESSION)).json
-    assert status['phase'] == 'finished_failure'
-    assert '413' in status['error']
-    # Its data is dropped: the session counts none of it any more.
-    assert status['bytes_held'] == 0 and status['ranges_held'] == []
+    assert status['phase'] == 'paused_system'
+    assert '413' in status['error'] and status['bytes_held'] == N
 
 
 def test_limits(glance_app, tmp_path):
