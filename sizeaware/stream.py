@@ -45,6 +45,10 @@ _DISCONNECT_ERRNOS = frozenset((errno.ECONNRESET, errno.EPIPE,
                                 errno.ESHUTDOWN))
 
 
+#: What ``uwsgi.chunked_read()`` raises when a chunk does not arrive.
+_UWSGI_CHUNK = 'unable to receive chunked part'
+
+
 def read_error(exc, expected, received):
     """The domain error for ``exc``, raised by a source's read.
 
@@ -52,13 +56,16 @@ def read_error(exc, expected, received):
     different ways: a ``TimeoutError`` (eventlet, any socket with a
     timeout), or an ``OSError`` whose text says "timeout" (uwsgi's
     ``wsgi.input``). Anything else an ``OSError`` says is a broken
-    connection; that includes a stall under ``uwsgi.chunked_read()``, which
-    raises the same "unable to receive chunked part" for both.
+    connection, except for ``uwsgi.chunked_read()``, which raises the same
+    "unable to receive chunked part" for a client gone and a client
+    silent: that is taken for a timeout, so a client still listening gets
+    the 408 it can act on (one that went away reads no answer; only the
+    log says 408 instead of 499 for it).
     """
     reason = str(exc) or type(exc).__name__
     if isinstance(exc, TimeoutError) or (
             exc.errno not in _DISCONNECT_ERRNOS
-            and 'timeout' in reason.lower()):
+            and ('timeout' in reason.lower() or reason == _UWSGI_CHUNK)):
         return exceptions.ClientTimeout(expected, received, reason)
     return exceptions.ClientDisconnected(expected, received, reason)
 

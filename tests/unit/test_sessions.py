@@ -406,3 +406,16 @@ def test_a_claim_already_held_when_another_request_completed_is_kept(spool):
     held, finalizing = session.commit(0, half, crc32c.crc32c(DATA[:half]))
     assert held == [(0, len(DATA))] and not finalizing
     assert session.record.phase == records.FINALIZING
+
+
+def test_the_reaper_takes_a_creation_renaming_its_new_entry_in_stride(
+        spool, monkeypatch):
+    """A creation renames its ``.new.`` entry away between the reaper's
+    listing and its look at it: no FileNotFoundError reaches anyone."""
+    spool.create('a', 'file', OWNER, 10).close()
+    listdir = os.listdir
+
+    def listing_with_a_vanished_entry(path):
+        return listdir(path) + ['.new.0123456789abcdef']
+    monkeypatch.setattr(spools.os, 'listdir', listing_with_a_vanished_entry)
+    assert reaper.reap(spool, OWNER, force=True) == 0

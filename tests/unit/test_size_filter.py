@@ -147,8 +147,9 @@ class _FailingInput(io.RawIOBase):
      'timed out after'),
     (OSError('error during read(65536) on wsgi.input'), 499,
      'interrupted after'),
-    # uwsgi.chunked_read() says the same for both.
-    (OSError('unable to receive chunked part'), 499, 'interrupted after'),
+    # uwsgi.chunked_read() says the same for both: a client still there
+    # gets the 408 it can act on.
+    (OSError('unable to receive chunked part'), 408, 'timed out after'),
     (ConnectionResetError(errno.ECONNRESET, 'reset'), 499,
      'interrupted after'),
     (OSError('unexpected end of file while parsing chunked data'), 499,

@@ -13,9 +13,11 @@ import pytest
 from sizeaware.middleware import resumable
 from sizeaware.sessions import locks
 from sizeaware.sessions.protocols import tus
+from sizeaware.sessions.storage import spool as spools
 from tests.unit import fakes
 from tests.unit.test_resumable import IMAGE
 from tests.unit.test_resumable import images
+from tests.unit.test_resumable import put_range
 from tests.unit.test_resumable import request
 from tests.unit.test_resumable import spooled
 from tests.unit.test_resumable import stack
@@ -507,3 +509,49 @@ def test_discovery_answers_options_before_authentication(glance):
                          ('PATCH', CREATE + '/tus/' + '0' * 32)):
         assert fakes.serve(discovery, request(method, path)
                            ).status_int == 401
+
+
+def test_an_empty_upload_makes_an_empty_image_at_once(app, glance):
+    response = call(app, 'POST', CREATE, headers={'Upload-Length': '0'})
+    assert response.status_int == 201
+    (upload,) = uploads(glance)
+    assert upload.body == b''
+    assert upload.environ['HTTP_X_OPENSTACK_IMAGE_SIZE'] == '0'
+    assert call(app, 'HEAD', url_path(
+        response.headers['Location'])).status_int == 404
+
+
+def test_the_offset_is_what_is_held_from_0_also_after_ranged_puts(app):
+    location = create(app)
+    response = put_range(app, 30, 59, data=DATA)
+    assert response.status_int == 204
+    response = send(app, location, 0, DATA[:30])
+    assert response.status_int == 204
+    assert response.headers['Upload-Offset'] == '60'
+    assert offset_of(app, location) == 60
+
+
+def test_a_partial_cancelled_while_the_final_joins_it(app, tmp_path,
+                                                     monkeypatch):
+    """The final upload's creation checked its partials, then one of them
+    went (cancelled by another request): 409, and no final upload is left
+    to stand in the way of the next creation."""
+    first = create(app, length=10, headers={'Upload-Concat': 'partial'})
+    second = create(app, length=N - 10, headers={'Upload-Concat': 'partial'})
+    send(app, first, 0, DATA[:10])
+    send(app, second, 0, DATA[10:])
+    join = spools.SpoolSession.join
+
+    def join_after_a_cancel(self, partials):
+        # Another request cancels a partial at the worst moment.
+        assert call(app, 'DELETE', url_path(second)).status_int == 204
+        return join(self, partials)
+    monkeypatch.setattr(spools.SpoolSession, 'join', join_after_a_cancel)
+    response = call(app, 'POST', CREATE, headers={
+        'Upload-Concat': 'final;%s %s' % (first, second)})
+    monkeypatch.undo()
+    assert response.status_int == 409, response.text
+    assert 'cancelled' in response.text
+    assert '%s.file' % IMAGE not in spooled(tmp_path)
+    # The image takes a new upload at once.
+    create(app)
