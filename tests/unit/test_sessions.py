@@ -419,3 +419,16 @@ def test_the_reaper_takes_a_creation_renaming_its_new_entry_in_stride(
         return listdir(path) + ['.new.0123456789abcdef']
     monkeypatch.setattr(spools.os, 'listdir', listing_with_a_vanished_entry)
     assert reaper.reap(spool, OWNER, force=True) == 0
+
+
+def test_a_session_of_an_earlier_release_keeps_its_ranges(spool):
+    session = spool.create(IMAGE, 'file', OWNER, len(DATA), None)
+    with open(os.path.join(session.path, 'data'), 'wb') as f:
+        f.write(DATA[:300])
+    with open(os.path.join(session.path, 'ranges.json'), 'w') as f:
+        f.write('[[0, 100], [200, 300]]')
+    assert control.status(session)['pieces'] == [
+        [0, 99, '%08x' % crc32c.crc32c(DATA[:100])],
+        [200, 299, '%08x' % crc32c.crc32c(DATA[200:300])]]
+    assert not os.path.exists(os.path.join(session.path, 'ranges.json'))
+    session.close()

@@ -38,6 +38,7 @@ processes) and the reaper's sweep of leftovers.
 
 import contextlib
 import functools
+import json
 import os
 import random
 import re
@@ -623,6 +624,7 @@ class SpoolSession(storage.Session):
                            'A finalize was interrupted; finalize again, or '
                            'send any range again, to finish the upload.')
                 self._touch(rec)
+        self._adopt_ranges_file()
         paths = journals.journals(self.path)
         if not paths:
             return
@@ -635,6 +637,31 @@ class SpoolSession(storage.Session):
                         self.path, journals.PIECES), *found)
         finally:
             os.close(data)
+
+    def _adopt_ranges_file(self):
+        """A session of an earlier release names its held ranges in
+        ``ranges.json``: they become pieces, their CRC-32C read from the
+        data, so its client resumes where it was."""
+        path = os.path.join(self.path, 'ranges.json')
+        try:
+            with open(path) as f:
+                held = [tuple(r) for r in json.load(f)]
+        except FileNotFoundError:
+            return
+        with open(os.path.join(self.path, 'data'), 'rb') as data:
+            for start, end in held:
+                data.seek(start)
+                crc, position = 0, start
+                while position < end:
+                    piece = data.read(min(1 << 20, end - position))
+                    if not piece:
+                        break
+                    crc = crc32c.crc32c(piece, crc)
+                    position += len(piece)
+                if position > start:
+                    journals.append_piece(os.path.join(
+                        self.path, journals.PIECES), start, position, crc)
+        os.unlink(path)
 
     def _read_record(self):
         try:
