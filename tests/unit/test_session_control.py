@@ -204,3 +204,21 @@ def test_every_phase_change_is_one_log_line(app, caplog):
     for line in lines:
         assert 'image_id=%s' % IMAGE in line and 'project_id=p1' in line
         assert 'request_id=' in line
+
+
+def test_the_same_actions_under_stage(app, glance):
+    stage = '/v2/images/%s/stage' % IMAGE
+    response = fakes.serve(app, request('PUT', stage, DATA[:10], headers={
+        'Content-Range': 'bytes 0-9/%d' % N}))
+    assert response.status_int == 204
+    response = fakes.serve(app, request('POST', stage + '/session/pause'))
+    assert response.json['phase'] == 'paused_user'
+    assert response.json['target'] == 'stage'
+    response = fakes.serve(app, request('POST', stage + '/session/finalize'))
+    assert response.status_int == 409
+    assert fakes.serve(app, request('DELETE', stage + '/session')
+                       ).status_int == 204
+    assert fakes.serve(app, request('GET', stage + '/session')
+                       ).json['phase'] == 'cancelled_user'
+    # The file target's session is another one: there is none.
+    assert act(app, method='GET').status_int == 404

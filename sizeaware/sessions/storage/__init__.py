@@ -151,3 +151,29 @@ class Session(abc.ABC):
     @abc.abstractmethod
     def finalizing_elsewhere(self):
         """Whether another request is finalizing this session now."""
+
+    @abc.abstractmethod
+    def refresh(self):
+        """The record read afresh, what dead writers left made good."""
+
+    @abc.abstractmethod
+    def check_writable(self):
+        """Raise UploadConflict unless bytes may be written now."""
+
+    @abc.abstractmethod
+    def touch(self):
+        """Extend the session, as every request does."""
+
+    @abc.abstractmethod
+    def cancel(self, phase, error=None):
+        """:meth:`end`, refused (UploadConflict) while another request
+        finalizes."""
+
+    @abc.abstractmethod
+    def wait_idle(self, timeout):
+        """Wait until no request writes; whether none does."""
+
+    @abc.abstractmethod
+    def join(self, partials):
+        """Take the bytes of complete sessions, in order, as this one's
+        (tus concatenation); ``(held, now_finalizing)``."""
