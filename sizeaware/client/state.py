@@ -11,7 +11,8 @@ import hashlib
 import json
 import os
 import pathlib
-import tempfile
+
+from sizeaware import durable
 
 
 def default_dir():
@@ -46,27 +47,11 @@ def _temporary_prefix(path):
 def save(path, data):
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, suffix='.tmp',
-                                     prefix=_temporary_prefix(path))
-    try:
-        with os.fdopen(fd, 'w') as handle:
-            json.dump(data, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        _unlink(pathlib.Path(temporary))
-        raise
-    fsync_dir(path.parent)
+    durable.replace(path, json.dumps(data).encode(),
+                    prefix=_temporary_prefix(path))
 
 
-def fsync_dir(path):
-    """Make a rename or an unlink in directory ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+fsync_dir = durable.fsync_dir
 
 
 def remove(path):

@@ -32,8 +32,8 @@ time, so its owner can still read how it ended.
 
 import dataclasses
 import json
-import os
-import threading
+
+from sizeaware import durable
 
 TRANSFERRING = 'transferring'
 PAUSED_SYSTEM = 'paused_system'
@@ -110,26 +110,11 @@ class Record:
 
 
 def write_atomically(path, text):
-    """Replace ``path`` with ``text``: durable once this returns, and
-    never seen half-written (a temporary file, fsync, rename, fsync of the
-    directory)."""
-    tmp = '%s.tmp.%d.%d' % (path, os.getpid(), threading.get_ident())
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, text.encode('utf-8'))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(os.path.dirname(path))
+    """Replace ``path`` with ``text``, durably (:mod:`sizeaware.durable`)."""
+    durable.replace(path, text.encode('utf-8'))
 
 
-def fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+fsync_dir = durable.fsync_dir
 
 
 def log_change(log, rec, request_id):
