@@ -90,6 +90,8 @@ def open_session(app, storage, environ, image_id, target, size, **fields):
     none.
 
     :param fields: :meth:`~sizeaware.sessions.storage.Storage.create`'s.
+    :returns: ``(session, created)``; a session created here had its image
+        checked just now.
     :raises sizeaware.exceptions.ImageNotFound:
     :raises sizeaware.exceptions.SessionNotFound: another caller's.
     :raises sizeaware.exceptions.UploadConflict: the image is not queued.
@@ -97,11 +99,11 @@ def open_session(app, storage, environ, image_id, target, size, **fields):
     caller = downstream.caller(environ)
     session = storage.session(image_id, target, caller,
                               part=fields.get('part'))
-    if session is None:
-        check_queued(app, environ, image_id)
-        session = storage.create(image_id, target, caller, size,
-                                 gone=_gone(app, environ, storage), **fields)
-    return session
+    if session is not None:
+        return session, False
+    check_queued(app, environ, image_id)
+    return storage.create(image_id, target, caller, size,
+                          gone=_gone(app, environ, storage), **fields), True
 
 
 def check_queued(app, environ, image_id):
@@ -131,7 +133,8 @@ def check_image(app, environ, session):
 
 def receive(app, environ, session, first, last, length, chunked, *,
             declared=None, limit=None, final=True, through=False,
-            mismatch=exceptions.DigestMismatch, before=None):
+            mismatch=exceptions.DigestMismatch, before=None,
+            image_checked=False):
     """Write the request's body as bytes ``first`` to ``last`` (at most)
     of the session, and finalize when it completes the image.
 
@@ -146,10 +149,11 @@ def receive(app, environ, session, first, last, length, chunked, *,
     :param mismatch: the error class for a body that fails ``declared``.
     :param before: called with the held ranges once this request holds
         its bytes, before the body is read: may refuse (a tus offset).
+    :param image_checked: the image was asked for by this request already
+        (it created the session).
     :returns: a :class:`Received`.
     """
     session.check_writable()
-    check_image(app, environ, session)
     digest = None if declared is None else digests.new(declared[0])
     rec = session.record
 
@@ -162,6 +166,10 @@ def receive(app, environ, session, first, last, length, chunked, *,
 
     with session.writer(first, last, checkpoints=declared is None,
                         limit=limit, digest=digest) as writer_class:
+        # Asked while this request holds its bytes: a status document
+        # read meanwhile says a request is writing.
+        if not image_checked:
+            check_image(app, environ, session)
         if before is not None:
             before(session.held())
         body = framing.open_body(environ, length, chunked, writer_class)

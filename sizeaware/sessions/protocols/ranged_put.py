@@ -51,8 +51,8 @@ def handle(app, storage, environ, image_id, target, max_image_size,
             % (headers.IMAGE_SIZE_HEADER, declared_size, size))
     declared = headers.content_digest(environ)
     sha256 = headers.image_sha256(environ)
-    session = receive.open_session(app, storage, environ, image_id, target,
-                                   size, sha256=sha256)
+    session, created = receive.open_session(app, storage, environ, image_id,
+                                            target, size, sha256=sha256)
     try:
         rec = session.record
         if rec.size != size:
@@ -65,7 +65,7 @@ def handle(app, storage, environ, image_id, target, max_image_size,
                 '(%s).' % (headers.IMAGE_SHA256_HEADER, rec.sha256 or 'none'))
         received = receive.receive(
             app, environ, session, first, last, last - first + 1, chunked,
-            declared=declared, through=through)
+            declared=declared, through=through, image_checked=created)
     finally:
         session.close()
     if received.response is not None:

@@ -207,14 +207,15 @@ def create(app, storage, environ, image_id, target, max_image_size,
     fields = dict(upload_id=upload_id, metadata=metadata)
     if concat is not None:
         fields.update(part=upload_id, concat=PARTIAL)
-    session = receive.open_session(app, storage, environ, image_id, target,
-                                   size, **fields)
+    session, created = receive.open_session(app, storage, environ,
+                                            image_id, target, size, **fields)
     try:
         _check_new(session, upload_id)
         location = _location(environ, upload_id)
         if has_body:
             try:
-                response = _write(app, environ, session, 0, through)
+                response = _write(app, environ, session, 0, through,
+                                  image_checked=created)
             except Exception:
                 # The client never learnt the upload's URL: nothing of it
                 # is kept, and the image takes a new creation at once.
@@ -242,7 +243,8 @@ def create(app, storage, environ, image_id, target, max_image_size,
 # -- internals ---------------------------------------------------------------
 
 
-def _write(app, environ, session, offset, through=False):
+def _write(app, environ, session, offset, through=False,
+           image_checked=False):
     """Append the request's body at ``offset``; the answer (204 with the
     new offset, or Glance's refusal of the completed image).
 
@@ -275,7 +277,8 @@ def _write(app, environ, session, offset, through=False):
         app, environ, session, offset, rec.size - 1, length, chunked,
         declared=checksum, limit=rec.size - offset,
         final=rec.concat != PARTIAL, through=through,
-        mismatch=exceptions.ChecksumMismatch, before=at_offset)
+        mismatch=exceptions.ChecksumMismatch, before=at_offset,
+        image_checked=image_checked)
     if received.response is not None:
         if received.response.status_int >= 300:
             return received.response
