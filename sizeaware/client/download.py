@@ -249,7 +249,8 @@ def first_error_wins(close):
         try:
             close()
         except Exception as also:
-            error.add_note('closing also failed: %s' % _short(also))
+            if also is not error:
+                error.add_note('closing also failed: %s' % _short(also))
         raise
     close()
 
