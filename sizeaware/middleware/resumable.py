@@ -58,8 +58,9 @@ Deploy it in every pipeline of ``glance-api-paste.ini`` after ``context``
 
 It needs no option; those it reads (``spool_dir``, ``spool_max_bytes``,
 ``max_sessions_per_project``, ``session_inactivity_timeout``,
-``session_max_age``, ``session_retention``, ``finalize_while_receiving`` and the size filter's
-``max_image_size``) are documented once, in ``etc/sizeaware.conf.sample``.
+``session_max_age``, ``session_retention``, ``finalize_while_receiving``
+and the size filter's ``max_image_size``) are documented once, in
+``etc/sizeaware.conf.sample``.
 
 tus clients may ask what the server supports with ``OPTIONS``, which the
 protocol wants answered without credentials; behind keystone, ``authtoken``
@@ -69,11 +70,9 @@ keystone pipelines, answers those ``OPTIONS`` and passes every other
 request on untouched.
 """
 
-import json
 
 from oslo_log import log as logging
 from oslo_middleware import base
-import webob
 
 from sizeaware import exceptions
 from sizeaware import headers
@@ -83,9 +82,9 @@ from sizeaware import routes
 from sizeaware.sessions import control
 from sizeaware.sessions import downstream
 from sizeaware.sessions import limits
+from sizeaware.sessions import reaper
 from sizeaware.sessions.protocols import ranged_put
 from sizeaware.sessions.protocols import tus
-from sizeaware.sessions import reaper
 from sizeaware.sessions.storage import spool as spools
 
 LOG = logging.getLogger(__name__)

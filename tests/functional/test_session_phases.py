@@ -25,9 +25,9 @@ from tests.functional.test_resumable import assert_active_with
 from tests.functional.test_resumable import ended
 from tests.functional.test_resumable import holding
 from tests.functional.test_resumable_faults import DATA
-from tests.functional.test_resumable_faults import N
 from tests.functional.test_resumable_faults import ROLES
 from tests.functional.test_resumable_faults import SERVERS
+from tests.functional.test_resumable_faults import N
 from tests.functional.test_resumable_faults import put_range
 from tests.functional.test_resumable_faults import status
 

@@ -11,9 +11,9 @@ import pytest
 from tests.unit import fakes
 from tests.unit.test_resumable import DATA
 from tests.unit.test_resumable import IMAGE
-from tests.unit.test_resumable import N
 from tests.unit.test_resumable import PATH
 from tests.unit.test_resumable import SESSION
+from tests.unit.test_resumable import N
 from tests.unit.test_resumable import images
 from tests.unit.test_resumable import put_range
 from tests.unit.test_resumable import request

@@ -4,7 +4,6 @@ import os
 import signal
 
 import crc32c
-
 from hypothesis import given
 from hypothesis import strategies as st
 import pytest

@@ -7,7 +7,12 @@ own HTTP pool sends to a server on 127.0.0.1 that reads the chunked body
 chunk by chunk and records it.
 """
 
-import http.server
+# The classes are bound now: eventlet's green http.server (imported by
+# other tests of the suite through eventlet.wsgi) rebinds the package's
+# ``http.server`` attribute to its copy, whose sockets wait on a hub
+# nobody runs.
+from http.server import BaseHTTPRequestHandler
+from http.server import ThreadingHTTPServer
 import json
 import threading
 
@@ -73,7 +78,7 @@ def test_no_error_below_400(status):
     upload.raise_for_status(Response(status))
 
 
-class Handler(http.server.BaseHTTPRequestHandler):
+class Handler(BaseHTTPRequestHandler):
     """Reads a PUT's chunked body chunk by chunk; answers with the server's
     ``answer``; records what it received in the server's ``received``."""
 
@@ -109,7 +114,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server():
-    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+    httpd = ThreadingHTTPServer(('127.0.0.1', 0), Handler)
     httpd.received = []
     httpd.answer = (204, {}, b'')
     thread = threading.Thread(target=httpd.serve_forever, args=(0.01,),

@@ -3,7 +3,7 @@
 ``/v2/images/<id>/file`` and ``/v2/images/<id>/stage`` are tus creation
 URLs; an upload created there gets its own URL,
 ``.../file/tus/<upload id>`` (128 random bits), on the same transfer
-sessions as the ranged PUT (:mod:`~sizeaware.sessions.protocols.ranged_put`): an upload of the whole
+sessions as the ranged PUT (:mod:`.ranged_put`): an upload of the whole
 image is the image's one session for that target, a partial upload
 (concatenation) a session of its own. Extensions: creation,
 creation-with-upload, expiration, checksum (``sha1``, ``sha256``,

@@ -97,6 +97,7 @@ class Storage(abc.ABC):
         """Whether this caller sweeps now: at most once per ``interval``
         seconds across every process and node."""
 
+    @abc.abstractmethod
     def sweep_leftovers(self, now):
         """Remove what crashed creations and removals left."""
 
