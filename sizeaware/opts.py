@@ -255,8 +255,10 @@ store_read_opts = [
         default=5,
         min=0,
         help="""
-How many times a read of an image from this backend is requested again
-after it broke, in all, before the download fails.
+How many times in a row a read of an image from this backend is requested
+again after it broke, before the download fails. Any byte that arrives
+between two breaks makes the count start again, so a long read on a flaky
+link is never given up while it advances.
 
 A read breaks when the connection is reset or times out, when the body
 ends before its length, when it stalls (see ``stall_timeout``), or when the

@@ -2,19 +2,19 @@
 
 import html.parser
 
-from webob import byterange
-
+from sizeaware import resume
 from sizeaware.client import errors
 
 
 def raise_for_status(response, what):
-    """Nothing for a 2xx; :class:`~errors.Transient` for a 5xx, 408 and
-    429; :class:`~errors.Refused` for any other 4xx."""
+    """Nothing for a 2xx; :class:`~errors.Transient` for the statuses
+    worth another try (:func:`sizeaware.resume.retryable`, the one list
+    for reads and writes); :class:`~errors.Refused` for any other."""
     status = response.status_code
     if status < 300:
         return
     reason = '%s answered %d %s' % (what, status, _body_text(response))
-    if status >= 500 or status in (408, 429):
+    if resume.retryable(status):
         raise errors.Transient(reason)
     raise errors.Refused(status, reason)
 
@@ -72,57 +72,6 @@ class _HTMLReason(html.parser.HTMLParser):
     def handle_data(self, data):
         if not self._skipping:
             self.parts.append(data)
-
-
-def content_range(value):
-    """``(start, stop, length)`` of a ``Content-Range`` header (``stop``
-    exclusive), or None when it is missing or malformed."""
-    if not value:
-        return None
-    parsed = byterange.ContentRange.parse(value)
-    if parsed is None or parsed.start is None:
-        return None
-    return parsed.start, parsed.stop, parsed.length
-
-
-def check_part(status, headers, start, stop, size, etag):
-    """May the answer to ``Range: bytes=start-(stop - 1)`` be written at
-    ``start``? Raise if not.
-
-    A 206 must name exactly the range asked for, of an image of ``size``
-    bytes, with the same ``ETag`` when one is expected. A 200 is the whole
-    image: kept only when the whole image was asked for (``start`` 0 and
-    ``stop`` the size), with the same ``ETag``; any other 200 (a server
-    that ignores ``Range``, or an ``If-Range`` that no longer matches) is
-    never spliced.
-    """
-    received = headers.get('ETag')
-    if etag is not None and received is not None and received != etag:
-        raise errors.ImageChanged(
-            'the image changed during the download (ETag %s, was %s)'
-            % (received, etag))
-    if status == 206:
-        got = content_range(headers.get('Content-Range'))
-        if got != (start, stop, size):
-            raise errors.NotSpliceable(
-                'asked for bytes %d-%d/%d, got Content-Range %r'
-                % (start, stop - 1, size, headers.get('Content-Range')))
-        return
-    if status == 200:
-        if start == 0 and stop == size:
-            length = headers.get('Content-Length')
-            if length is not None and int(length) != size:
-                raise errors.NotSpliceable(
-                    'a 200 of %s bytes for an image of %d' % (length, size))
-            return
-        if etag is not None and received is None:
-            raise errors.ImageChanged(
-                'a 200 without ETag to a ranged request with If-Range')
-        raise errors.NotSpliceable(
-            'the server answered 200 (the whole image) to a request for '
-            'bytes %d-%d: not spliced' % (start, stop - 1))
-    raise errors.NotSpliceable('unexpected status %d to a ranged request'
-                               % status)
 
 
 def same_record(first, now):

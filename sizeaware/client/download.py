@@ -42,6 +42,7 @@ import threading
 import time
 
 from sizeaware import digests
+from sizeaware import durable
 from sizeaware import resume
 from sizeaware.client import answers
 from sizeaware.client import connection
@@ -364,7 +365,7 @@ class Download:
                 hasher.stop()  # it reads the file: before closing it
             os.close(self.fd)
         os.replace(self.part, self.destination)
-        _fsync_dir(self.destination.parent)
+        durable.fsync_dir(self.destination.parent)
         state.remove(self.state_path)
         return {'size': size, 'fetched': self.fetched,
                 'refetched': self.refetched,
@@ -649,14 +650,6 @@ class Download:
         state.remove(self.state_path)
         with contextlib.suppress(FileNotFoundError):
             self.part.unlink()
-
-
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _short(exc):

@@ -1,15 +1,22 @@
-"""Bounded retries with exponential backoff, shared by both transfers."""
+"""Bounded retries with exponential backoff, shared by both transfers:
+:class:`sizeaware.resume.Backoff`, giving up with the client's
+:class:`~sizeaware.client.errors.TransferError`."""
 
-import random
 import time
 
+from sizeaware import resume
 from sizeaware.client import errors
 
 
-class Backoff:
-    """Counts consecutive failures; progress between two failures resets
-    the count, so a long transfer on a flaky link is not given up while it
-    still advances.
+def _give_up(failures, reason):
+    return errors.TransferError(
+        'giving up after %d failed attempts in a row; last: %s'
+        % (failures, reason))
+
+
+class Backoff(resume.Backoff):
+    """Failures in a row, reset by progress (see
+    :class:`sizeaware.resume.Backoff`), for the client's transfers.
 
     :param attempts: failures in a row after which :meth:`failed` raises.
     :param base: the first wait, in seconds; each failure doubles it.
@@ -17,24 +24,7 @@ class Backoff:
     """
 
     def __init__(self, attempts=8, base=0.5, cap=10.0, sleep=time.sleep):
-        self.attempts = attempts
-        self.base = base
-        self.cap = cap
-        self.failures = 0
-        self._sleep = sleep
-
-    def progressed(self):
-        self.failures = 0
-
-    def failed(self, reason):
-        """Wait before the next try, or raise when tries are spent."""
-        self.failures += 1
-        if self.failures > self.attempts:
-            raise errors.TransferError(
-                'giving up after %d failed attempts in a row; last: %s'
-                % (self.attempts, reason))
-        delay = min(self.cap, self.base * 2 ** (self.failures - 1))
-        self._sleep(delay * (0.5 + random.random() / 2))
+        super().__init__(attempts, base, cap, give_up=_give_up, sleep=sleep)
 
 
 def call(backoff, function, transient):
