@@ -354,7 +354,7 @@ def test_two_servers_one_spool_behind_a_round_robin_proxy(glance_pair,
         victim.wait_for_http(victim.url + '/versions', 30, ok=(200, 300))
         # Either server sees every byte that reached the spool, and claims
         # none that is not on disk. The killed worker claimed nothing
-        # itself (it would every spool.CHECKPOINT_BYTES, 16 MiB): what is
+        # itself (it would every CHECKPOINT_BYTES, 16 MiB): what is
         # held of quarter 1 comes from its journal.
         documents = [status(api, image_id) for _ in servers]
         assert documents[0] == documents[1]

@@ -58,6 +58,7 @@ from sizeaware.sessions import ranges
 from sizeaware.sessions import reaper
 from sizeaware.sessions import record as records
 from sizeaware.sessions import storage
+from sizeaware.sessions.storage import spool_writer
 
 LOG = logging.getLogger(__name__)
 
@@ -65,64 +66,9 @@ LOG = logging.getLogger(__name__)
 _IMAGE_ID = re.compile(r'[A-Za-z0-9_-]{1,64}')
 #: The random name of a tus upload (``secrets.token_hex(16)``).
 _UPLOAD_ID = re.compile(r'[0-9a-f]{32}')
-#: A long write is made durable and claimed every this many bytes, so a
-#: killed worker loses at most this much of what it had received.
-CHECKPOINT_BYTES = 16 * 1024 * 1024
 _RECORD_LOCK = (0, 1)
 _FINALIZE_LOCK = (1 << 62, 1)
 _DATA_FILES = ('data', journals.PIECES)
-
-
-class SpoolWriter(storage.Writer):
-    """The stream base, writing each piece of a request body into a
-    session's data file at its offset.
-
-    Bytes the session already holds are compared rather than trusted: a
-    piece that differs from them raises
-    :class:`~sizeaware.exceptions.UploadConflict` before it is written.
-    Every :data:`CHECKPOINT_BYTES` the bytes written so far are synced and
-    claimed through ``checkpoint(start, end, crc)``; :meth:`unclaimed` is
-    what is left for the request's own last claim.
-    """
-
-    def __init__(self, pull, expected=None, delimited=False, *, fd, start,
-                 held, checkpoint=None, journal=None, **kwargs):
-        super().__init__(pull, expected, delimited, **kwargs)
-        self.fd = fd
-        self.start = start
-        self.held = held
-        self._checkpoint = checkpoint
-        self._claimed = 0
-        self._crc = 0
-        self._journal = journal
-
-    def store(self, data):
-        position = self.start + self.received
-        with memoryview(data) as view:
-            for first, end in ranges.overlaps(self.held, position,
-                                              position + len(view)):
-                have = os.pread(self.fd, end - first, first)
-                if have != view[first - position:end - position]:
-                    raise exceptions.UploadConflict(
-                        'Bytes %d-%d differ from the bytes already received '
-                        'for this image.' % (first, end - 1))
-            journals.write_all(self.fd, view, position)
-            self._crc = crc32c.crc32c(view, self._crc)
-            if self._journal is not None:
-                self._journal.append(position + len(view), self._crc)
-        written = self.received + len(data)
-        if (self._checkpoint is not None
-                and written - self._claimed >= CHECKPOINT_BYTES):
-            os.fsync(self.fd)
-            self._checkpoint(self.start + self._claimed,
-                             self.start + written, self._crc)
-            self._claimed, self._crc = written, 0
-            if self._journal is not None:
-                self._journal.reset(self.start + written)
-
-    def unclaimed(self):
-        return (self.start + self._claimed, self.start + self.received,
-                self._crc)
 
 
 class Spool(storage.Storage):
@@ -381,13 +327,15 @@ class SpoolSession(storage.Session):
     def writer(self, first, last, checkpoints=True, limit=None,
                digest=None):
         """Hold bytes ``first`` to ``last`` for this request and yield a
-        :class:`SpoolWriter` class for :func:`sizeaware.framing.open_body`
+        :class:`~sizeaware.sessions.storage.spool_writer.SpoolWriter` class
+        for :func:`sizeaware.framing.open_body`
         writing them.
 
         :param limit: see :class:`~sizeaware.sessions.storage.Writer`.
         :param digest: see :class:`~sizeaware.sessions.storage.Writer`.
         :param checkpoints: claim what was written every
-            :data:`CHECKPOINT_BYTES`, and keep a journal for the next
+            :data:`~sizeaware.sessions.storage.spool_writer.CHECKPOINT_BYTES`,
+            and keep a journal for the next
             request to claim from should this worker die; without, nothing
             is claimed before the request commits (a body with a digest to
             verify first).
@@ -412,8 +360,8 @@ class SpoolSession(storage.Session):
                 self._recover()
                 held = self.held()
             yield functools.partial(
-                SpoolWriter, fd=fd, start=first, held=held, journal=journal,
-                limit=limit, digest=digest,
+                spool_writer.SpoolWriter, fd=fd, start=first, held=held,
+                journal=journal, limit=limit, digest=digest,
                 checkpoint=functools.partial(self.commit, final=False,
                                              synced=True)
                 if checkpoints else None)

@@ -1,0 +1,68 @@
+"""The spool's writer: a request body into a session's data file, each
+piece at its offset, compared with the bytes already held, journalled, and
+claimed at checkpoints."""
+
+import os
+
+import crc32c
+
+from sizeaware import exceptions
+from sizeaware.sessions import journal as journals
+from sizeaware.sessions import ranges
+from sizeaware.sessions import storage
+
+#: A long write is made durable and claimed every this many bytes, so a
+#: killed worker loses at most this much of what it had received.
+CHECKPOINT_BYTES = 16 * 1024 * 1024
+
+
+class SpoolWriter(storage.Writer):
+    """The stream base, writing each piece of a request body into a
+    session's data file at its offset.
+
+    Bytes the session already holds are compared rather than trusted: a
+    piece that differs from them raises
+    :class:`~sizeaware.exceptions.UploadConflict` before it is written.
+    Every :data:`CHECKPOINT_BYTES` the bytes written so far are synced and
+    claimed through ``checkpoint(start, end, crc)``; :meth:`unclaimed` is
+    what is left for the request's own last claim.
+    """
+
+    def __init__(self, pull, expected=None, delimited=False, *, fd, start,
+                 held, checkpoint=None, journal=None, **kwargs):
+        super().__init__(pull, expected, delimited, **kwargs)
+        self.fd = fd
+        self.start = start
+        self.held = held
+        self._checkpoint = checkpoint
+        self._claimed = 0
+        self._crc = 0
+        self._journal = journal
+
+    def store(self, data):
+        position = self.start + self.received
+        with memoryview(data) as view:
+            for first, end in ranges.overlaps(self.held, position,
+                                              position + len(view)):
+                have = os.pread(self.fd, end - first, first)
+                if have != view[first - position:end - position]:
+                    raise exceptions.UploadConflict(
+                        'Bytes %d-%d differ from the bytes already received '
+                        'for this image.' % (first, end - 1))
+            journals.write_all(self.fd, view, position)
+            self._crc = crc32c.crc32c(view, self._crc)
+            if self._journal is not None:
+                self._journal.append(position + len(view), self._crc)
+        written = self.received + len(data)
+        if (self._checkpoint is not None
+                and written - self._claimed >= CHECKPOINT_BYTES):
+            os.fsync(self.fd)
+            self._checkpoint(self.start + self._claimed,
+                             self.start + written, self._crc)
+            self._claimed, self._crc = written, 0
+            if self._journal is not None:
+                self._journal.reset(self.start + written)
+
+    def unclaimed(self):
+        return (self.start + self._claimed, self.start + self.received,
+                self._crc)
