@@ -10,16 +10,20 @@ image is refused in place of its last byte).
 
 How it ends, by whose fault:
 
-* the data's (our checks refuse it, or Glance answers 400, 409, 415 or
-  422 for it): ``finished_failure`` with the reason; the image stays
-  ``queued``, nothing reaches the store, the session's bytes go;
-* nobody's (Glance or its store unavailable or full, a 5xx, a 413 for a
-  full store or a quota, a token that expired, a worker killed
-  meanwhile): every byte is kept, the phase goes
-  back to ``paused_system`` with ``error`` set, and finalizing again
-  (``POST .../session/finalize``, any range sent again, a tus ``HEAD``)
-  completes the image without a byte sent again;
-* the image was deleted: ``cancelled_system``;
+* the data's (the checks of :mod:`checks` refuse it: format, declared
+  sha256, qcow2 backing file or external data file): ``finished_failure``
+  with the reason; the image stays ``queued``, nothing reaches the store,
+  the session's bytes go. The data is judged here, before Glance has it,
+  so an answer of Glance's is never taken for a refusal of the data;
+* nobody's (Glance or its store unavailable or full, any answer of
+  Glance's but success while the image is still ``queued``: a 5xx, a 413
+  for a full store or a quota, a 400 for a ``disk_format`` not set yet, an
+  expired token; a worker killed meanwhile): every byte is kept, the
+  phase goes back to ``paused_system`` with ``error`` set, and finalizing
+  again (``POST .../session/finalize``, any range sent again, a tus
+  ``HEAD``) completes the image without a byte sent again;
+* the image's: it was deleted (``cancelled_system``), or is no longer
+  ``queued`` (``finished_failure``: the session can never complete);
 * success: ``finished_success``, and the session's bytes go.
 """
 
@@ -29,10 +33,6 @@ from sizeaware import exceptions
 from sizeaware.sessions import checks
 from sizeaware.sessions import downstream
 from sizeaware.sessions import record as records
-
-#: Glance's answers that refuse the data itself.
-DATA_REFUSALS = frozenset((400, 409, 415, 422))
-
 
 def upload_path(rec):
     """The upload URL a session's image goes to."""
@@ -51,22 +51,14 @@ def finalize(app, environ, session, live=None):
     :raises downstream.GlanceAnswer: Glance refused to show the image.
     """
     rec = session.record
+    image = _still_queued(app, environ, session)
     try:
-        image = downstream.get_image(app, environ, rec.image_id)
-    except exceptions.ImageNotFound:
-        session.end(records.CANCELLED_SYSTEM, 'The image was deleted.')
+        reader = checks.CheckedImage(session, image.get('disk_format'),
+                                     live)
+    except exceptions.ImageRefused as refusal:
+        # An empty image is judged at once.
+        session.end(records.FINISHED_FAILURE, str(refusal))
         raise
-    except downstream.GlanceAnswer as answer:
-        _keep(session, 'Glance answered %s when asked for the image.'
-              % answer.response.status)
-        raise
-    if image.get('status') != 'queued':
-        error = exceptions.UploadConflict(
-            'The image is %s, no longer queued: the upload cannot be '
-            'finished.' % image.get('status'))
-        session.end(records.FINISHED_FAILURE, str(error))
-        raise error
-    reader = checks.CheckedImage(session, image.get('disk_format'), live)
     try:
         response = downstream.put_image(app, environ, upload_path(rec),
                                         reader, rec.size)
@@ -89,16 +81,42 @@ def finalize(app, environ, session, live=None):
     if reader.refusal is not None:
         session.end(records.FINISHED_FAILURE, str(reader.refusal))
         raise reader.refusal
-    status = response.status_int
-    if status < 300 and reader.received == rec.size:
+    if response.status_int < 300 and reader.received == rec.size:
         session.end(records.FINISHED_SUCCESS)
-    elif status in DATA_REFUSALS:
-        session.end(records.FINISHED_FAILURE, 'Glance refused the image: '
-                    '%s %s' % (response.status, _text(response)))
+        return response
+    reason = 'Glance answered %s: %s' % (response.status, _text(response))
+    try:
+        # Whose fault: the image's state decides, as Glance has it now.
+        _still_queued(app, environ, session, reason + ' ')
+    except (exceptions.SizeawareError, downstream.GlanceAnswer):
+        pass
     else:
-        _keep(session, 'Glance answered %s: %s' % (response.status,
-                                                   _text(response)))
+        _keep(session, reason)
     return response
+
+
+def _still_queued(app, environ, session, before=''):
+    """The session's image, which must still be ``queued``; else the
+    session ends (``cancelled_system`` for an image that is gone,
+    ``finished_failure`` for one that is no longer ``queued``), or is kept
+    when Glance cannot say."""
+    try:
+        image = downstream.get_image(app, environ, session.record.image_id)
+    except exceptions.ImageNotFound:
+        session.end(records.CANCELLED_SYSTEM,
+                    before + 'The image was deleted.')
+        raise
+    except downstream.GlanceAnswer as answer:
+        _keep(session, before + 'Glance answered %s when asked for the '
+              'image.' % answer.response.status)
+        raise
+    if image.get('status') != 'queued':
+        error = exceptions.UploadConflict(
+            '%sThe image is %s, no longer queued: the upload cannot be '
+            'finished.' % (before, image.get('status')))
+        session.end(records.FINISHED_FAILURE, str(error))
+        raise error
+    return image
 
 
 def _keep(session, reason):

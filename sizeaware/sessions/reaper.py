@@ -7,8 +7,12 @@ expiry ends as ``cancelled_system`` (its data goes), and an ended one
 whose retention time has passed is removed, record and all.
 """
 
+from oslo_log import log as logging
+
 from sizeaware import exceptions
 from sizeaware.sessions import record as records
+
+LOG = logging.getLogger(__name__)
 
 INTERVAL = 60
 EXAMINE = 256
@@ -40,6 +44,12 @@ def reap(storage, caller, force=False):
             continue
         try:
             changed += expire(session, now)
+        except exceptions.SessionNotFound:
+            continue  # replaced or removed meanwhile
+        except OSError:
+            # The sweep serves every session; one it cannot change must
+            # not fail the request that happened to run it.
+            LOG.exception('Upload session sweep: cannot expire %s', key)
         finally:
             session.close()
     return changed
@@ -53,9 +63,13 @@ def expire(session, now):
         if rec.updated_at + session.storage.limits.retention > now:
             return 0
         return session.remove(only_if_idle=True)
-    if rec.expires_at > now or session.writing() or (
-            session.finalizing_elsewhere()):
-        return 0
-    session.end(records.CANCELLED_SYSTEM,
-                'The session expired: no request extended it in time.')
-    return 1
+
+    def still_expired(rec):
+        # Decided on the record as it is under the lock: a request may
+        # have extended, written or finalized it since it was listed.
+        return (rec.expires_at <= now and rec.phase != records.FINALIZING
+                and not session.writing())
+    return int(session.end(
+        records.CANCELLED_SYSTEM,
+        'The session expired: no request extended it in time.',
+        only_if=still_expired))

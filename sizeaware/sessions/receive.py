@@ -26,6 +26,7 @@ DEFAULT_READ_SIZE`) of a Content-Length body, and the chunk being received
 of a chunked one (uwsgi and eventlet hand over whole chunks only).
 """
 
+import contextlib
 import dataclasses
 
 from sizeaware import digests
@@ -59,6 +60,8 @@ class Live:
         self.body = body
         self.ended = ended
         self.error = None
+        #: Whether the body ended and ``ended`` claimed it.
+        self.complete = False
 
     def read(self, size):
         try:
@@ -66,6 +69,7 @@ class Live:
             data = self.body.read(size)
             if self.body.received == self.body.expected:
                 self.ended()
+                self.complete = True
             return data
         except Exception as exc:
             self.error = exc
@@ -157,7 +161,7 @@ def receive(app, environ, session, first, last, length, chunked, *,
     digest = None if declared is None else digests.new(declared[0])
     rec = session.record
 
-    def claim():
+    def claim(final=final):
         if declared is not None and digest.digest() != declared[1]:
             raise mismatch(
                 'The body does not match its declared %s digest; none of '
@@ -184,17 +188,34 @@ def receive(app, environ, session, first, last, length, chunked, *,
                         raise exceptions.UploadConflict(
                             'The upload of this image is being finished by '
                             'another request.')
+                live = Live(first, body, ended)
                 response = finalize.finalize(app, environ, session,
-                                             live=Live(first, body, ended))
-                return Received([(0, rec.size)], response)
+                                             live=live)
+                if live.complete:
+                    return Received([(0, rec.size)], response)
+                # Glance stopped reading before the body's end, for a
+                # reason of its own: unless that ended the session, the
+                # rest is still the client's, and kept for the next
+                # finalize.
+                if session.refresh().ended:
+                    return Received(session.held(), response)
+                while body.read(stream.DEFAULT_READ_SIZE):
+                    pass
+                return Received(claim(final=False)[0], response)
             while body.read(stream.DEFAULT_READ_SIZE):
                 pass
-        except (exceptions.ClientDisconnected, exceptions.ClientTimeout):
-            # The connection broke: what arrived is the client's and is
-            # kept, unless it must be verified first; the error still
-            # answers (408) or is logged (499).
+        except (exceptions.ClientDisconnected, exceptions.ClientTimeout,
+                exceptions.SpoolFull):
+            # The connection broke, or the spool's disk is full: what
+            # arrived and was written is the client's and is kept, unless
+            # it must be verified first; the error still answers (408,
+            # 507) or is logged (499).
             if declared is None and body.received:
-                session.commit(*body.unclaimed(), final=False)
+                # Unless the session ended meanwhile (cancelled): then
+                # nothing is kept, and the request's own error stands.
+                with contextlib.suppress(exceptions.UploadConflict,
+                                         exceptions.SessionNotFound):
+                    session.commit(*body.unclaimed(), final=False)
             raise
         finally:
             body.close()

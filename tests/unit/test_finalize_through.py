@@ -154,3 +154,29 @@ def test_tus_checksum_mismatch_keeps_nothing_of_the_patch(app, glance):
         'Upload-Checksum': checksum('sha1', TUS_DATA[100:])})
     assert response.status_int == 204
     assert uploads(glance)[-1].body == TUS_DATA
+
+
+def test_glance_failing_mid_read_keeps_every_byte_the_client_sends(
+        glance, tmp_path):
+    """Glance stops reading the image part way, for a trouble of its own
+    (its store fails): the rest of the request's body is still received
+    and kept, and finalizing again completes the image."""
+    failing = [True]
+
+    def store_fails_once(environ, start_response):
+        if environ['REQUEST_METHOD'] == 'PUT' and failing[0]:
+            failing[0] = False
+            environ['wsgi.input'].read(2000)
+            start_response('500 Store Failed', [('Content-Length', '0')])
+            return [b'']
+        return glance(environ, start_response)
+    app = stack(store_fails_once, tmp_path, finalize_while_receiving=True)
+    assert put_range(app, 0, 999).status_int == 204
+    response = put_range(app, 1000, N - 1)
+    assert response.status_int == 500
+    status = fakes.serve(app, request('GET', SESSION)).json
+    assert status['phase'] == 'paused_system'
+    assert status['ranges_held'] == [[0, N - 1]], status
+    response = fakes.serve(app, request('POST', SESSION + '/finalize'))
+    assert response.json['phase'] == 'finished_success'
+    assert uploads(glance)[-1].body == DATA

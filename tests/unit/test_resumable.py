@@ -356,16 +356,40 @@ def test_safe_qcow2_goes_through(glance_app, tmp_path):
     assert uploads(glance)[0].body == qcow2()
 
 
-def test_glance_refusing_the_data_fails_the_session(glance_app, tmp_path):
+def test_glance_refusing_while_the_image_is_queued_keeps_every_byte(
+        glance_app, tmp_path):
+    """The data was judged before Glance had it: whatever Glance answers
+    while the image stays queued (a disk_format not set yet, its own
+    trouble) is not the data's fault."""
     glance = glance_app(images=images(), status=400)
     app = stack(glance, tmp_path)
     response = put_range(app, 0, N - 1)
     assert response.status_int == 400
     status = fakes.serve(app, request('GET', SESSION)).json
+    assert status['phase'] == 'paused_system'
+    assert '400' in status['error'] and status['bytes_held'] == N
+    glance.status = 204
+    response = fakes.serve(app, request('POST', SESSION + '/finalize'))
+    assert response.json['phase'] == 'finished_success'
+    assert uploads(glance)[-1].body == DATA
+
+
+def test_an_image_glance_left_unqueued_ends_the_session(glance_app,
+                                                        tmp_path):
+    glance = glance_app(images=images(), status=500)
+
+    def killing(environ, start_response):
+        # Glance fails the upload and leaves the image killed.
+        try:
+            return glance(environ, start_response)
+        finally:
+            if environ['REQUEST_METHOD'] == 'PUT':
+                glance.images[IMAGE]['status'] = 'killed'
+    app = stack(killing, tmp_path)
+    assert put_range(app, 0, N - 1).status_int == 500
+    status = fakes.serve(app, request('GET', SESSION)).json
     assert status['phase'] == 'finished_failure'
-    assert '400' in status['error']
-    # Its data is dropped: the session counts none of it any more.
-    assert status['bytes_held'] == 0 and status['ranges_held'] == []
+    assert 'killed' in status['error'] and status['bytes_held'] == 0
     assert spooled(tmp_path) == []
 
 

@@ -1,5 +1,6 @@
 """Sessions on disk: ranges, locks, the spool's durability, limits, reaper."""
 
+import errno
 import os
 import signal
 
@@ -430,4 +431,83 @@ def test_a_session_of_an_earlier_release_keeps_its_ranges(spool):
         [0, 99, '%08x' % crc32c.crc32c(DATA[:100])],
         [200, 299, '%08x' % crc32c.crc32c(DATA[200:300])]]
     assert not os.path.exists(os.path.join(session.path, 'ranges.json'))
+    session.close()
+
+
+def test_an_ended_session_stays_as_it_ended(spool):
+    session = spool.create(IMAGE, 'file', OWNER, len(DATA), None)
+    write(session, 0, DATA[:10])
+    other = spool.session(IMAGE, 'file', OWNER)
+    other.cancel()
+    # A finalize failing late (Glance's trouble) cannot revive it.
+    session.set_phase(records.PAUSED_SYSTEM, 'Glance answered 503')
+    assert control.status(session)['phase'] == 'cancelled_user'
+    assert not session.end(records.FINISHED_SUCCESS)
+    assert control.status(session)['phase'] == 'cancelled_user'
+    with pytest.raises(exceptions.SessionNotFound):
+        other.cancel()
+    session.close()
+    other.close()
+
+
+def test_a_cancel_while_another_request_finalizes_is_refused(spool):
+    session = spool.create(IMAGE, 'file', OWNER, 10, None)
+    assert write(session, 0, DATA[:10])[1]
+    other = spool.session(IMAGE, 'file', OWNER)
+    with pytest.raises(exceptions.UploadConflict, match='being finalized'):
+        other.cancel()
+    session.close()  # the finalizer's worker dies: the cancel goes ahead
+    other.cancel()
+    assert other.record.phase == records.CANCELLED_USER
+    other.close()
+
+
+def test_the_reaper_does_not_expire_a_session_extended_since_listed(
+        spool, clock):
+    session = spool.create('a', 'file', OWNER, 10)
+    clock.now += 150
+    listed = spool.open(session.path, OWNER)  # as the sweep found it
+    session.touch()  # a request extends it meanwhile
+    assert reaper.expire(listed, clock.now) == 0
+    assert control.status(session)['phase'] == 'paused_system'
+    listed.close()
+    session.close()
+
+
+def test_a_writer_whose_session_ended_leaves_no_error_behind(spool):
+    session = spool.create(IMAGE, 'file', OWNER, len(DATA), None)
+    other = spool.session(IMAGE, 'file', OWNER)
+    with session.writer(0, 99) as cls:
+        other.cancel()
+        writer = cls(_source([DATA[:50]]), 100)
+        writer.read(50)
+        # Its journal names bytes of a session that ended: nothing to
+        # claim, nothing to fail on.
+        assert control.status(other)['phase'] == 'cancelled_user'
+    session.close()
+    other.close()
+
+
+def test_a_full_disk_is_507_and_keeps_what_was_written(spool,
+                                                       monkeypatch):
+    session = spool.create(IMAGE, 'file', OWNER, len(DATA), None)
+    write_all = journals.write_all
+    written = [0]
+
+    def disk_fills(fd, data, offset):
+        if len(data) == 100:  # a piece of the body, not a journal entry
+            if written[0] >= 300:
+                raise OSError(errno.ENOSPC, 'No space left on device')
+            written[0] += len(data)
+        return write_all(fd, data, offset)
+    monkeypatch.setattr(journals, 'write_all', disk_fills)
+    with session.writer(0, 999) as cls:
+        writer = cls(_source([DATA[i:i + 100] for i in range(0, 1000, 100)]),
+                     1000)
+        with pytest.raises(exceptions.SpoolFull, match='disk is full'):
+            writer.read(1000)
+        monkeypatch.undo()
+        # What the receive flow does with it: claims what was written.
+        session.commit(*writer.unclaimed(), final=False)
+    assert session.held() == [(0, 300)]
     session.close()

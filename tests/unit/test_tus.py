@@ -555,3 +555,27 @@ def test_a_partial_cancelled_while_the_final_joins_it(app, tmp_path,
     assert '%s.file' % IMAGE not in spooled(tmp_path)
     # The image takes a new upload at once.
     create(app)
+
+
+def test_an_empty_image_refused_ends_at_once(glance_app, tmp_path):
+    glance = glance_app(images=images(disk_format='qcow2'))
+    app = stack(glance, tmp_path)
+    response = call(app, 'POST', CREATE, headers={'Upload-Length': '0'})
+    assert response.status_int == 400
+    status = fakes.serve(app, request('GET', CREATE + '/session')).json
+    assert status['phase'] == 'finished_failure'
+    # The image takes a new upload at once.
+    create(app, length=10)
+
+
+def test_a_chunked_patch_past_the_end_is_413(app):
+    location = create(app, length=10, headers={'Upload-Concat': 'partial'})
+    assert send(app, location, 0, DATA[:10]).status_int == 204
+    req = request('PATCH', url_path(location), b'x', content_length=False,
+                  headers=dict(OCTETS, **{'Upload-Offset': '10',
+                                          'Transfer-Encoding': 'chunked'}))
+    req.environ['wsgi.input_terminated'] = True
+    # At its end already, a chunked PATCH with a body goes past it.
+    response = fakes.serve(app, req)
+    assert response.status_int == 413
+    assert offset_of(app, location) == 10

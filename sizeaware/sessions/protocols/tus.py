@@ -68,6 +68,7 @@ import webob
 
 from sizeaware import digests
 from sizeaware import exceptions
+from sizeaware import framing
 from sizeaware import headers
 from sizeaware import routes
 from sizeaware.sessions import control
@@ -148,8 +149,12 @@ def head(app, environ, session):
         # completed them died before or while it finalized (its worker
         # killed), or Glance failed for a reason of its own. A client told
         # this offset sends nothing more, so this request finalizes;
-        # Glance's refusal is the answer.
-        refusal = control.finalize_now(app, environ, session)
+        # Glance's refusal is the answer. Another request finalizing it
+        # meanwhile answers for it: this one reports the offset.
+        try:
+            refusal = control.finalize_now(app, environ, session)
+        except exceptions.UploadConflict:
+            refusal = None
         if refusal is not None:
             return refusal
     response = webob.Response(status=200)
@@ -222,7 +227,13 @@ def create(app, storage, environ, image_id, target, max_image_size,
                 session.remove()
                 raise
             if response.status_int >= 300:
-                session.remove()
+                # Glance's answer to the whole image: a session that keeps
+                # its bytes (Glance's own trouble) is named, for a client
+                # to finish it; one that ended goes.
+                if session.refresh().ended:
+                    session.remove()
+                else:
+                    response.headers['Location'] = location
                 return response
             response.status = 201
         elif size == 0 and concat is None:
@@ -260,7 +271,7 @@ def _write(app, environ, session, offset, through=False,
         current = _offset(session.held())
         if current != offset:
             raise _offset_conflict(offset, current)
-        if length:
+        if length or (chunked and _has_a_byte(environ)):
             raise exceptions.BeyondUploadLength(
                 'The upload already holds all of its %d bytes.' % rec.size)
         return _written(session, current)
@@ -287,6 +298,18 @@ def _write(app, environ, session, offset, through=False,
     # What the session holds from 0 on: ranged PUTs may have filled the
     # bytes after this request's.
     return _written(session, _offset(received.held))
+
+
+def _has_a_byte(environ):
+    """Whether a chunked body holds any byte."""
+    body = framing.open_body(environ, 0, True)
+    try:
+        body.read(1)
+    except exceptions.BodyTooLong:
+        return True
+    finally:
+        body.close()
+    return False
 
 
 def _create_final(app, storage, environ, image_id, target, concat,
@@ -346,6 +369,11 @@ def _create_final(app, storage, environ, image_id, target, concat,
         if finalizing:
             answer = finalize.finalize(app, environ, session)
             if answer.status_int >= 300:
+                if not session.refresh().ended:
+                    # Kept (Glance's own trouble): the client finishes it
+                    # at its URL later.
+                    answer.headers['Location'] = _location(environ,
+                                                           upload_id)
                 return answer
             control.discard(answer)
         response.headers['Location'] = _location(environ, upload_id)

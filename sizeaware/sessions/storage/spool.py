@@ -451,12 +451,14 @@ class SpoolSession(storage.Session):
             offset += partial.record.size
         records.fsync_dir(self.path)
         with self._locked():
+            # The record names the parts before any piece claims them, so
+            # a crash in between never claims bytes of an empty data file.
             rec = self._read_record()
             rec.parts = [partial.record.size for partial in partials]
+            self._touch(rec)
             for start, end, crc in pieces:
                 journals.append_piece(os.path.join(
                     self.path, journals.PIECES), start, end, crc)
-            self._touch(rec)
         return self.commit(0, 0, synced=True)
 
     def check_writable(self):
@@ -487,63 +489,90 @@ class SpoolSession(storage.Session):
             locks.release(self.lock_fd, *_FINALIZE_LOCK)
             self.finalizer = False
 
-    def end(self, phase, error=None):
+    def end(self, phase, error=None, only_if=None):
         """End the session as ``phase``: the pieces are dropped before the
         data, so nothing ever claims a byte that is no longer on disk; the
-        record stays for the status document."""
-        with self._locked():
-            rec = self._read_record()
-            self._move(rec, phase, error)
-            journals.clear_pieces(os.path.join(self.path, journals.PIECES))
-            self._touch(rec)
-            for name in os.listdir(self.path):
-                if name.startswith(('part.', journals.JOURNAL_PREFIX)) or (
-                        name == 'data'):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(os.path.join(self.path, name))
-        if self.finalizer:
-            locks.release(self.lock_fd, *_FINALIZE_LOCK)
-            self.finalizer = False
+        record stays for the status document. A session that ended stays
+        as it ended.
+
+        :param only_if: ``only_if(record)``, decided under the record's
+            lock on the record as it is then: end only if it holds.
+        :returns: whether it ended the session now.
+        """
+        try:
+            with self._locked():
+                self._recover()
+                rec = self.record
+                if rec.ended or (only_if is not None and not only_if(rec)):
+                    return False
+                self._end_locked(rec, phase, error)
+                return True
+        finally:
+            if self.finalizer:
+                locks.release(self.lock_fd, *_FINALIZE_LOCK)
+                self.finalizer = False
 
     def cancel(self, phase=records.CANCELLED_USER, error=None):
         """Cancel: as :meth:`end`, refused while another request is
-        finalizing the session (its client gets the real verdict)."""
+        finalizing the session (its client gets the real verdict). The
+        phase is read and changed under one lock, which a request taking
+        the session to ``finalizing`` needs too."""
         with self._locked():
             self._recover()
-        if self.record.ended:
-            raise exceptions.SessionNotFound(
-                'The upload session of this image has ended.')
-        if self.finalizing_elsewhere():
-            raise exceptions.UploadConflict(
-                'The upload session of this image is being finalized; it '
-                'can no longer be cancelled.')
-        self.end(phase, error)
+            rec = self.record
+            if rec.ended:
+                raise exceptions.SessionNotFound(
+                    'The upload session of this image has ended.')
+            if rec.phase == records.FINALIZING:
+                raise exceptions.UploadConflict(
+                    'The upload session of this image is being finalized; '
+                    'it can no longer be cancelled.')
+            self._end_locked(rec, phase, error)
 
     def remove(self, only_if_idle=False):
-        locked = locks.try_acquire(self.lock_fd, *_RECORD_LOCK)
-        if not locked and only_if_idle:
-            return 0
-        if not locked:
-            locks.acquire(self.lock_fd, *_RECORD_LOCK)
-        try:
-            if only_if_idle and self.writing():
+        # Under the spool's lock, as creation renames: a new session of
+        # the image is never taken for this one, nor this one's rename
+        # for a creation's.
+        with self.storage._spool_locked():
+            locked = locks.try_acquire(self.lock_fd, *_RECORD_LOCK)
+            if not locked and only_if_idle:
                 return 0
-            if not self._still_ours():
-                return 0
-            dead = self.storage._dead_path()
-            os.rename(self.path, dead)
-            records.fsync_dir(self.storage.directory)
-        finally:
-            locks.release(self.lock_fd, *_RECORD_LOCK)
+            if not locked:
+                locks.acquire(self.lock_fd, *_RECORD_LOCK)
+            try:
+                if only_if_idle and self.writing():
+                    return 0
+                if not self._still_ours():
+                    return 0
+                dead = self.storage._dead_path()
+                os.rename(self.path, dead)
+                records.fsync_dir(self.storage.directory)
+            finally:
+                locks.release(self.lock_fd, *_RECORD_LOCK)
         shutil.rmtree(dead, ignore_errors=True)
         return 1
 
     # -- internals ----------------------------------------------------------
 
+    def _end_locked(self, rec, phase, error):
+        self._move(rec, phase, error)
+        journals.clear_pieces(os.path.join(self.path, journals.PIECES))
+        self._touch(rec)
+        for name in os.listdir(self.path):
+            if name.startswith(('part.', journals.JOURNAL_PREFIX)) or (
+                    name == 'data'):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self.path, name))
+
     def _move(self, rec, phase, error=None):
+        """Change the phase, unless the session ended: an end is final."""
+        if rec.ended and phase != rec.phase:
+            return
         if rec.move_to(phase, self.storage.clock(), error):
-            records.log_change(LOG, rec, getattr(self.caller, 'request_id',
-                                                 None))
+            records.log_change(LOG, rec, self._request_id())
+
+    def _request_id(self):
+        return getattr(self.caller, 'request_id', None)
 
     def _sync_data(self):
         try:
@@ -572,17 +601,28 @@ class SpoolSession(storage.Session):
                            'A finalize was interrupted; finalize again, or '
                            'send any range again, to finish the upload.')
                 self._touch(rec)
-        self._adopt_ranges_file()
         paths = journals.journals(self.path)
+        if rec.ended:
+            # A writer that opened the data before the end: nothing of its
+            # is claimed any more.
+            for path in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            return
+        self._adopt_ranges_file()
         if not paths:
             return
         data = os.open(os.path.join(self.path, 'data'), os.O_RDWR)
         try:
             for path in paths:
                 found = journals.recover(path, data, rec.size)
-                if found is not None and rec.phase in records.LIVE:
+                if found is not None:
                     journals.append_piece(os.path.join(
                         self.path, journals.PIECES), *found)
+                    LOG.info('Upload session: request_id=%s image_id=%s '
+                             'claimed bytes %d-%d that a killed writer '
+                             'left', self._request_id(), rec.image_id,
+                             found[0], found[1] - 1)
         finally:
             os.close(data)
 

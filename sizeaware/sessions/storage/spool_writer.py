@@ -2,6 +2,7 @@
 piece at its offset, compared with the bytes already held, journalled, and
 claimed at checkpoints."""
 
+import errno
 import os
 
 import crc32c
@@ -49,10 +50,18 @@ class SpoolWriter(storage.Writer):
                     raise exceptions.UploadConflict(
                         'Bytes %d-%d differ from the bytes already received '
                         'for this image.' % (first, end - 1))
-            journals.write_all(self.fd, view, position)
-            self._crc = crc32c.crc32c(view, self._crc)
-            if self._journal is not None:
-                self._journal.append(position + len(view), self._crc)
+            crc = crc32c.crc32c(view, self._crc)
+            try:
+                journals.write_all(self.fd, view, position)
+                if self._journal is not None:
+                    self._journal.append(position + len(view), crc)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                raise exceptions.SpoolFull(
+                    'The upload spool\'s disk is full: %s. What was '
+                    'written before is kept.' % exc.strerror) from exc
+            self._crc = crc
         written = self.received + len(data)
         if (self._checkpoint is not None
                 and written - self._claimed >= CHECKPOINT_BYTES):
