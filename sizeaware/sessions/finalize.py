@@ -34,6 +34,7 @@ from sizeaware.sessions import checks
 from sizeaware.sessions import downstream
 from sizeaware.sessions import record as records
 
+
 def upload_path(rec):
     """The upload URL a session's image goes to."""
     return '/v2/images/%s/%s' % (rec.image_id, rec.target)
