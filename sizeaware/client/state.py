@@ -7,11 +7,11 @@ kill at any moment leaves the old state or the new one.
 """
 
 import glob
-import hashlib
 import json
 import os
 import pathlib
 
+from sizeaware import digests
 from sizeaware import durable
 
 
@@ -24,8 +24,8 @@ def default_dir():
 
 def upload_path(state_dir, endpoint, image_id, target):
     """The state file of one upload: one per Glance, image and target."""
-    key = hashlib.sha256(('%s %s %s' % (endpoint, image_id, target))
-                         .encode()).hexdigest()[:24]
+    name = '%s %s %s' % (endpoint, image_id, target)
+    key = digests.new('sha256', name.encode()).hexdigest()[:24]
     return pathlib.Path(state_dir) / ('upload-%s.json' % key)
 
 
