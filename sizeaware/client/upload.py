@@ -392,9 +392,18 @@ class Upload:
                 'Content-Length': str(stop - position),
                 'Content-Digest': content_digest(digest)}
             try:
-                response = self.conn.put_data(
-                    self.image_id, source.body(position, stop, on_bytes),
-                    target=self.target, size=self.size, headers=headers)
+                # Closed at once: a body refers to itself (its source is
+                # one of its methods), so only the garbage collector would
+                # free its last piece otherwise, and it runs by objects
+                # made, not bytes held.
+                body = source.body(position, stop, on_bytes)
+                try:
+                    response = self.conn.put_data(
+                        self.image_id, body, target=self.target,
+                        size=self.size, headers=headers)
+                finally:
+                    if hasattr(body, 'close'):  # not a part in memory
+                        body.close()
                 with contextlib.closing(response):
                     answers.raise_for_status(response, what)
                 self._count(attempt[0])

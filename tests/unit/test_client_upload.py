@@ -686,3 +686,23 @@ def test_every_wait_for_the_image_is_the_connections_one_loop(
                         recorded)
     uploaded(SessionGlance(), source_file)
     assert waits == ['active']
+
+
+def test_every_request_body_is_closed_once_sent(data, source_file,
+                                                monkeypatch):
+    """A body refers to itself (its source is one of its methods): left to
+    the garbage collector, which runs by objects made rather than bytes
+    held, each kept its last piece of the file, and a 10 GiB upload's peak
+    RSS grew to 147 MiB. Closed once sent, the pieces go at once."""
+    bodies = []
+    body = readers.FileSource.body
+
+    def recorded(self, *args):
+        bodies.append(body(self, *args))
+        return bodies[-1]
+    monkeypatch.setattr(readers.FileSource, 'body', recorded)
+    glance = SessionGlance()
+    uploaded(glance, source_file, parallel=2)
+    assert_active_with(glance, data)
+    assert len(bodies) == len(glance.puts()) > 1
+    assert all(b.closed for b in bodies)
