@@ -38,7 +38,10 @@ PIECE_DIGEST = 'crc32c'
 def status(session):
     """The status document of ``session`` (refreshed)."""
     rec = session.refresh()
-    held = session.held()
+    pieces = session.pieces()
+    held = []
+    for start, end, _ in pieces:
+        held = ranges.add(held, start, end)
     phase = rec.phase
     if phase == records.TRANSFERRING and not session.writing():
         phase = records.PAUSED_SYSTEM
@@ -48,8 +51,7 @@ def status(session):
         'bytes_held': ranges.total(held),
         'ranges_held': [[s, e - 1] for s, e in held],
         'piece_digest': PIECE_DIGEST,
-        'pieces': [[s, e - 1, '%08x' % crc]
-                   for s, e, crc in session.pieces()],
+        'pieces': [[s, e - 1, '%08x' % crc] for s, e, crc in pieces],
         'created_at': _iso(rec.created_at),
         'updated_at': _iso(rec.updated_at),
         'expires_at': None if rec.ended else _iso(rec.expires_at),

@@ -266,8 +266,9 @@ def _write(app, environ, session, offset, through=False,
     checksum = _checksum(environ)
     chunked = headers.is_chunked(environ)
     length = None if chunked else (headers.content_length(environ) or 0)
-    session.check_writable()
     if offset >= rec.size or length == 0:
+        # The receive flow checks the phase of a request with bytes.
+        session.check_writable()
         current = _offset(session.held())
         if current != offset:
             raise _offset_conflict(offset, current)
