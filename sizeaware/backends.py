@@ -11,6 +11,7 @@ for sizeaware's (``sizeaware_s3``, ``sizeaware_swift``, ``sizeaware_http``,
 """
 
 from glance_store import capabilities
+from oslo_config import cfg
 
 
 def find_store(name, multi):
@@ -32,3 +33,19 @@ def reads_at_offset(store):
     """Whether ``store`` declares random-access reads, as Glance checks
     before it asks it for a range."""
     return store.is_capable(capabilities.BitMasks.READ_RANDOM)
+
+
+def configured(conf):
+    """``(multi, default backend name)`` of Glance's configuration: whether
+    it has ``enabled_backends``, and ``[glance_store] default_backend`` (or,
+    without, ``default_store``); the default is None outside Glance."""
+    try:
+        enabled = conf.enabled_backends
+    except (cfg.NoSuchOptError, cfg.NoSuchGroupError):
+        enabled = None
+    try:
+        if enabled:
+            return True, conf.glance_store.default_backend
+        return False, conf.glance_store.default_store
+    except (cfg.NoSuchOptError, cfg.NoSuchGroupError):
+        return bool(enabled), None

@@ -143,6 +143,21 @@ class ImageNotFound(SizeawareError):
     """The image does not exist or is not visible to the caller."""
 
 
+class UnknownStore(SizeawareError):
+    """An upload names a store (``X-Image-Meta-Store``) Glance does not
+    have."""
+
+
+class GlanceUnreachable(SizeawareError):
+    """Glance gave no answer to a request of the filter's own (a store-
+    native session's location)."""
+
+
+class CommitFailed(SizeawareError):
+    """Glance did not take a complete store-native session's location:
+    every byte is kept, and finalizing again retries."""
+
+
 class TooManySessions(SizeawareError):
     """The project already has as many sessions as it may have."""
 
@@ -290,6 +305,8 @@ _HTTP_ERRORS = (
     (TooManySessions, webob.exc.HTTPTooManyRequests),
     (SpoolFull, HTTPInsufficientStorage),
     (SpoolUnavailable, webob.exc.HTTPServiceUnavailable),
+    (GlanceUnreachable, webob.exc.HTTPServiceUnavailable),
+    (CommitFailed, webob.exc.HTTPServiceUnavailable),
     (SizeRequired, webob.exc.HTTPLengthRequired),
     (UnsupportedTransferCoding, webob.exc.HTTPNotImplemented),
     (ClientTimeout, webob.exc.HTTPRequestTimeout),

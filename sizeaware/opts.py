@@ -187,6 +187,56 @@ Possible values:
 """),
 ]
 
+in_store_opts = [
+    cfg.StrOpt(
+        'session_storage',
+        default='store',
+        choices=[('store', 'write into the store the image goes to, where '
+                  'the store allows; the spool elsewhere'),
+                 ('spool', 'write every session into the spool')],
+        help="""
+Where a resumable upload's bytes are written while it is in progress.
+
+With ``store``, an upload to a filesystem store (one
+``filesystem_store_datadir``) writes each range at its offset into the
+very file the store will serve the image from, and finalizing only checks
+what is there and hands its location to Glance's location API: the image
+is ``active`` a moment after its last byte, whatever its size, and the
+spool holds no image bytes. Uploads to any other store, to ``/stage``, and
+tus concatenation use the spool. Glance lets only the ``service`` role add
+a location: grant it through ``[sizeaware_service_user]``.
+
+Possible values:
+    * store (default): store-native sessions where the store allows.
+    * spool: every session in ``spool_dir``, handed to Glance as one
+      upload at finalize.
+
+Related options:
+    * ``spool_dir``, ``glance_url``, ``commit_timeout``
+"""),
+    cfg.URIOpt(
+        'glance_url',
+        schemes=['http', 'https'],
+        help="""
+Where this Glance API answers, for the location of a store-native session.
+
+Possible values:
+    * A URL; unset: Glance's ``worker_self_reference_url`` (or
+      ``public_endpoint``), else the address the upload came to.
+"""),
+    cfg.IntOpt(
+        'commit_timeout',
+        default=60,
+        min=1,
+        help="""
+Seconds finalizing a store-native session waits for Glance to make the
+image ``active`` from its location.
+
+When it has not, the session keeps every byte (``paused_system``) and
+finalizing again tells whether Glance did meanwhile.
+"""),
+]
+
 download_filter_opts = [
     cfg.BoolOpt(
         'verify_download',
@@ -351,8 +401,10 @@ def option_value(middleware, options, name):
 
 def list_opts():
     """Options for ``oslo-config-generator``, grouped by section."""
+    from sizeaware.sessions import locations
     return [(GROUP, copy.deepcopy(size_filter_opts + resumable_opts
-                                  + download_filter_opts))]
+                                  + in_store_opts + download_filter_opts))
+            ] + locations.list_opts()
 
 
 def list_download_opts():

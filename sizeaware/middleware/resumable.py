@@ -82,9 +82,11 @@ from sizeaware import routes
 from sizeaware.sessions import control
 from sizeaware.sessions import downstream
 from sizeaware.sessions import limits
+from sizeaware.sessions import locations
 from sizeaware.sessions import reaper
 from sizeaware.sessions.protocols import ranged_put
 from sizeaware.sessions.protocols import tus
+from sizeaware.sessions.storage import in_store
 from sizeaware.sessions.storage import spool as spools
 
 LOG = logging.getLogger(__name__)
@@ -97,17 +99,23 @@ class ResumableFilter(base.ConfigurableMiddleware):
         super().__init__(application, conf)
         self.oslo_conf.register_opts(opts.size_filter_opts, group=opts.GROUP)
         self.oslo_conf.register_opts(opts.resumable_opts, group=opts.GROUP)
+        self.oslo_conf.register_opts(opts.in_store_opts, group=opts.GROUP)
         self.max_image_size = opts.option_value(
             self, opts.size_filter_opts, 'max_image_size')
 
         def option(name):
-            return opts.option_value(self, opts.resumable_opts, name)
+            return opts.option_value(
+                self, opts.resumable_opts + opts.in_store_opts, name)
         self.storage = spools.Spool(option('spool_dir'), limits.Limits(
             max_sessions_per_project=option('max_sessions_per_project'),
             max_bytes=option('spool_max_bytes'),
             inactivity_timeout=option('session_inactivity_timeout'),
             max_age=option('session_max_age'),
-            retention=option('session_retention')))
+            retention=option('session_retention')),
+            in_store=in_store.InStore(self.oslo_conf, locations.Locations(
+                self.oslo_conf, option('glance_url'),
+                option('commit_timeout')))
+            if option('session_storage') == 'store' else None)
         self.through = option('finalize_while_receiving')
 
     def __call__(self, environ, start_response):

@@ -35,6 +35,10 @@ from sizeaware import stream
 #: Glance's reads: a piece costs a turn of every format inspector, so 1 MiB
 #: pieces cost a sixteenth of 64 KiB ones per GiB.
 PIECE_BYTES = 1024 * 1024
+#: How much of a store-native session's image is read for its format: the
+#: headers of every format the inspector knows (a VHDX region table lies
+#: at 192 KiB, an ISO's volume descriptor at 32 KiB) with room to spare.
+STORED_HEAD_BYTES = 4 * 1024 * 1024
 #: Formats found in an image of each disk_format that are its own.
 _COMPATIBLE = {'raw': {'raw', 'gpt'}}
 
@@ -113,6 +117,43 @@ class CheckedImage(stream.BodyStream):
         if self._inspected_open:
             self._inspected_open = False
             self._inspected.close()
+
+
+def judge_stored(session, disk_format):
+    """Judge a store-native session's image as it is stored, before its
+    location goes to Glance: its size, then its first
+    :data:`STORED_HEAD_BYTES` for the format and the format's safety
+    checks (every header the format inspector reads lies there), and the
+    whole image only when a sha256 was declared.
+
+    :raises sizeaware.exceptions.ImageRefused: with the reason.
+    """
+    rec = session.record
+    stored = session.stored_size()
+    if stored != rec.size:
+        raise exceptions.ImageRefused(
+            'The store holds %d bytes of the image, not the %d declared.'
+            % (stored, rec.size))
+    if rec.sha256 is not None or not rec.size:
+        image = CheckedImage(session, disk_format)
+        try:
+            while image.read(PIECE_BYTES):
+                pass
+        finally:
+            image.close()
+        return
+    head = session.reader()
+    inspected = format_inspector.InspectWrapper(head)
+    try:
+        left = min(rec.size, STORED_HEAD_BYTES)
+        while left > 0:
+            data = inspected.read(min(left, PIECE_BYTES))
+            if not data:
+                break
+            left -= len(data)
+    finally:
+        inspected.close()
+    _judge(inspected, disk_format, None, None)
 
 
 def _judge(inspected, disk_format, declared, sha256):

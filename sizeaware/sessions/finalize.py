@@ -25,13 +25,27 @@ How it ends, by whose fault:
 * the image's: it was deleted (``cancelled_system``), or is no longer
   ``queued`` (``finished_failure``: the session can never complete);
 * success: ``finished_success``, and the session's bytes go.
+
+A store-native session's bytes are in the store already
+(:mod:`~sizeaware.sessions.storage.in_store`): its finalize reads none of
+them through Glance. The checks run on the data as stored (its size; its
+first bytes for the format and its safety checks; the whole of it only
+for a declared sha256), then its location is handed to Glance
+(:mod:`~sizeaware.sessions.locations`) and the answer waits for the image
+to turn ``active``. The same verdicts hold: a refusal of the data ends it
+as ``finished_failure`` and removes the bytes from the store; Glance
+unreachable, refusing the location, or slow keeps every byte in
+``paused_system``. Once the location may have reached Glance the bytes are
+never removed by the session again: they are the image's.
 """
 
 from oslo_utils import excutils
+import webob
 
 from sizeaware import exceptions
 from sizeaware.sessions import checks
 from sizeaware.sessions import downstream
+from sizeaware.sessions import locations
 from sizeaware.sessions import record as records
 
 
@@ -52,6 +66,8 @@ def finalize(app, environ, session, live=None):
     :raises downstream.GlanceAnswer: Glance refused to show the image.
     """
     rec = session.record
+    if rec.location is not None:
+        return _by_location(app, environ, session)
     image = _still_queued(app, environ, session)
     try:
         reader = checks.CheckedImage(session, image.get('disk_format'),
@@ -96,6 +112,83 @@ def finalize(app, environ, session, live=None):
     return response
 
 
+def _by_location(app, environ, session):
+    """Finalize a store-native session: check, hand over, wait."""
+    rec = session.record
+    glance = session.storage.in_store.locations
+    image = _image(app, environ, session)
+    if image.get('status') == 'active' and rec.handed_over:
+        # A finalize whose answer was lost (its worker killed, or Glance
+        # slow): the location was taken.
+        session.end(records.FINISHED_SUCCESS)
+        return webob.Response(status=204)
+    if image.get('status') != 'queued':
+        error = exceptions.UploadConflict(
+            'The image is %s, no longer queued: the upload cannot be '
+            'finished.' % image.get('status'))
+        session.end(records.FINISHED_FAILURE, str(error))
+        raise error
+    if 'os_glance_import_task' in image and not rec.handed_over:
+        error = exceptions.UploadConflict(
+            'Another operation on the image is in progress; finalize '
+            'again once it has ended.')
+        _keep(session, str(error))
+        raise error
+    if 'os_glance_import_task' not in image:
+        if not rec.handed_over:
+            try:
+                checks.judge_stored(session, image.get('disk_format'))
+            except exceptions.ImageRefused as refusal:
+                session.end(records.FINISHED_FAILURE, str(refusal))
+                raise
+            session.hand_over()
+            session.storage.in_store.seal(rec)
+        try:
+            status, text = glance.add(environ, rec.image_id,
+                                         rec.location)
+        except exceptions.GlanceUnreachable as exc:
+            _keep(session, str(exc))
+            raise
+        if status >= 300:
+            # Glance did not take it: the bytes are the session's again.
+            session.hand_over(False)
+            error = exceptions.CommitFailed(
+                'Glance refused the image\'s location (%d: %s).' % (
+                    status, _text_of(text)))
+            _keep(session, str(error))
+            raise error
+    taken, image = locations.wait_active(
+        lambda: _image(app, environ, session), glance.timeout)
+    if taken:
+        session.end(records.FINISHED_SUCCESS)
+        return webob.Response(status=204)
+    if taken is False:
+        session.hand_over(False)
+        error = exceptions.CommitFailed(
+            'Glance did not make the image active from its location (it '
+            'is queued again); its log names the reason.')
+    else:
+        error = exceptions.CommitFailed(
+            'Glance has not made the image active in %d s; finalize again '
+            'to see whether it did.' % glance.timeout)
+    _keep(session, str(error))
+    raise error
+
+
+def _image(app, environ, session):
+    """The session's image; the session ends (or is kept) as
+    :func:`_still_queued` says when Glance will not show it."""
+    try:
+        return downstream.get_image(app, environ, session.record.image_id)
+    except exceptions.ImageNotFound:
+        session.end(records.CANCELLED_SYSTEM, 'The image was deleted.')
+        raise
+    except downstream.GlanceAnswer as answer:
+        _keep(session, 'Glance answered %s when asked for the image.'
+              % answer.response.status)
+        raise
+
+
 def _still_queued(app, environ, session, before=''):
     """The session's image, which must still be ``queued``; else the
     session ends (``cancelled_system`` for an image that is gone,
@@ -126,4 +219,8 @@ def _keep(session, reason):
 
 
 def _text(response):
-    return ' '.join(response.text[:300].split())
+    return _text_of(response.text)
+
+
+def _text_of(text):
+    return ' '.join(text[:300].split())

@@ -146,8 +146,9 @@ def journals(directory):
             if name.startswith(JOURNAL_PREFIX)]
 
 
-def recover(path, data_fd, size):
-    """What the dead writer of the journal at ``path`` left on disk.
+def recover(path, data, size):
+    """What the dead writer of the journal at ``path`` left in ``data``
+    (:mod:`~sizeaware.sessions.storage.blocks`).
 
     :returns: ``(start, end, crc)`` of the bytes to claim, None when there
         are none; None also while the writer lives (its lock is held). A
@@ -163,16 +164,16 @@ def recover(path, data_fd, size):
         content = os.pread(fd, 1 << 24, 0)
         found = None
         if len(content) >= _JOURNAL_START.size:
-            found = _longest_valid(content, data_fd, size)
+            found = _longest_valid(content, data, size)
         if found is not None:
-            os.fsync(data_fd)
+            data.sync()
         os.unlink(path)
         return found
     finally:
         os.close(fd)
 
 
-def _longest_valid(content, data_fd, size):
+def _longest_valid(content, data, size):
     start = end = _JOURNAL_START.unpack_from(content)[0]
     crc = good_crc = 0
     for at in range(_JOURNAL_START.size,
@@ -183,12 +184,12 @@ def _longest_valid(content, data_fd, size):
             break
         position = end
         while position < piece_end:
-            data = os.pread(data_fd, min(_CHECK_BYTES, piece_end - position),
-                            position)
-            if not data:
+            piece = data.pread(min(_CHECK_BYTES, piece_end - position),
+                               position)
+            if not piece:
                 break
-            crc = crc32c.crc32c(data, crc)
-            position += len(data)
+            crc = crc32c.crc32c(piece, crc)
+            position += len(piece)
         if position != piece_end or crc != expected:
             break
         end, good_crc = piece_end, crc

@@ -30,11 +30,13 @@ class Limits:
 
 
 def check(limits, recs, project_id, size, now, directory=None,
-          gone=lambda rec: False):
+          gone=lambda rec: False, spooled=True):
     """Refuse a new session of ``size`` bytes for ``project_id``.
 
     :param recs: the records of the storage's sessions.
     :param directory: the spool directory, whose disk must have room.
+    :param spooled: whether the new session's bytes go to the spool (a
+        store-native session's go to the store, and take no spool room).
     :param gone: ``gone(rec)``: whether a session of the project is no
         longer wanted (its image deleted); asked only when the project is
         at its limit. Such sessions are not counted.
@@ -52,7 +54,9 @@ def check(limits, recs, project_id, size, now, directory=None,
                 'This project already has %d resumable uploads in '
                 'progress, the most it may have; finish or cancel one '
                 'first.' % (len(mine) - len(dead)))
-    reserved = sum(rec.size for rec in live)
+    if not spooled:
+        return
+    reserved = sum(rec.size for rec in live if rec.location is None)
     if reserved + size > limits.max_bytes:
         raise exceptions.SpoolFull(
             'The upload spool cannot hold another %d bytes: %d of its '

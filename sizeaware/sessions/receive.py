@@ -106,6 +106,8 @@ def open_session(app, storage, environ, image_id, target, size, **fields):
     if session is not None:
         return session, False
     check_queued(app, environ, image_id)
+    # Glance's own header for the store an upload goes to.
+    fields.setdefault('backend', environ.get('HTTP_X_IMAGE_META_STORE'))
     return storage.create(image_id, target, caller, size,
                           gone=_gone(app, environ, storage), **fields), True
 
@@ -178,7 +180,8 @@ def receive(app, environ, session, first, last, length, chunked, *,
             before(session.held())
         body = framing.open_body(environ, length, chunked, writer_class)
         through = (through and final and length is not None
-                   and rec.parts is None and ranges.is_complete(
+                   and rec.parts is None and rec.location is None
+                   and ranges.is_complete(
                        ranges.add(session.held(), first, first + length),
                        rec.size))
         try:

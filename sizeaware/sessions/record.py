@@ -81,6 +81,14 @@ class Record:
     concat: str = None
     metadata: str = None
     parts: list = None
+    #: A store-native session (:mod:`~sizeaware.sessions.storage.
+    #: in_store`): the backend its bytes go to and their location there,
+    #: derived from the image id when it was created; ``handed_over`` once
+    #: that location may have reached Glance, from when on the bytes are
+    #: Glance's to remove, never the session's.
+    store: str = None
+    location: str = None
+    handed_over: bool = False
 
     def owned_by(self, owner):
         return (self.project_id, self.user_id) == tuple(owner[:2])

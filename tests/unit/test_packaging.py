@@ -32,13 +32,18 @@ def test_download_filter_entry_point():
 
 def test_config_opts_entry_point_lists_the_group():
     list_opts = driver.DriverManager('oslo.config.opts', 'sizeaware').driver
-    (group, options), = list_opts()
+    (group, options), (service_group, service_options) = list_opts()
     assert group == 'sizeaware'
     assert {o.name for o in options} == {
         'max_image_size', 'require_image_size', 'spool_dir',
         'spool_max_bytes', 'max_sessions_per_project',
         'session_inactivity_timeout', 'session_max_age', 'session_retention',
-        'finalize_while_receiving', 'verify_download', 'ranged_store_types'}
+        'finalize_while_receiving', 'session_storage', 'glance_url',
+        'commit_timeout', 'verify_download', 'ranged_store_types'}
+    # keystoneauth's own options, for the user that hands locations over.
+    assert service_group == 'sizeaware_service_user'
+    assert {'auth_type', 'auth_url', 'username', 'password', 'cafile'} <= {
+        o.dest for o in service_options}
 
 
 def test_shipped_paste_ini_puts_the_filters_after_context_everywhere(

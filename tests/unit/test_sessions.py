@@ -18,6 +18,7 @@ from sizeaware.sessions import locks
 from sizeaware.sessions import ranges
 from sizeaware.sessions import reaper
 from sizeaware.sessions import record as records
+from sizeaware.sessions.storage import blocks
 from sizeaware.sessions.storage import spool as spools
 
 IMAGE = '6f1c2a77-0000-4000-8000-000000000001'
@@ -491,16 +492,15 @@ def test_a_writer_whose_session_ended_leaves_no_error_behind(spool):
 def test_a_full_disk_is_507_and_keeps_what_was_written(spool,
                                                        monkeypatch):
     session = spool.create(IMAGE, 'file', OWNER, len(DATA), None)
-    write_all = journals.write_all
+    pwrite = blocks.LocalFile.pwrite
     written = [0]
 
-    def disk_fills(fd, data, offset):
-        if len(data) == 100:  # a piece of the body, not a journal entry
-            if written[0] >= 300:
-                raise OSError(errno.ENOSPC, 'No space left on device')
-            written[0] += len(data)
-        return write_all(fd, data, offset)
-    monkeypatch.setattr(journals, 'write_all', disk_fills)
+    def disk_fills(data_file, data, offset):
+        if written[0] >= 300:
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        written[0] += len(data)
+        return pwrite(data_file, data, offset)
+    monkeypatch.setattr(blocks.LocalFile, 'pwrite', disk_fills)
     with session.writer(0, 999) as cls:
         writer = cls(_source([DATA[i:i + 100] for i in range(0, 1000, 100)]),
                      1000)

@@ -175,6 +175,15 @@ class Session(abc.ABC):
         """Wait until no request writes; whether none does."""
 
     @abc.abstractmethod
+    def hand_over(self, handed=True):
+        """Mark a store-native session's bytes as Glance's, before their
+        location is sent (``handed=False``: Glance refused it)."""
+
+    @abc.abstractmethod
+    def stored_size(self):
+        """The size of the image's bytes as stored."""
+
+    @abc.abstractmethod
     def join(self, partials):
         """Take the bytes of complete sessions, in order, as this one's
         (tus concatenation); ``(held, now_finalizing)``."""

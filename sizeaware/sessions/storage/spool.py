@@ -6,7 +6,9 @@ Layout of ``<spool_dir>/<image_id>.<target>/``:
     the :class:`~sizeaware.sessions.record.Record`;
 ``data``
     the image's bytes, each written at its own offset (``os.pwrite``), so
-    ranges arrive in any order and in parallel;
+    ranges arrive in any order and in parallel; a store-native session's
+    bytes are in the store instead, at the record's ``location``
+    (:mod:`~sizeaware.sessions.storage.in_store`);
 ``part.0``, ``part.1``, ...
     instead of ``data``, for a tus final upload that joins partial uploads
     (concatenation): hard links to the partial uploads' ``data`` files, so
@@ -58,6 +60,7 @@ from sizeaware.sessions import ranges
 from sizeaware.sessions import reaper
 from sizeaware.sessions import record as records
 from sizeaware.sessions import storage
+from sizeaware.sessions.storage import blocks
 from sizeaware.sessions.storage import spool_writer
 
 LOG = logging.getLogger(__name__)
@@ -68,7 +71,6 @@ _IMAGE_ID = re.compile(r'[A-Za-z0-9_-]{1,64}')
 _UPLOAD_ID = re.compile(r'[0-9a-f]{32}')
 _RECORD_LOCK = (0, 1)
 _FINALIZE_LOCK = (1 << 62, 1)
-_DATA_FILES = ('data', journals.PIECES)
 
 
 class Spool(storage.Storage):
@@ -76,12 +78,16 @@ class Spool(storage.Storage):
 
     :param directory: created (mode 0700) if missing.
     :param clock: ``time.time`` in production; tests move time on.
+    :param in_store: an :class:`~sizeaware.sessions.storage.in_store.
+        InStore`: the sessions it has a place for write into the store.
     """
 
-    def __init__(self, directory, limits=None, clock=time.time):
+    def __init__(self, directory, limits=None, clock=time.time,
+                 in_store=None):
         self.directory = os.path.abspath(directory)
         self.limits = limits or limits_mod.Limits()
         self.clock = clock
+        self.in_store = in_store
 
     def session(self, image_id, target, caller, part=None, ended=False):
         path = self._path(image_id, target, part)
@@ -103,40 +109,70 @@ class Spool(storage.Storage):
         return SpoolSession(self, key, caller)
 
     def create(self, image_id, target, caller, size, sha256=None, *,
-               part=None, reserved=False, gone=None, **fields):
+               part=None, reserved=False, gone=None, backend=None,
+               **fields):
+        """:param backend: the store the upload names, if any.
+
+        See :meth:`~sizeaware.sessions.storage.Storage.create`."""
         path = self._path(image_id, target, part)
+        in_store = (self.in_store if target == 'file' and part is None
+                    and fields.get('concat') is None else None)
         with self._spool_locked():
             existing = self.session(image_id, target, caller, part)
             if existing is not None:
                 return existing
             now = self.clock()
             if not reserved:
+                # The spool's room is checked again below for a session
+                # whose store turns out to get the spool.
                 limits_mod.check(
                     self.limits, [rec for _, rec in self.records()],
                     caller[0], size, now, self.directory,
-                    gone or (lambda rec: False))
+                    gone or (lambda rec: False), spooled=in_store is None)
+            place = None
+            if in_store is not None:
+                place = in_store.place(image_id, size, backend)
+                if place is None and not reserved:
+                    limits_mod.check(
+                        self.limits, [rec for _, rec in self.records()],
+                        caller[0], size, now, self.directory,
+                        gone or (lambda rec: False))
+            if place is not None:
+                fields['store'], fields['location'] = place
             rec = records.Record(
                 image_id=image_id, target=target, project_id=caller[0],
                 user_id=caller[1], size=size, created_at=now,
                 updated_at=now, expires_at=self.limits.expiry(now, now),
                 sha256=sha256, **fields)
             rec.move_to(records.TRANSFERRING, now)
-            tmp = os.path.join(self.directory, '.new.%s' % uuid.uuid4().hex)
-            os.mkdir(tmp, 0o700)
-            for name in ('lock',) + _DATA_FILES:
-                os.close(os.open(os.path.join(tmp, name),
-                                 os.O_WRONLY | os.O_CREAT, 0o600))
-            records.write_atomically(os.path.join(tmp, 'record.json'),
-                                     rec.to_json())
-            if os.path.exists(path):
-                # An ended session's record, or a crashed one's leftovers.
-                os.rename(path, self._dead_path())
-            os.rename(tmp, path)
-            records.fsync_dir(self.directory)
+            self._make(path, rec)
+            if place is not None:
+                try:
+                    self.in_store.create(rec)
+                except BaseException:
+                    os.rename(path, self._dead_path())
+                    raise
         session = SpoolSession(self, path, caller)
         records.log_change(LOG, session.record,
                            getattr(caller, 'request_id', None))
         return session
+
+    def _make(self, path, rec):
+        """Put a new session's directory in place, under the spool lock."""
+        tmp = os.path.join(self.directory, '.new.%s' % uuid.uuid4().hex)
+        os.mkdir(tmp, 0o700)
+        names = ('lock', journals.PIECES) + (
+            ('data',) if rec.location is None else ())
+        for name in names:
+            os.close(os.open(os.path.join(tmp, name),
+                             os.O_WRONLY | os.O_CREAT, 0o600))
+        records.write_atomically(os.path.join(tmp, 'record.json'),
+                                 rec.to_json())
+        if os.path.exists(path):
+            # An ended session's record, or a crashed one's leftovers.
+            os.rename(path, self._dead_path())
+        os.rename(tmp, path)
+        records.fsync_dir(self.directory)
 
     def records(self, limit=None):
         try:
@@ -276,21 +312,22 @@ class SpoolSession(storage.Session):
 
     def reader(self, stream_class=stream.BodyStream, live=None):
         sizes = self.record.parts
-        names = (['data'] if sizes is None
-                 else ['part.%d' % n for n in range(len(sizes))])
-        sizes = [self.record.size] if sizes is None else list(sizes)
-        if live is not None and len(names) != 1:
+        if live is not None and sizes is not None:
             raise ValueError('a joined upload has no live bytes')
         fds = []
         try:
-            for name in names:
-                fds.append(os.open(os.path.join(self.path, name),
-                                   os.O_RDONLY))
-        except FileNotFoundError:
+            if sizes is None:
+                fds.append(self._open_data(writable=False))
+            else:
+                for n in range(len(sizes)):
+                    fds.append(blocks.LocalFile(
+                        os.path.join(self.path, 'part.%d' % n),
+                        writable=False))
+        except BaseException:
             for fd in fds:
-                os.close(fd)
-            raise exceptions.SessionNotFound(
-                'The upload session of this image has ended.') from None
+                fd.close()
+            raise
+        sizes = [self.record.size] if sizes is None else list(sizes)
         index, position = 0, 0
 
         def pull(hint):
@@ -303,7 +340,7 @@ class SpoolSession(storage.Session):
                 limit = sizes[index] - position
                 if live is not None and position < live.first:
                     limit = live.first - position
-                data = os.pread(fds[index], min(hint, limit), position)
+                data = fds[index].pread(min(hint, limit), position)
                 if data:
                     position += len(data)
                     return data
@@ -316,8 +353,8 @@ class SpoolSession(storage.Session):
         def close_all():
             close()
             for fd in fds:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+                with contextlib.suppress(Exception):
+                    fd.close()
         reader.close = close_all
         return reader
 
@@ -346,13 +383,9 @@ class SpoolSession(storage.Session):
             raise exceptions.UploadConflict(
                 'Another request is writing some of bytes %d-%d of this '
                 'image; retry once it has ended.' % (first, last))
-        fd = journal = None
+        data = journal = None
         try:
-            try:
-                fd = os.open(os.path.join(self.path, 'data'), os.O_RDWR)
-            except FileNotFoundError:
-                raise exceptions.SessionNotFound(
-                    'The upload session of this image has ended.') from None
+            data = self._open_data()
             if checkpoints:
                 journal = journals.Journal(self.path, uuid.uuid4().hex,
                                            first)
@@ -360,7 +393,7 @@ class SpoolSession(storage.Session):
                 self._recover()
                 held = self.held()
             yield functools.partial(
-                spool_writer.SpoolWriter, fd=fd, start=first, held=held,
+                spool_writer.SpoolWriter, data=data, start=first, held=held,
                 journal=journal, limit=limit, digest=digest,
                 checkpoint=functools.partial(self.commit, final=False,
                                              synced=True)
@@ -368,8 +401,8 @@ class SpoolSession(storage.Session):
         finally:
             if journal is not None:
                 journal.close()
-            if fd is not None:
-                os.close(fd)
+            if data is not None:
+                data.close()
             locks.release(self.lock_fd, 1 + first, last - first + 1)
 
     def commit(self, start, end, crc=None, final=True, synced=False):
@@ -461,6 +494,28 @@ class SpoolSession(storage.Session):
                     self.path, journals.PIECES), start, end, crc)
         return self.commit(0, 0, synced=True)
 
+    def hand_over(self, handed=True):
+        """Mark a store-native session's bytes as (possibly) Glance's,
+        durably, before their location is sent: from then on no end of
+        the session removes them. ``handed=False`` takes that back once
+        Glance refused the location.
+
+        :raises sizeaware.exceptions.UploadConflict: the session is not
+            finalizing (handing over is finalize's).
+        """
+        with self._locked():
+            self._recover()
+            rec = self.record
+            if handed and rec.phase != records.FINALIZING:
+                raise phase_conflict(rec)
+            rec.handed_over = handed
+            self._touch(rec)
+
+    def stored_size(self):
+        """The size of the image's bytes as stored."""
+        with self._open_data(writable=False) as data:
+            return data.size()
+
     def check_writable(self):
         """:raises UploadConflict: unless bytes may be written now."""
         rec = self.refresh()
@@ -544,6 +599,9 @@ class SpoolSession(storage.Session):
                     return 0
                 if not self._still_ours():
                     return 0
+                rec = self._read_record()
+                if rec.location is not None and not rec.handed_over:
+                    self.storage.in_store.remove(rec)
                 dead = self.storage._dead_path()
                 os.rename(self.path, dead)
                 records.fsync_dir(self.storage.directory)
@@ -558,6 +616,11 @@ class SpoolSession(storage.Session):
         self._move(rec, phase, error)
         journals.clear_pieces(os.path.join(self.path, journals.PIECES))
         self._touch(rec)
+        if rec.location is not None and not rec.handed_over:
+            # What the session wrote into the store goes with it; once
+            # handed over, the bytes are the image's (Glance deletes them
+            # with the image).
+            self.storage.in_store.remove(rec)
         for name in os.listdir(self.path):
             if name.startswith(('part.', journals.JOURNAL_PREFIX)) or (
                     name == 'data'):
@@ -574,16 +637,26 @@ class SpoolSession(storage.Session):
     def _request_id(self):
         return getattr(self.caller, 'request_id', None)
 
-    def _sync_data(self):
+    def _open_data(self, writable=True):
+        """The image's bytes (:mod:`~sizeaware.sessions.storage.blocks`):
+        the store's object for a store-native session, else ``data``.
+
+        :raises sizeaware.exceptions.SessionNotFound: they are gone (the
+            session ended).
+        """
+        rec = self.record
         try:
-            fd = os.open(os.path.join(self.path, 'data'), os.O_RDWR)
+            if rec.location is not None:
+                return self.storage.in_store.open(rec, writable)
+            return blocks.LocalFile(os.path.join(self.path, 'data'),
+                                    writable)
         except FileNotFoundError:
             raise exceptions.SessionNotFound(
                 'The upload session of this image has ended.') from None
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+
+    def _sync_data(self):
+        with self._open_data() as data:
+            data.sync()
 
     def _recover(self):
         """What dead workers left, made good; under the record lock.
@@ -612,7 +685,7 @@ class SpoolSession(storage.Session):
         self._adopt_ranges_file()
         if not paths:
             return
-        data = os.open(os.path.join(self.path, 'data'), os.O_RDWR)
+        data = self._open_data()
         try:
             for path in paths:
                 found = journals.recover(path, data, rec.size)
@@ -624,7 +697,7 @@ class SpoolSession(storage.Session):
                              'left', self._request_id(), rec.image_id,
                              found[0], found[1] - 1)
         finally:
-            os.close(data)
+            data.close()
 
     def _adopt_ranges_file(self):
         """A session of an earlier release names its held ranges in

@@ -1,14 +1,13 @@
-"""The spool's writer: a request body into a session's data file, each
-piece at its offset, compared with the bytes already held, journalled, and
-claimed at checkpoints."""
+"""The spool's writer: a request body into a session's bytes (a data file
+in the spool, or the store's object: :mod:`~sizeaware.sessions.storage.
+blocks`), each piece at its offset, compared with the bytes already held,
+journalled, and claimed at checkpoints."""
 
 import errno
-import os
 
 import crc32c
 
 from sizeaware import exceptions
-from sizeaware.sessions import journal as journals
 from sizeaware.sessions import ranges
 from sizeaware.sessions import storage
 
@@ -29,10 +28,10 @@ class SpoolWriter(storage.Writer):
     what is left for the request's own last claim.
     """
 
-    def __init__(self, pull, expected=None, delimited=False, *, fd, start,
+    def __init__(self, pull, expected=None, delimited=False, *, data, start,
                  held, checkpoint=None, journal=None, **kwargs):
         super().__init__(pull, expected, delimited, **kwargs)
-        self.fd = fd
+        self.data = data
         self.start = start
         self.held = held
         self._checkpoint = checkpoint
@@ -45,14 +44,14 @@ class SpoolWriter(storage.Writer):
         with memoryview(data) as view:
             for first, end in ranges.overlaps(self.held, position,
                                               position + len(view)):
-                have = os.pread(self.fd, end - first, first)
+                have = self.data.pread(end - first, first)
                 if have != view[first - position:end - position]:
                     raise exceptions.UploadConflict(
                         'Bytes %d-%d differ from the bytes already received '
                         'for this image.' % (first, end - 1))
             crc = crc32c.crc32c(view, self._crc)
             try:
-                journals.write_all(self.fd, view, position)
+                self.data.pwrite(view, position)
                 if self._journal is not None:
                     self._journal.append(position + len(view), crc)
             except OSError as exc:
@@ -65,7 +64,7 @@ class SpoolWriter(storage.Writer):
         written = self.received + len(data)
         if (self._checkpoint is not None
                 and written - self._claimed >= CHECKPOINT_BYTES):
-            os.fsync(self.fd)
+            self.data.sync()
             self._checkpoint(self.start + self._claimed,
                              self.start + written, self._crc)
             self._claimed, self._crc = written, 0

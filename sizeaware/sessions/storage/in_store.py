@@ -1,0 +1,218 @@
+"""Store-native sessions: the image's bytes written straight into the store
+it will live in, then handed to Glance by their location.
+
+A spooled session writes every image twice: into the spool, then, after
+the last byte, through Glance into the store, while its client waits
+(about 5 s per GiB). As ovirt-imageio writes ranged PUTs at their offsets
+into the target disk, and Nova's RBD snapshots hand Glance only a
+location, a store-native session writes each range at its offset into the
+very object the store will serve, and its finalize only checks what is
+there and registers its location with Glance's location API
+(:mod:`sizeaware.sessions.locations`): the image is ``active`` a moment
+after its last byte, whatever its size, and the API node's disk holds
+none of it.
+
+The place is chosen when the session is created, from the backend the
+upload names (``X-Image-Meta-Store``) or the default one, and kept in the
+session's record (``store``, ``location``). It is always derived from the
+image id and the store's own configuration, never from the client, so a
+session names nothing but the object glance_store would have written for
+the image. The record, the pieces and the locks stay in the session's
+directory (:mod:`~sizeaware.sessions.storage.spool`); only the bytes move.
+
+Stores that get a place:
+
+``rbd`` (glance_store's RBD driver, or ``sizeaware_rbd``)
+    the RBD image ``<image_id>`` in the store's pool, created at the
+    declared size (never resized) with the order and features the driver
+    gives its images; ranges are written at their offsets through librbd
+    and flushed before each claim; at finalize the snapshot ``snap`` is
+    made and protected, as the driver does, and ``rbd://<fsid>/<pool>/
+    <image_id>/snap`` is handed to Glance. The stock driver then reads,
+    clones and deletes it as one of its own.
+
+Glance's location API refuses ``file://`` locations (they would let a
+caller point an image at any file of the API node: Launchpad bugs
+942118 and 1400966), so a filesystem store gets the spool, as does every
+other store, every ``/stage`` upload and every tus partial or final
+upload (concatenation joins spooled parts without copying them).
+"""
+
+import math
+import threading
+from urllib import parse
+
+from sizeaware import backends
+from sizeaware import exceptions
+
+#: The snapshot glance_store's RBD driver serves an image from.
+SNAPSHOT = 'snap'
+
+
+class InStore:
+    """Places for store-native sessions in Glance's configured stores.
+
+    :param conf: Glance's configuration (``enabled_backends``,
+        ``[glance_store]``), as the filter's middleware sees it.
+    :param locations: a :class:`~sizeaware.sessions.locations.Locations`,
+        which hands a finished session's location to Glance.
+    :param find_store: glance_store's lookup of a backend's store
+        (:func:`sizeaware.backends.find_store`).
+    """
+
+    def __init__(self, conf, locations, find_store=backends.find_store):
+        self.multi, self.default = backends.configured(conf)
+        self.locations = locations
+        self.find_store = find_store
+        # One cluster connection per backend and process, opened on first
+        # use: connecting costs more than writing a range.
+        self._clusters = {}
+        self._lock = threading.Lock()
+
+    def place(self, image_id, size, backend=None):
+        """The place for ``image_id``'s ``size`` bytes in ``backend`` (or
+        the default one): ``(backend, url)``, or None where the store gets
+        the spool. Nothing is made: the session's record names the place
+        before :meth:`create` makes it, so no crash leaves bytes in the
+        store that no session names.
+
+        :raises sizeaware.exceptions.UnknownStore: a backend Glance does
+            not have.
+        """
+        name = backend or self.default
+        if name is None:
+            return None
+        try:
+            store = self.find_store(name, self.multi)
+        except Exception as exc:
+            if backend is None:
+                # Glance's own default not found here: the spool serves.
+                return None
+            raise exceptions.UnknownStore(
+                'Glance has no store %s.' % ascii(backend)) from exc
+        if 'rbd' not in store.get_schemes():
+            return None
+        cluster = self._cluster(name, store)
+        return name, 'rbd://%s/%s/%s/%s' % (
+            parse.quote(cluster.fsid, ''), parse.quote(store.pool, ''),
+            parse.quote(image_id, ''), SNAPSHOT)
+
+    def create(self, rec):
+        """Make the empty object at the record's place, at its size.
+
+        :raises sizeaware.exceptions.UploadConflict: the store already
+            holds an object for the image.
+        """
+        cluster = self._cluster_of(rec)
+        rbd = cluster.rbd
+        try:
+            rbd.RBD().create(cluster.ioctx, _image(rec), rec.size,
+                             cluster.order, old_format=False,
+                             features=cluster.features)
+        except rbd.ImageExists:
+            raise exceptions.UploadConflict(
+                'The store already holds data for this image.') from None
+
+    def open(self, rec, writable=True):
+        """The object's bytes, as :mod:`~sizeaware.sessions.storage.
+        blocks` reads and writes them.
+
+        :raises FileNotFoundError: it is gone.
+        """
+        cluster = self._cluster_of(rec)
+        try:
+            return RBDImage(cluster.rbd.Image(cluster.ioctx, _image(rec),
+                                              read_only=not writable))
+        except cluster.rbd.ImageNotFound:
+            raise FileNotFoundError(_image(rec)) from None
+
+    def seal(self, rec):
+        """Make the object what the store serves: the protected snapshot
+        glance_store's driver makes of every image it writes."""
+        cluster = self._cluster_of(rec)
+        with cluster.rbd.Image(cluster.ioctx, _image(rec)) as image:
+            image.flush()
+            if SNAPSHOT not in {snap['name'] for snap in image.list_snaps()}:
+                image.create_snap(SNAPSHOT)
+            if not image.is_protected_snap(SNAPSHOT):
+                image.protect_snap(SNAPSHOT)
+
+    def remove(self, rec):
+        """Remove what the session wrote to the store, if anything (its
+        snapshot too, made by a finalize that Glance then refused)."""
+        cluster = self._cluster_of(rec)
+        rbd = cluster.rbd
+        try:
+            with rbd.Image(cluster.ioctx, _image(rec)) as image:
+                for snap in list(image.list_snaps()):
+                    if image.is_protected_snap(snap['name']):
+                        image.unprotect_snap(snap['name'])
+                    image.remove_snap(snap['name'])
+            rbd.RBD().remove(cluster.ioctx, _image(rec))
+        except rbd.ImageNotFound:
+            pass
+
+    def _cluster_of(self, rec):
+        return self._cluster(rec.store, self.find_store(rec.store,
+                                                        self.multi))
+
+    def _cluster(self, name, store):
+        with self._lock:
+            cluster = self._clusters.get(name)
+            if cluster is None:
+                cluster = self._clusters[name] = _Cluster(store)
+            return cluster
+
+
+class _Cluster:
+    """One RBD store's pool, connected as its driver connects."""
+
+    def __init__(self, store):
+        from glance_store._drivers import rbd as rbd_driver
+        self.rbd = rbd_driver.rbd
+        self.client = rbd_driver.rados.Rados(conffile=store.conf_file,
+                                             rados_id=store.user)
+        self.client.connect()
+        self.fsid = self.client.get_fsid()
+        self.ioctx = self.client.open_ioctx(store.pool)
+        self.order = int(math.log(store.WRITE_CHUNKSIZE, 2))
+        features = self.client.conf_get('rbd_default_features')
+        self.features = int(features or 0) or self.rbd.RBD_FEATURE_LAYERING
+
+
+class RBDImage:
+    """An open RBD image, with :class:`~sizeaware.sessions.storage.
+    blocks.LocalFile`'s methods."""
+
+    def __init__(self, image):
+        self.image = image
+
+    def pread(self, length, offset):
+        size = self.image.size()
+        if offset >= size:
+            return b''
+        return self.image.read(offset, min(length, size - offset))
+
+    def pwrite(self, data, offset):
+        self.image.write(bytes(data), offset)
+
+    def sync(self):
+        self.image.flush()
+
+    def size(self):
+        return self.image.size()
+
+    def close(self):
+        if self.image is not None:
+            self.image.close()
+            self.image = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+def _image(rec):
+    return rec.image_id
