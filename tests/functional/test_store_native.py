@@ -1,0 +1,194 @@
+"""Store-native sessions on a real Ceph: the bytes go straight into the RBD
+image the image will live in, and Glance gets only the location.
+
+Glance 33 under uwsgi (and 30 under eventlet when the run has it) with its
+only backend on RBD pool ``images`` and the resumable filter's default
+``session_storage = store``. Each test checks the cluster itself (``rbd``
+as admin): the RBD image exists at the declared size from the first
+range, the API node's spool holds no image bytes, the finished image is
+served by glance_store's own driver from the protected snapshot, and
+whatever ends a session without an image (a cancel, a refusal) leaves
+nothing in the pool. A location Glance refuses (its policy says no) keeps
+every byte, and finalizing again once it says yes makes the image active
+with no byte sent again.
+"""
+
+import hashlib
+import json
+import os
+import time
+import uuid
+
+import pytest
+
+from tests.functional import client
+from tests.functional import conftest
+from tests.functional.test_resumable_faults import SERVERS
+
+MiB = 1024 * 1024
+DATA = os.urandom(24 * MiB + 7)
+N = len(DATA)
+ROLES = ('member', 'reader')
+
+
+@pytest.fixture(scope='module', params=SERVERS,
+                ids=['glance%s-%s' % d for d in SERVERS])
+def glance(request, ceph_rbd, tmp_path_factory):
+    release, server = request.param
+    workdir = tmp_path_factory.mktemp('native')
+    glance = conftest.glance_on(
+        release, server, resumable={}, processes=2, threads=4,
+        workdir=workdir, default_backend='ceph',
+        policy={'add_image_location': '', 'context_is_admin': 'role:admin'},
+        backends={'ceph': ('rbd', {
+            'rbd_store_pool': ceph_rbd.name,
+            'rbd_store_user': ceph_rbd.user,
+            'rbd_store_ceph_conf': ceph_rbd.conf_path,
+            'rbd_store_chunk_size': 8})})
+    glance.start()
+    yield glance
+    glance.stop()
+
+
+@pytest.fixture
+def api(glance):
+    return client.GlanceClient(glance.url, glance.identity_headers(
+        uuid.uuid4().hex, roles=ROLES))
+
+
+def put_range(api, image_id, first, last):
+    return api.request('PUT', '/v2/images/%s/file' % image_id,
+                       body=DATA[first:last + 1], headers={
+                           'Content-Range': 'bytes %d-%d/%d' % (first, last,
+                                                                N),
+                           'Content-Type': 'application/octet-stream'})
+
+
+def session(api, image_id):
+    resp = api.request('GET', '/v2/images/%s/file/session' % image_id)
+    assert resp.status == 200, resp
+    return resp.json()
+
+
+def rbd_info(ceph_rbd, name):
+    """``rbd info`` of an image of the pool, or None."""
+    if name not in ceph_rbd.images():
+        return None
+    info = json.loads(ceph_rbd.cluster.rbd(
+        'info', '--pool', ceph_rbd.name, name, '--format', 'json'))
+    snaps = json.loads(ceph_rbd.cluster.rbd(
+        'snap', 'ls', '--pool', ceph_rbd.name, name, '--format', 'json'))
+    info['snaps'] = {s['name']: s for s in snaps}
+    return info
+
+
+def image_bytes_in_spool(glance):
+    """Bytes of image data in the spool: every session's ``data`` file."""
+    return sum(path.stat().st_size
+               for path in glance.spool_dir.glob('*/data'))
+
+
+def wait_hashed(api, image_id, timeout=60):
+    """Glance's location_import task computes the hashes after the image
+    turned active."""
+    deadline = time.monotonic() + timeout
+    while True:
+        image = api.get_image(image_id)
+        if image.get('os_hash_value') or time.monotonic() > deadline:
+            return image
+        time.sleep(0.2)
+
+
+def test_ranges_go_straight_into_the_rbd_image(glance, api, ceph_rbd):
+    image_id = api.create_image()
+    third = N // 3
+    resp = put_range(api, image_id, third, 2 * third - 1)
+    assert resp.status == 204, resp
+    # The RBD image exists at its full size from the first range, and the
+    # spool holds none of its bytes.
+    info = rbd_info(ceph_rbd, image_id)
+    assert info['size'] == N and not info['snaps']
+    assert image_bytes_in_spool(glance) == 0
+    doc = session(api, image_id)
+    assert doc['phase'] == 'paused_system'
+    assert doc['ranges_held'] == [[third, 2 * third - 1]]
+    assert put_range(api, image_id, 0, third - 1).status == 204
+    resp = put_range(api, image_id, 2 * third, N - 1)
+    # Glance's own answer to an upload: 204, the image active now.
+    assert resp.status == 204, resp
+    image = api.get_image(image_id)
+    assert image['status'] == 'active' and image['size'] == N
+    assert session(api, image_id)['phase'] == 'finished_success'
+    info = rbd_info(ceph_rbd, image_id)
+    assert info['size'] == N and info['snaps']['snap']['protected'] == 'true'
+    image = wait_hashed(api, image_id)
+    assert image['os_hash_algo'] == 'sha512'
+    assert image['os_hash_value'] == hashlib.sha512(DATA).hexdigest()
+    assert image['checksum'] == hashlib.md5(DATA).hexdigest()
+    # glance_store's RBD driver serves it, whole and in ranges, and
+    # deletes it with the image.
+    assert api.request('GET', '/v2/images/%s/file' % image_id).body == DATA
+    assert api.request('DELETE', '/v2/images/%s' % image_id).status == 204
+    assert rbd_info(ceph_rbd, image_id) is None
+
+
+def test_tuspy_writes_into_the_store(glance, api, ceph_rbd, tmp_path):
+    from tusclient import client as tus_client
+    image_id = api.create_image()
+    path = tmp_path / 'image'
+    path.write_bytes(DATA)
+    tus = tus_client.TusClient(glance.url + '/v2/images/%s/file' % image_id,
+                               headers=dict(api.headers))
+    tus.uploader(str(path), chunk_size=4 * MiB).upload()
+    image = api.get_image(image_id)
+    assert image['status'] == 'active' and image['size'] == N
+    assert rbd_info(ceph_rbd, image_id)['snaps']['snap']
+    assert api.request('GET', '/v2/images/%s/file' % image_id).body == DATA
+
+
+def test_a_cancel_leaves_nothing_in_the_pool(glance, api, ceph_rbd):
+    image_id = api.create_image()
+    assert put_range(api, image_id, 0, MiB - 1).status == 204
+    assert rbd_info(ceph_rbd, image_id)['size'] == N
+    resp = api.request('DELETE', '/v2/images/%s/file/session' % image_id)
+    assert resp.status == 204, resp
+    assert rbd_info(ceph_rbd, image_id) is None
+    assert api.get_image(image_id)['status'] == 'queued'
+
+
+def test_refused_data_leaves_nothing_in_the_pool(glance, api, ceph_rbd):
+    # Raw bytes for an image that says qcow2: refused before Glance sees
+    # the location.
+    image_id = api.create_image(disk_format='qcow2')
+    assert put_range(api, image_id, 0, N // 2).status == 204
+    resp = put_range(api, image_id, N // 2 + 1, N - 1)
+    assert resp.status == 400 and 'qcow2' in resp.text, resp
+    doc = session(api, image_id)
+    assert doc['phase'] == 'finished_failure'
+    assert rbd_info(ceph_rbd, image_id) is None
+    assert api.get_image(image_id)['status'] == 'queued'
+
+
+def test_a_location_glance_refuses_keeps_every_byte(glance, api, ceph_rbd):
+    policy = json.loads(glance.policy_path.read_text())
+    image_id = api.create_image()
+    try:
+        glance.policy_path.write_text(json.dumps(
+            dict(policy, add_image_location='!')))
+        assert put_range(api, image_id, 0, N // 2).status == 204
+        resp = put_range(api, image_id, N // 2 + 1, N - 1)
+        assert resp.status == 503 and '403' in resp.text, resp
+        doc = session(api, image_id)
+        assert doc['phase'] == 'paused_system' and '403' in doc['error']
+        assert doc['bytes_held'] == N
+        # The bytes stay in the pool, the snapshot made for Glance too.
+        assert rbd_info(ceph_rbd, image_id)['size'] == N
+    finally:
+        glance.policy_path.write_text(json.dumps(policy))
+    resp = api.request('POST',
+                       '/v2/images/%s/file/session/finalize' % image_id)
+    assert resp.status == 200, resp
+    assert resp.json()['phase'] == 'finished_success'
+    image = api.get_image(image_id)
+    assert image['status'] == 'active' and image['size'] == N
+    assert api.request('GET', '/v2/images/%s/file' % image_id).body == DATA
