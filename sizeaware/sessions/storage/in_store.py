@@ -42,8 +42,12 @@ import math
 import threading
 from urllib import parse
 
+from oslo_log import log as logging
+
 from sizeaware import backends
 from sizeaware import exceptions
+
+LOG = logging.getLogger(__name__)
 
 #: The snapshot glance_store's RBD driver serves an image from.
 SNAPSHOT = 'snap'
@@ -61,7 +65,7 @@ class InStore:
     """
 
     def __init__(self, conf, locations, find_store=backends.find_store):
-        self.multi, self.default = backends.configured(conf)
+        self.conf = conf
         self.locations = locations
         self.find_store = find_store
         # One cluster connection per backend and process, opened on first
@@ -79,14 +83,19 @@ class InStore:
         :raises sizeaware.exceptions.UnknownStore: a backend Glance does
             not have.
         """
-        name = backend or self.default
+        # Asked now, not when the filter was made: Glance's eventlet server
+        # loads the pipeline before it registers glance_store's options.
+        multi, default = backends.configured(self.conf)
+        name = backend or default
         if name is None:
             return None
         try:
-            store = self.find_store(name, self.multi)
+            store = self.find_store(name, multi)
         except Exception as exc:
             if backend is None:
-                # Glance's own default not found here: the spool serves.
+                # Glance's own default, not found here: the spool serves.
+                LOG.warning('Store-native sessions: default store %s not '
+                            'found (%r); using the spool.', name, exc)
                 return None
             raise exceptions.UnknownStore(
                 'Glance has no store %s.' % ascii(backend)) from exc
@@ -153,8 +162,8 @@ class InStore:
             pass
 
     def _cluster_of(self, rec):
-        return self._cluster(rec.store, self.find_store(rec.store,
-                                                        self.multi))
+        return self._cluster(rec.store, self.find_store(
+            rec.store, backends.configured(self.conf)[0]))
 
     def _cluster(self, name, store):
         with self._lock:
