@@ -29,7 +29,7 @@ from sizeaware.sessions import downstream
 from sizeaware.sessions import finalize
 from sizeaware.sessions import ranges
 from sizeaware.sessions import record as records
-from sizeaware.sessions.storage import spool as spools
+from sizeaware.sessions.storage import ledger
 
 ACTIONS = ('extend', 'pause', 'resume', 'finalize')
 PIECE_DIGEST = 'crc32c'
@@ -108,7 +108,7 @@ def finalize_now(app, environ, session):
             'The upload is not complete: bytes %s are missing.' % ', '.join(
                 '%d-%d' % (s, e - 1) for s, e in missing))
     if rec.phase not in records.RESUMABLE:
-        raise spools.phase_conflict(rec)
+        raise ledger.phase_conflict(rec)
     _, finalizing = session.commit(rec.size, rec.size)
     if not finalizing:
         raise exceptions.UploadConflict(

@@ -56,11 +56,11 @@ from sizeaware import stream
 from sizeaware.sessions import journal as journals
 from sizeaware.sessions import limits as limits_mod
 from sizeaware.sessions import locks
-from sizeaware.sessions import ranges
 from sizeaware.sessions import reaper
 from sizeaware.sessions import record as records
 from sizeaware.sessions import storage
 from sizeaware.sessions.storage import blocks
+from sizeaware.sessions.storage import ledger
 from sizeaware.sessions.storage import spool_writer
 
 LOG = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class Spool(storage.Storage):
             session = SpoolSession(self, path, caller)
         except exceptions.SessionNotFound:
             return None
-        session = _owned(session, caller)
+        session = ledger._owned(session, caller)
         rec = session.record
         if not rec.ended and rec.expires_at <= self.clock():
             # Expired: ended on sight (unless a request still writes).
@@ -255,7 +255,7 @@ class Spool(storage.Storage):
             os.close(fd)
 
 
-class SpoolSession(storage.Session):
+class SpoolSession(ledger.LedgerSession):
     """One session on disk, opened for the length of one request.
 
     :raises sizeaware.exceptions.SessionNotFound: when there is none.
@@ -290,12 +290,6 @@ class SpoolSession(storage.Session):
         return journals.read_pieces(os.path.join(self.path,
                                                  journals.PIECES))
 
-    def held(self):
-        held = []
-        for start, end, _ in self.pieces():
-            held = ranges.add(held, start, end)
-        return held
-
     def writing(self):
         return locks.held_by_another(self.lock_fd, 1, max(self.record.size,
                                                           1))
@@ -303,12 +297,6 @@ class SpoolSession(storage.Session):
     def finalizing_elsewhere(self):
         return (not self.finalizer
                 and locks.held_by_another(self.lock_fd, *_FINALIZE_LOCK))
-
-    def refresh(self):
-        """Read the record afresh, making good what dead workers left."""
-        with self._locked():
-            self._recover()
-        return self.record
 
     def reader(self, stream_class=stream.BodyStream, live=None):
         sizes = self.record.parts
@@ -405,57 +393,6 @@ class SpoolSession(storage.Session):
                 data.close()
             locks.release(self.lock_fd, 1 + first, last - first + 1)
 
-    def commit(self, start, end, crc=None, final=True, synced=False):
-        """Claim bytes ``start`` to ``end`` (exclusive), whose CRC-32C is
-        ``crc``, after syncing them, and extend the session.
-
-        :param final: the request's last claim: a session in a resumable
-            phase that is then complete moves to ``finalizing`` (once,
-            whoever completes it).
-        :returns: ``(held, now_finalizing)``.
-        :raises sizeaware.exceptions.UploadConflict: the session takes no
-            bytes (it is finalizing, or ended).
-        """
-        if end > start and not synced:
-            self._sync_data()
-        with self._locked():
-            self._recover()
-            rec = self.record
-            held = self.held()
-            if rec.phase not in records.LIVE or (
-                    rec.phase == records.FINALIZING):
-                if ranges.covers(held, start, end):
-                    # Claimed already (at a checkpoint) before another
-                    # request completed the image: kept, not a conflict.
-                    return held, False
-                raise phase_conflict(rec)
-            if end > start and not ranges.covers(held, start, end):
-                journals.append_piece(os.path.join(
-                    self.path, journals.PIECES), start, end, crc)
-                held = ranges.add(held, start, end)
-            finalizing = (final and rec.phase in records.RESUMABLE
-                          and _complete(held, rec.size))
-            if finalizing:
-                # Held until this request ends, also when its worker dies.
-                if not locks.try_acquire(self.lock_fd, *_FINALIZE_LOCK):
-                    raise phase_conflict(records.Record(
-                        **dict(vars(rec), phase=records.FINALIZING)))
-                self.finalizer = True
-                self._move(rec, records.FINALIZING)
-            self._touch(rec)
-            return held, finalizing
-
-    def wait_idle(self, timeout, interval=0.05):
-        """Wait until no request writes bytes of this session (one whose
-        client went away may still be claiming what arrived), at most
-        ``timeout`` seconds; whether it is idle."""
-        deadline = time.monotonic() + timeout
-        while self.writing():
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(interval)
-        return True
-
     def join(self, partials):
         """Make the bytes of ``partials`` (complete sessions of their
         own, in order) this session's, without copying them: each one's
@@ -494,96 +431,6 @@ class SpoolSession(storage.Session):
                     self.path, journals.PIECES), start, end, crc)
         return self.commit(0, 0, synced=True)
 
-    def hand_over(self, handed=True):
-        """Mark a store-native session's bytes as (possibly) Glance's,
-        durably, before their location is sent: from then on no end of
-        the session removes them. ``handed=False`` takes that back once
-        Glance refused the location.
-
-        :raises sizeaware.exceptions.UploadConflict: the session is not
-            finalizing (handing over is finalize's).
-        """
-        with self._locked():
-            self._recover()
-            rec = self.record
-            if handed and rec.phase != records.FINALIZING:
-                raise phase_conflict(rec)
-            rec.handed_over = handed
-            self._touch(rec)
-
-    def stored_size(self):
-        """The size of the image's bytes as stored."""
-        with self._open_data(writable=False) as data:
-            return data.size()
-
-    def check_writable(self):
-        """:raises UploadConflict: unless bytes may be written now."""
-        rec = self.refresh()
-        if rec.phase not in records.RESUMABLE:
-            raise phase_conflict(rec)
-
-    def touch(self):
-        """Extend the session, as every request does."""
-        with self._locked():
-            self._touch(self._read_record())
-
-    def set_phase(self, phase, error=None, expect=None):
-        """Move to ``phase``.
-
-        :param expect: the phases it may move from; UploadConflict from
-            any other.
-        """
-        with self._locked():
-            self._recover()
-            rec = self.record
-            if expect is not None and rec.phase not in expect:
-                raise phase_conflict(rec)
-            self._move(rec, phase, error)
-            self._touch(rec)
-        if phase not in (records.FINALIZING,) and self.finalizer:
-            locks.release(self.lock_fd, *_FINALIZE_LOCK)
-            self.finalizer = False
-
-    def end(self, phase, error=None, only_if=None):
-        """End the session as ``phase``: the pieces are dropped before the
-        data, so nothing ever claims a byte that is no longer on disk; the
-        record stays for the status document. A session that ended stays
-        as it ended.
-
-        :param only_if: ``only_if(record)``, decided under the record's
-            lock on the record as it is then: end only if it holds.
-        :returns: whether it ended the session now.
-        """
-        try:
-            with self._locked():
-                self._recover()
-                rec = self.record
-                if rec.ended or (only_if is not None and not only_if(rec)):
-                    return False
-                self._end_locked(rec, phase, error)
-                return True
-        finally:
-            if self.finalizer:
-                locks.release(self.lock_fd, *_FINALIZE_LOCK)
-                self.finalizer = False
-
-    def cancel(self, phase=records.CANCELLED_USER, error=None):
-        """Cancel: as :meth:`end`, refused while another request is
-        finalizing the session (its client gets the real verdict). The
-        phase is read and changed under one lock, which a request taking
-        the session to ``finalizing`` needs too."""
-        with self._locked():
-            self._recover()
-            rec = self.record
-            if rec.ended:
-                raise exceptions.SessionNotFound(
-                    'The upload session of this image has ended.')
-            if rec.phase == records.FINALIZING:
-                raise exceptions.UploadConflict(
-                    'The upload session of this image is being finalized; '
-                    'it can no longer be cancelled.')
-            self._end_locked(rec, phase, error)
-
     def remove(self, only_if_idle=False):
         # Under the spool's lock, as creation renames: a new session of
         # the image is never taken for this one, nor this one's rename
@@ -612,31 +459,6 @@ class SpoolSession(storage.Session):
 
     # -- internals ----------------------------------------------------------
 
-    def _end_locked(self, rec, phase, error):
-        self._move(rec, phase, error)
-        journals.clear_pieces(os.path.join(self.path, journals.PIECES))
-        self._touch(rec)
-        if rec.location is not None and not rec.handed_over:
-            # What the session wrote into the store goes with it; once
-            # handed over, the bytes are the image's (Glance deletes them
-            # with the image).
-            self.storage.in_store.remove(rec)
-        for name in os.listdir(self.path):
-            if name.startswith(('part.', journals.JOURNAL_PREFIX)) or (
-                    name == 'data'):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(self.path, name))
-
-    def _move(self, rec, phase, error=None):
-        """Change the phase, unless the session ended: an end is final."""
-        if rec.ended and phase != rec.phase:
-            return
-        if rec.move_to(phase, self.storage.clock(), error):
-            records.log_change(LOG, rec, self._request_id())
-
-    def _request_id(self):
-        return getattr(self.caller, 'request_id', None)
-
     def _open_data(self, writable=True):
         """The image's bytes (:mod:`~sizeaware.sessions.storage.blocks`):
         the store's object for a store-native session, else ``data``.
@@ -653,51 +475,6 @@ class SpoolSession(storage.Session):
         except FileNotFoundError:
             raise exceptions.SessionNotFound(
                 'The upload session of this image has ended.') from None
-
-    def _sync_data(self):
-        with self._open_data() as data:
-            data.sync()
-
-    def _recover(self):
-        """What dead workers left, made good; under the record lock.
-
-        Reads the record afresh into :attr:`record`. Claims the pieces that
-        the journals of killed writers list and the data file holds; puts a
-        ``finalizing`` session whose finalizer died back to
-        ``paused_system``.
-        """
-        rec = self.record = self._read_record()
-        if rec.phase == records.FINALIZING and not self.finalizer:
-            if locks.try_acquire(self.lock_fd, *_FINALIZE_LOCK):
-                locks.release(self.lock_fd, *_FINALIZE_LOCK)
-                self._move(rec, records.PAUSED_SYSTEM,
-                           'A finalize was interrupted; finalize again, or '
-                           'send any range again, to finish the upload.')
-                self._touch(rec)
-        paths = journals.journals(self.path)
-        if rec.ended:
-            # A writer that opened the data before the end: nothing of its
-            # is claimed any more.
-            for path in paths:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-            return
-        self._adopt_ranges_file()
-        if not paths:
-            return
-        data = self._open_data()
-        try:
-            for path in paths:
-                found = journals.recover(path, data, rec.size)
-                if found is not None:
-                    journals.append_piece(os.path.join(
-                        self.path, journals.PIECES), *found)
-                    LOG.info('Upload session: request_id=%s image_id=%s '
-                             'claimed bytes %d-%d that a killed writer '
-                             'left', self._request_id(), rec.image_id,
-                             found[0], found[1] - 1)
-        finally:
-            data.close()
 
     def _adopt_ranges_file(self):
         """A session of an earlier release names its held ranges in
@@ -724,6 +501,66 @@ class SpoolSession(storage.Session):
                         self.path, journals.PIECES), start, position, crc)
         os.unlink(path)
 
+    # -- the ledger's primitives (:mod:`~sizeaware.sessions.storage.ledger`)
+
+    def _append_piece(self, start, end, crc):
+        journals.append_piece(os.path.join(self.path, journals.PIECES),
+                              start, end, crc)
+
+    def _clear_pieces(self):
+        journals.clear_pieces(os.path.join(self.path, journals.PIECES))
+
+    def _take_finalize(self):
+        # Held until this request ends, also when its worker dies.
+        return locks.try_acquire(self.lock_fd, *_FINALIZE_LOCK)
+
+    def _release_finalize(self):
+        locks.release(self.lock_fd, *_FINALIZE_LOCK)
+
+    def _finalizer_gone(self):
+        if locks.try_acquire(self.lock_fd, *_FINALIZE_LOCK):
+            locks.release(self.lock_fd, *_FINALIZE_LOCK)
+            return True
+        return False
+
+    def _recover_writers(self, rec):
+        """Claim the pieces that the journals of killed writers list and
+        the data holds."""
+        paths = journals.journals(self.path)
+        if rec.ended:
+            # A writer that opened the data before the end: nothing of its
+            # is claimed any more.
+            for path in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            return
+        self._adopt_ranges_file()
+        if not paths:
+            return
+        data = self._open_data()
+        try:
+            for path in paths:
+                found = journals.recover(path, data, rec.size)
+                if found is not None:
+                    self._append_piece(*found)
+                    LOG.info('Upload session: request_id=%s image_id=%s '
+                             'claimed bytes %d-%d that a killed writer '
+                             'left', self._request_id(), rec.image_id,
+                             found[0], found[1] - 1)
+        finally:
+            data.close()
+
+    def _drop_data(self):
+        for name in os.listdir(self.path):
+            if name.startswith(('part.', journals.JOURNAL_PREFIX)) or (
+                    name == 'data'):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self.path, name))
+
+    def _write_record(self, rec):
+        records.write_atomically(os.path.join(self.path, 'record.json'),
+                                 rec.to_json())
+
     def _read_record(self):
         try:
             with open(os.path.join(self.path, 'record.json')) as f:
@@ -731,15 +568,6 @@ class SpoolSession(storage.Session):
         except FileNotFoundError:
             raise exceptions.SessionNotFound(
                 'No upload session for this image.') from None
-
-    def _touch(self, rec):
-        now = self.storage.clock()
-        rec.updated_at = now
-        if not rec.ended:
-            rec.expires_at = self.storage.limits.expiry(rec.created_at, now)
-        records.write_atomically(os.path.join(self.path, 'record.json'),
-                                 rec.to_json())
-        self.record = rec
 
     def _still_ours(self):
         """Whether the directory is still the one this request opened (not
@@ -760,33 +588,3 @@ class SpoolSession(storage.Session):
             yield
         finally:
             locks.release(self.lock_fd, *_RECORD_LOCK)
-
-
-def _complete(held, size):
-    return ranges.is_complete(held, size) or (size == 0 and not held)
-
-
-def _owned(session, caller):
-    """``session`` if ``caller`` owns it (or None if there is none).
-
-    :raises sizeaware.exceptions.SessionNotFound: someone else's.
-    """
-    if session is None or session.record.owned_by(caller):
-        return session
-    session.close()
-    raise exceptions.SessionNotFound('No upload session for this image.')
-
-
-def phase_conflict(rec):
-    """The UploadConflict for a write or finalize the phase forbids."""
-    if rec.phase == records.PAUSED_USER:
-        return exceptions.UploadConflict(
-            'The upload session of this image is paused; resume it '
-            '(POST .../session/resume) to send bytes.')
-    if rec.phase == records.FINISHED_FAILURE:
-        return exceptions.UploadConflict(
-            'The upload session of this image failed (%s); start a new '
-            'upload.' % rec.error)
-    return exceptions.UploadConflict(
-        'The upload session of this image is %s and takes no more bytes.'
-        % rec.phase)
