@@ -322,6 +322,16 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
 
 
+def proc_io(pid):
+    """/proc/<pid>/io as ``{field: int}`` (``write_bytes``: bytes the
+    process, all its threads, caused to be written to a block device, at
+    the time it dirtied them; ``cancelled_write_bytes``: those of them
+    never written because their file was truncated or removed first)."""
+    with open('/proc/%d/io' % pid) as io:
+        return {name: int(value) for name, value in
+                (line.split(':', 1) for line in io if ':' in line)}
+
+
 def reset_peak_rss(pid):
     """Make VmHWM start again from the current RSS (needs root)."""
     with open('/proc/%d/clear_refs' % pid, 'w') as refs:

@@ -39,13 +39,20 @@ def configured(conf):
     """``(multi, default backend name)`` of Glance's configuration: whether
     it has ``enabled_backends``, and ``[glance_store] default_backend`` (or,
     without, ``default_store``); the default is None outside Glance."""
-    try:
-        enabled = conf.enabled_backends
-    except (cfg.NoSuchOptError, cfg.NoSuchGroupError):
-        enabled = None
+    enabled = types(conf)
     try:
         if enabled:
             return True, conf.glance_store.default_backend
         return False, conf.glance_store.default_store
     except (cfg.NoSuchOptError, cfg.NoSuchGroupError):
         return bool(enabled), None
+
+
+def types(conf):
+    """``{backend name: store type}`` of Glance's ``enabled_backends``, or
+    ``{}`` where the option is not registered (outside Glance) or empty."""
+    try:
+        enabled = conf.enabled_backends
+    except (cfg.NoSuchOptError, cfg.NoSuchGroupError):
+        return {}
+    return dict(enabled or {})

@@ -1,5 +1,5 @@
 """A throwaway one-node Ceph cluster with radosgw (S3) on 127.0.0.1, and
-RBD pools on the same cluster.
+RBD pools and a CephFS on the same cluster.
 
 Used by the functional tests and the benchmarks of Glance's S3 and RBD
 stores::
@@ -29,15 +29,30 @@ may use only that pool, and a ``[client.<user>]`` section in the cluster's
 own: librbd then logs every operation the client makes, each resize
 included.
 
+A CephFS (:meth:`RadosGW.add_cephfs`) is made only when asked, so the
+cluster starts as fast without it: its two pools, ``ceph fs new``, and a
+fifth daemon, ``ceph-mds`` (``mds.a``, whose key is made with the others).
+Each :meth:`CephFS.mount` is a ``ceph-fuse`` process of its own with a
+cephx client of its own, so two mounts of one file system are two CephFS
+clients, as two hosts mounting it would be::
+
+    fs = rgw.add_cephfs()
+    with fs.mount(tmp / 'a', 'node1') as a, fs.mount(tmp / 'b', 'node2') as b:
+        (a.path / 'x').write_text('seen by both')
+        assert (b.path / 'x').read_text() == 'seen by both'
+
 Needs the Debian packages ``ceph-mon ceph-osd ceph-mgr radosgw ceph-common``
-(see ``bindep.txt``); a Python using RBD pools also needs ``python3-rados``
-and ``python3-rbd`` (see :func:`teststack.venvs.link_system_modules`).
+(see ``bindep.txt``), and ``ceph-mds ceph-fuse fuse3`` for CephFS; a Python
+using RBD pools also needs ``python3-rados`` and ``python3-rbd`` (see
+:func:`teststack.venvs.link_system_modules`).
 """
 
 import base64
+import contextlib
 import json
 import os
 import pathlib
+import re
 import shutil
 import struct
 import subprocess
@@ -54,6 +69,7 @@ MON = 'a'
 MGR = 'x'
 OSD = 0
 RGW = 'rgw.x'
+MDS = 'a'
 
 # Longest admin socket path we let a daemon create (sun_path is 108 bytes).
 _MAX_SOCKET_PATH = 100
@@ -106,6 +122,144 @@ class RBDPool:
                                            '--format', 'json'))
 
 
+class CephFS:
+    """A CephFS file system of the cluster; made by
+    :meth:`RadosGW.add_cephfs`.
+
+    :ivar name: the file system.
+    :ivar metadata_pool, data_pool: its two RADOS pools.
+    """
+
+    def __init__(self, cluster, name, metadata_pool, data_pool):
+        self.cluster = cluster
+        self.name = name
+        self.metadata_pool = metadata_pool
+        self.data_pool = data_pool
+
+    def authorize(self, client) -> pathlib.Path:
+        """The keyring of cephx client ``client.<client>``, made (once) with
+        read-write access to the whole file system and nothing else
+        (``ceph fs authorize``)."""
+        entity = 'client.%s' % client
+        keyring = self.cluster.workdir / entity / 'keyring'
+        if not keyring.exists():
+            (found,) = self.cluster.ceph('fs', 'authorize', self.name,
+                                         entity, '/', 'rw')
+            _keyring(keyring, entity, found['key'])
+        return keyring
+
+    def mount(self, path, client, timeout=60) -> 'CephFSMount':
+        """Mount the file system's root on directory ``path`` (made if
+        missing) with ``ceph-fuse`` as cephx client ``client.<client>``;
+        returns once the mount is there. Each client name may be mounted
+        once at a time."""
+        return CephFSMount(self, path, client).mount(timeout)
+
+    def active(self) -> bool:
+        """Whether an MDS is active for the file system (clients can mount
+        it)."""
+        info = self.cluster.ceph('fs', 'get', self.name)['mdsmap']['info']
+        return any(mds['state'] == 'up:active' for mds in info.values())
+
+
+class CephFSMount:
+    """One ``ceph-fuse`` mount of a :class:`CephFS`: one CephFS client, as
+    a host would mount it. A context manager that unmounts on exit.
+
+    The ``ceph-fuse`` process runs in the foreground as a process of the
+    cluster's service (``fuse.<client>``, stopped by PID); it logs to the
+    cluster's ``log/ceph-client.<client>.log``.
+
+    :ivar path: the mount point.
+    :ivar client: the cephx client's id (``client.<client>``).
+    """
+
+    def __init__(self, fs, path, client):
+        self.fs = fs
+        self.path = pathlib.Path(path).resolve()
+        self.client = client
+        self.process_name = 'fuse.%s' % client
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.unmount()
+
+    @property
+    def mounted(self) -> bool:
+        return _mounted(self.path)
+
+    def mount(self, timeout=60):
+        cluster = self.fs.cluster
+        if self.process_name in cluster.pids:
+            raise RuntimeError('client.%s is mounted already' % self.client)
+        if self.mounted:
+            raise RuntimeError('%s is a mount point already' % self.path)
+        keyring = self.fs.authorize(self.client)
+        self.path.mkdir(parents=True, exist_ok=True)
+        cluster.spawn([
+            'ceph-fuse', '-f', '--conf', cluster.conf_path,
+            '--name', 'client.%s' % self.client, '--keyring', keyring,
+            '--client_fs', self.fs.name, self.path,
+        ], name=self.process_name, env=cluster.env)
+        cluster.mounts.append(self)
+        try:
+            cluster.wait_until(lambda: self.mounted, timeout,
+                               'ceph-fuse on %s' % self.path)
+        except BaseException:
+            self.unmount()
+            raise
+        return self
+
+    def unmount(self, timeout=30):
+        """Unmount (``fusermount -u``, else ``umount``, lazily as the last
+        resort: a file still open there keeps the mount busy) and wait for
+        ``ceph-fuse`` to exit, which it does once unmounted; stop it by PID
+        if it does not. Unmounting twice is harmless."""
+        cluster = self.fs.cluster
+        if self.mounted:
+            fusermount = shutil.which('fusermount3') or shutil.which(
+                'fusermount')
+            attempts = ([[fusermount, '-u', self.path]] if fusermount
+                        else []) + [['umount', self.path],
+                                    ['umount', '-l', self.path]]
+            for argv in attempts:
+                subprocess.run([str(a) for a in argv], capture_output=True,
+                               stdin=subprocess.DEVNULL, timeout=timeout)
+                if not self.mounted:
+                    break
+        proc = cluster._procs.pop(self.process_name, None)
+        pid = cluster.pids.pop(self.process_name, None)
+        if proc is not None:
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.stop_group(pid, timeout)
+                proc.wait()
+        with contextlib.suppress(FileNotFoundError):
+            (cluster.workdir / ('%s.pid' % self.process_name)).unlink()
+        with contextlib.suppress(ValueError):
+            cluster.mounts.remove(self)
+        if self.mounted:
+            raise RuntimeError('%s is still mounted' % self.path)
+
+
+def _mounted(path) -> bool:
+    """Whether ``path`` is a mount point, read from the mount table
+    rather than by a ``stat`` that a dead FUSE mount would answer with
+    ENOTCONN (or hang)."""
+    with open('/proc/self/mountinfo') as mountinfo:
+        for line in mountinfo:
+            point = line.split()[4]
+            # The table escapes blanks and backslashes as octal.
+            point = re.sub(r'\\([0-7]{3})',
+                           lambda m: chr(int(m.group(1), 8)), point)
+            if point == str(path):
+                return True
+    return False
+
+
 class RadosGW(process.Service):
     """A one-node Ceph cluster serving S3 on ``127.0.0.1:<port>``.
 
@@ -141,8 +295,16 @@ class RadosGW(process.Service):
         self.env = {k: v for k, v in os.environ.items()
                     if k not in ('CEPH_ARGS', 'PYTHONPATH', 'PYTHONHOME')}
         self.env['CEPH_CONF'] = str(self.conf_path)
+        #: The :class:`CephFSMount` mounted now; :meth:`stop` unmounts
+        #: them first.
+        self.mounts = []
+        self.cephfs = None
 
     def stop(self, timeout=30.0):
+        if not self.attached:
+            for mount in list(self.mounts):
+                with contextlib.suppress(Exception):
+                    mount.unmount()
         super().stop(timeout)
         if not self.attached and self.run_dir.parent != self.workdir:
             shutil.rmtree(self.run_dir, ignore_errors=True)
@@ -192,6 +354,31 @@ class RadosGW(process.Service):
                 '',
             ]))
         return RBDPool(self, name, user, log_path)
+
+    def add_cephfs(self, name='cephfs', timeout=60) -> CephFS:
+        """The cluster's CephFS ``name``: its metadata and data pools,
+        ``ceph fs new``, and ``ceph-mds`` (started now, not with the
+        cluster); returns once an MDS is active for it. One MDS serves one
+        file system: calling it again returns the same one, and asking for
+        another name is an error."""
+        if self.cephfs is not None:
+            if self.cephfs.name != name:
+                raise ValueError('the cluster has CephFS %r already'
+                                 % self.cephfs.name)
+            return self.cephfs
+        deadline = time.monotonic() + timeout
+        # Started first: it registers as a standby while the pools are
+        # made, and the monitors give it the new file system's rank 0.
+        if 'mds' not in self.pids:
+            self._daemon('mds', 'ceph-mds', '--id', MDS)
+        fs = CephFS(self, name, '%s_metadata' % name, '%s_data' % name)
+        for pool in (fs.metadata_pool, fs.data_pool):
+            self.ceph('osd', 'pool', 'create', pool)
+        self.ceph('fs', 'new', name, fs.metadata_pool, fs.data_pool)
+        self.wait_until(fs.active, self._left(deadline),
+                        'an active MDS for CephFS %s' % name)
+        self.cephfs = fs
+        return fs
 
     def radosgw_admin(self, *args, timeout=60):
         """Run ``radosgw-admin <args>``; the parsed JSON it prints, if any."""
@@ -246,7 +433,7 @@ class RadosGW(process.Service):
     def _prepare(self):
         wd = self.workdir
         for sub in ('mon.%s' % MON, 'mgr.%s' % MGR, 'osd.%d' % OSD,
-                    RGW, 'log', 'crash'):
+                    'mds.%s' % MDS, RGW, 'log', 'crash'):
             shutil.rmtree(wd / sub, ignore_errors=True)
             (wd / sub).mkdir(parents=True)
         (wd / ('osd.%d.block' % OSD)).unlink(missing_ok=True)
@@ -264,6 +451,12 @@ class RadosGW(process.Service):
                               'mgr': 'allow profile osd', 'osd': 'allow *'}),
             'client.%s' % RGW: (RGW, {'mon': 'allow rw', 'osd': 'allow rwx',
                                       'mgr': 'allow rw'}),
+            # Its key costs nothing here; the daemon runs only once a
+            # CephFS is asked for (add_cephfs).
+            'mds.%s' % MDS: ('mds.%s' % MDS,
+                             {'mon': 'allow profile mds', 'osd': 'allow rwx',
+                              'mds': 'allow *',
+                              'mgr': 'allow profile mds'}),
         }
         mon_keyring = []
         for entity, (subdir, entity_caps) in caps.items():
@@ -335,6 +528,10 @@ class RadosGW(process.Service):
             'bluestore_block_size = %d' % self.osd_size,
             'bluestore_fsck_on_mkfs = false',
             'osd_memory_target = %d' % GiB,
+            '',
+            '[mds.%s]' % MDS,
+            'mds_data = %s/mds.%s' % (wd, MDS),
+            'keyring = %s/mds.%s/keyring' % (wd, MDS),
             '',
             '[client.%s]' % RGW,
             'rgw_frontends = beast endpoint=127.0.0.1:%d' % self.port,

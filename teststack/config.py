@@ -49,15 +49,16 @@ def merge_conf(*confs) -> dict:
 
 
 def uwsgi_options(port, workdir, venv, *, processes=1, threads=4,
-                  request_bodies=False) -> dict:
+                  request_bodies=False, host='127.0.0.1') -> dict:
     """The ``[uwsgi]`` options every service of the stack runs with, as
     devstack runs OpenStack APIs.
 
+    :param host: the address to listen on, a loopback one.
     :param request_bodies: also the options an API receiving large and
         chunked request bodies needs (Glance).
     """
     options = {
-        'http-socket': '127.0.0.1:%d' % port,
+        'http-socket': '%s:%d' % (host, port),
         'master': True,
         'processes': processes,
         'threads': threads,

@@ -1,6 +1,7 @@
-"""A real Glance API on 127.0.0.1, for tests, benchmarks and the local
-demo: under uwsgi, or (releases 29 and 30) under the release's own eventlet
-server ``glance-api``, which many deployments of those releases run instead.
+"""A real Glance API on 127.0.0.1 (or another loopback address), for tests,
+benchmarks and the local demo: under uwsgi, or (releases 29 and 30) under
+the release's own eventlet server ``glance-api``, which many deployments of
+those releases run instead.
 
 ::
 
@@ -9,8 +10,13 @@ server ``glance-api``, which many deployments of those releases run instead.
         requests.post(glance.url + '/v2/images', json={...}, headers=headers)
 
 Each instance gets its own work directory (config, paste ini, sqlite
-database, store directories, log, pid files) and its own free port. The
-paste pipeline is the release's own shipped ``glance-api-paste.ini`` with
+database, store directories, log, pid files) and its own free port.
+Several API nodes of one deployment are several instances, each on a
+loopback address of its own (``host='127.0.0.2'``, ``'127.0.0.3'``: Linux
+routes all of 127.0.0.0/8 to loopback) and all on one PostgreSQL
+``database_url``; only the first to start needs ``db_sync``.
+
+The paste pipeline is the release's own shipped ``glance-api-paste.ini`` with
 ``sizeaware`` inserted right after ``context`` / ``unauthenticated-context``
 and ``download`` right after ``sizeaware`` in every pipeline of
 ``[composite:api]`` (as an operator deploys them), plus
@@ -23,11 +29,13 @@ Only the standard library is used: Glance runs from its venv, driven by
 path.
 """
 
+import contextlib
 import json
 import os
 import pathlib
 import re
 import shutil
+import socket
 import time
 
 from teststack import config
@@ -233,6 +241,14 @@ class Glance(process.Service):
     :param paste_ini: a path to (or the text of) a paste ini used verbatim
         instead of the one derived from the shipped file.
     :param port: default a free port.
+    :param host: the loopback address the server listens on and
+        ``worker_self_reference_url`` names; another one than 127.0.0.1
+        makes a second API node of the same deployment, with an address of
+        its own as it would have on its own host.
+    :param db_sync: run ``glance-manage db_sync`` before every start (a
+        no-op on an up-to-date database); False for a node sharing a
+        database another node has already brought up to date, so nodes can
+        start side by side without racing to create the same tables.
     :param uwsgi_options: extra ``{option: value}`` for the uwsgi ini
         (uwsgi only).
     :param venv: run Glance from this venv instead of ``glance-<release>``.
@@ -246,7 +262,7 @@ class Glance(process.Service):
                  processes=1, threads=4, paste_ini=None, port=None,
                  uwsgi_options=None, venv=None, policy=None,
                  keep_workdir=None, server='uwsgi', resumable=None,
-                 download=None):
+                 download=None, host='127.0.0.1', db_sync=True):
         self.release = str(release)
         if self.release not in venvs.GLANCE_RELEASES:
             raise ValueError('unknown Glance release %r' % release)
@@ -295,6 +311,8 @@ class Glance(process.Service):
                 self.store_dirs[name] = pathlib.Path(
                     datadir or self.workdir / 'images' / name)
         self.port = port
+        self.host = host
+        self.db_sync = db_sync
 
     # -- public --------------------------------------------------------
 
@@ -302,7 +320,7 @@ class Glance(process.Service):
     def url(self) -> str:
         if self.port is None:
             raise RuntimeError('Glance is not started')
-        return 'http://127.0.0.1:%d' % self.port
+        return 'http://%s:%d' % (self.host, self.port)
 
     def identity_headers(self, project_id, user_id='u1',
                          roles=('admin', 'member', 'reader')) -> dict:
@@ -322,11 +340,12 @@ class Glance(process.Service):
     def _start(self, timeout):
         venv = self.venv or venvs.glance_venv(self.release)
         if self.port is None:
-            self.port = process.free_port()
+            self.port = _free_port(self.host)
         self.write_config(venv)
-        self.run({'glance-manage': [venvs.venv_bin(venv, 'glance-manage'),
-                                    '--config-dir', self.conf_dir,
-                                    'db_sync']})
+        if self.db_sync:
+            self.run({'glance-manage': [venvs.venv_bin(venv, 'glance-manage'),
+                                        '--config-dir', self.conf_dir,
+                                        'db_sync']})
         if self.wsgi_server == 'eventlet':
             # glance-api stays in the process group the service starts it in
             # (a session leader cannot make its own) and forks its workers
@@ -371,7 +390,7 @@ class Glance(process.Service):
             'oslo_concurrency': {'lock_path': self.workdir / 'locks'},
         }
         if self.wsgi_server == 'eventlet':
-            conf['DEFAULT'].update({'bind_host': '127.0.0.1',
+            conf['DEFAULT'].update({'bind_host': self.host,
                                     'bind_port': self.port,
                                     'workers': self.processes})
         for name, (kind, options) in self.backends.items():
@@ -402,7 +421,7 @@ class Glance(process.Service):
         venv = pathlib.Path(venv)
         options = config.uwsgi_options(
             self.port, self.workdir, venv, processes=self.processes,
-            threads=self.threads, request_bodies=True)
+            threads=self.threads, request_bodies=True, host=self.host)
         options['env'] = 'OS_GLANCE_CONFIG_DIR=%s' % self.conf_dir
         if any(venv.glob('lib/python3*/site-packages/glance/wsgi/api.py')):
             options['module'] = 'glance.wsgi.api:application'
@@ -437,6 +456,13 @@ class Glance(process.Service):
         self.conf_path.write_text(config.render_ini(self.glance_conf()))
         if self.wsgi_server == 'uwsgi':
             self.uwsgi_ini.write_text(config.render_ini(self.uwsgi_conf(venv)))
+
+
+def _free_port(host) -> int:
+    """A TCP port nothing listens on right now at ``host``."""
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
 
 
 def clean_stale(run_dir=None) -> list:

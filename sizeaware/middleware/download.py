@@ -81,7 +81,7 @@ class DownloadFilter(base.ConfigurableMiddleware):
             return opts.option_value(self, opts.download_filter_opts, name)
         self.verify = option('verify_download')
         self.ranged_store_types = frozenset(option('ranged_store_types'))
-        self.backend_types = _backend_types(self.oslo_conf)
+        self.backend_types = backends.types(self.oslo_conf)
         self.default_store = _default_store(self.oslo_conf)
         #: How a backend's store is found (glance_store's own lookup).
         self.find_store = backends.find_store
@@ -215,16 +215,6 @@ def _fields(environ, image_id):
             ('range', headers.quote(environ.get('HTTP_RANGE', '-'))),
             ('if_range', headers.quote(environ.get('HTTP_IF_RANGE', '-'))),
             ('if_match', headers.quote(environ.get('HTTP_IF_MATCH', '-')))]
-
-
-def _backend_types(conf):
-    """``{backend name: store type}`` of Glance's ``enabled_backends``, or
-    ``{}`` where the option is not registered (outside Glance)."""
-    try:
-        backends = conf.enabled_backends
-    except (cfg.NoSuchOptError, cfg.NoSuchGroupError):
-        return {}
-    return dict(backends or {})
 
 
 def _default_store(conf):

@@ -87,6 +87,7 @@ from sizeaware.sessions import reaper
 from sizeaware.sessions.protocols import ranged_put
 from sizeaware.sessions.protocols import tus
 from sizeaware.sessions.storage import in_store
+from sizeaware.sessions.storage import routed
 from sizeaware.sessions.storage import spool as spools
 
 LOG = logging.getLogger(__name__)
@@ -106,13 +107,14 @@ class ResumableFilter(base.ConfigurableMiddleware):
         def option(name):
             return opts.option_value(
                 self, opts.resumable_opts + opts.in_store_opts, name)
-        self.storage = spools.Spool(option('spool_dir'), limits.Limits(
-            max_sessions_per_project=option('max_sessions_per_project'),
-            max_bytes=option('spool_max_bytes'),
-            inactivity_timeout=option('session_inactivity_timeout'),
-            max_age=option('session_max_age'),
-            retention=option('session_retention')),
-            in_store=in_store.InStore(self.oslo_conf, locations.Locations(
+        self.storage = routed.Routed(spools.Spool(
+            option('spool_dir'), limits.Limits(
+                max_sessions_per_project=option('max_sessions_per_project'),
+                max_bytes=option('spool_max_bytes'),
+                inactivity_timeout=option('session_inactivity_timeout'),
+                max_age=option('session_max_age'),
+                retention=option('session_retention'))),
+            in_store.InStore(self.oslo_conf, locations.Locations(
                 self.oslo_conf, option('glance_url'),
                 option('commit_timeout')))
             if option('session_storage') == 'store' else None)

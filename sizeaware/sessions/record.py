@@ -117,6 +117,15 @@ class Record:
         return rec
 
 
+def new(image_id, target, caller, size, now, expires_at, **fields):
+    """The record of a session created now, ``transferring``."""
+    rec = Record(image_id=image_id, target=target, project_id=caller[0],
+                 user_id=caller[1], size=size, created_at=now,
+                 updated_at=now, expires_at=expires_at, **fields)
+    rec.move_to(TRANSFERRING, now)
+    return rec
+
+
 def write_atomically(path, text):
     """Replace ``path`` with ``text``, durably (:mod:`sizeaware.durable`)."""
     durable.replace(path, text.encode('utf-8'))

@@ -221,6 +221,14 @@ def ceph_rbd(radosgw):
 
 
 @pytest.fixture(scope='session')
+def cephfs(radosgw):
+    """CephFS ``cephfs`` on the cluster of ``radosgw``, its MDS started on
+    first use only (see ``teststack.ceph.CephFS``); mount it with
+    ``cephfs.mount(path, client)``, one cephx client per mount."""
+    return radosgw.add_cephfs('cephfs')
+
+
+@pytest.fixture(scope='session')
 def s3(radosgw):
     import boto3
     return boto3.client('s3', endpoint_url=radosgw.endpoint,

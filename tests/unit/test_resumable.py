@@ -437,7 +437,7 @@ def test_works_with_no_options(monkeypatch, tmp_path):
     default = next(o for o in opts.resumable_opts if o.name == 'spool_dir')
     assert default.default == '/var/lib/glance/sizeaware-spool'
     flt = resumable.ResumableFilter.factory({})(fakes.FakeGlance())
-    assert flt.storage.directory == default.default
+    assert flt.storage.spool.directory == default.default
 
 
 def test_a_finalize_whose_worker_died_is_retried_by_the_next_range(

@@ -172,7 +172,7 @@ def test_a_deleted_images_session_answers_404_and_ends(app, glance):
     status = document(app)
     assert status['phase'] == 'cancelled_system'
     assert 'deleted' in status['error'] and status['bytes_held'] == 0
-    assert spooled(app.storage.directory) == []
+    assert spooled(app.storage.spool.directory) == []
 
 
 def test_sessions_of_deleted_images_do_not_count_against_the_limit(

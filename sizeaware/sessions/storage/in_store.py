@@ -17,8 +17,9 @@ upload names (``X-Image-Meta-Store``) or the default one, and kept in the
 session's record (``store``, ``location``). It is always derived from the
 image id and the store's own configuration, never from the client, so a
 session names nothing but the object glance_store would have written for
-the image. The record, the pieces and the locks stay in the session's
-directory (:mod:`~sizeaware.sessions.storage.spool`); only the bytes move.
+the image. The session's record, pieces and locks are kept beside the
+bytes, in the same pool (:mod:`~sizeaware.sessions.storage.cluster`), so
+any API node continues it.
 
 Stores that get a place:
 
@@ -51,6 +52,8 @@ LOG = logging.getLogger(__name__)
 
 #: The snapshot glance_store's RBD driver serves an image from.
 SNAPSHOT = 'snap'
+#: Backend types whose images are RBD images.
+RBD_TYPES = ('rbd', 'sizeaware_rbd')
 
 
 class InStore:
@@ -105,6 +108,25 @@ class InStore:
         return name, 'rbd://%s/%s/%s/%s' % (
             parse.quote(cluster.fsid, ''), parse.quote(store.pool, ''),
             parse.quote(image_id, ''), SNAPSHOT)
+
+    def rbd_backends(self):
+        """The names of Glance's RBD backends."""
+        enabled = backends.types(self.conf)
+        if enabled:
+            return [name for name, kind in sorted(enabled.items())
+                    if kind in RBD_TYPES]
+        default = backends.configured(self.conf)[1]
+        return [default] if default in RBD_TYPES else []
+
+    def ioctx(self, backend):
+        """The RADOS I/O context of ``backend``'s pool."""
+        return self._cluster(backend, self.find_store(
+            backend, backends.configured(self.conf)[0])).ioctx
+
+    def rados(self, backend):
+        """The ``rados`` module the store's driver uses."""
+        return self._cluster(backend, self.find_store(
+            backend, backends.configured(self.conf)[0])).rados
 
     def create(self, rec):
         """Make the empty object at the record's place, at its size.
@@ -179,6 +201,7 @@ class _Cluster:
     def __init__(self, store):
         from glance_store._drivers import rbd as rbd_driver
         self.rbd = rbd_driver.rbd
+        self.rados = rbd_driver.rados
         self.client = rbd_driver.rados.Rados(conffile=store.conf_file,
                                              rados_id=store.user)
         self.client.connect()

@@ -19,7 +19,9 @@ here, over a few primitives each ledger provides:
 ``_recover_writers(rec)``
     claim what killed writers left, where the ledger can tell;
 ``_drop_data()``
-    remove what the ledger keeps of the bytes when the session ends;
+    remove the bytes when the session ends (a store-native session's only
+    until they were handed over: then they are the image's, and Glance
+    deletes them with it);
 ``_open_data(writable)``
     the bytes (:mod:`~sizeaware.sessions.storage.blocks`).
 """
@@ -199,11 +201,6 @@ class LedgerSession(storage.Session):
         self._move(rec, phase, error)
         self._clear_pieces()
         self._touch(rec)
-        if rec.location is not None and not rec.handed_over:
-            # What the session wrote into the store goes with it; once
-            # handed over, the bytes are the image's (Glance deletes them
-            # with the image).
-            self.storage.in_store.remove(rec)
         self._drop_data()
 
     def _move(self, rec, phase, error=None):

@@ -6,9 +6,7 @@ Layout of ``<spool_dir>/<image_id>.<target>/``:
     the :class:`~sizeaware.sessions.record.Record`;
 ``data``
     the image's bytes, each written at its own offset (``os.pwrite``), so
-    ranges arrive in any order and in parallel; a store-native session's
-    bytes are in the store instead, at the record's ``location``
-    (:mod:`~sizeaware.sessions.storage.in_store`);
+    ranges arrive in any order and in parallel;
 ``part.0``, ``part.1``, ...
     instead of ``data``, for a tus final upload that joins partial uploads
     (concatenation): hard links to the partial uploads' ``data`` files, so
@@ -78,16 +76,12 @@ class Spool(storage.Storage):
 
     :param directory: created (mode 0700) if missing.
     :param clock: ``time.time`` in production; tests move time on.
-    :param in_store: an :class:`~sizeaware.sessions.storage.in_store.
-        InStore`: the sessions it has a place for write into the store.
     """
 
-    def __init__(self, directory, limits=None, clock=time.time,
-                 in_store=None):
+    def __init__(self, directory, limits=None, clock=time.time):
         self.directory = os.path.abspath(directory)
         self.limits = limits or limits_mod.Limits()
         self.clock = clock
-        self.in_store = in_store
 
     def session(self, image_id, target, caller, part=None, ended=False):
         path = self._path(image_id, target, part)
@@ -111,47 +105,41 @@ class Spool(storage.Storage):
     def create(self, image_id, target, caller, size, sha256=None, *,
                part=None, reserved=False, gone=None, backend=None,
                **fields):
-        """:param backend: the store the upload names, if any.
-
-        See :meth:`~sizeaware.sessions.storage.Storage.create`."""
-        path = self._path(image_id, target, part)
-        in_store = (self.in_store if target == 'file' and part is None
-                    and fields.get('concat') is None else None)
-        with self._spool_locked():
+        """See :meth:`~sizeaware.sessions.storage.Storage.create`; the
+        spool takes every store (``backend`` is not its concern)."""
+        with self.creating():
             existing = self.session(image_id, target, caller, part)
             if existing is not None:
                 return existing
-            now = self.clock()
-            if not reserved:
-                # The spool's room is checked again below for a session
-                # whose store turns out to get the spool.
-                limits_mod.check(
-                    self.limits, [rec for _, rec in self.records()],
-                    caller[0], size, now, self.directory,
-                    gone or (lambda rec: False), spooled=in_store is None)
-            place = None
-            if in_store is not None:
-                place = in_store.place(image_id, size, backend)
-                if place is None and not reserved:
-                    limits_mod.check(
-                        self.limits, [rec for _, rec in self.records()],
-                        caller[0], size, now, self.directory,
-                        gone or (lambda rec: False))
-            if place is not None:
-                fields['store'], fields['location'] = place
-            rec = records.Record(
-                image_id=image_id, target=target, project_id=caller[0],
-                user_id=caller[1], size=size, created_at=now,
-                updated_at=now, expires_at=self.limits.expiry(now, now),
-                sha256=sha256, **fields)
-            rec.move_to(records.TRANSFERRING, now)
-            self._make(path, rec)
-            if place is not None:
-                try:
-                    self.in_store.create(rec)
-                except BaseException:
-                    os.rename(path, self._dead_path())
-                    raise
+            return self.create_locked(image_id, target, caller, size, sha256,
+                                      part=part, reserved=reserved,
+                                      gone=gone, **fields)
+
+    def creating(self):
+        """The spool-wide lock a creation holds, so the limits hold across
+        processes."""
+        return self._spool_locked()
+
+    def create_locked(self, image_id, target, caller, size, sha256=None, *,
+                      part=None, reserved=False, gone=None, others=(),
+                      **fields):
+        """:meth:`create`, under :meth:`creating`, once no session was
+        found.
+
+        :param others: records of sessions kept elsewhere (store-native
+            ones), counted against the project's limit.
+        """
+        path = self._path(image_id, target, part)
+        now = self.clock()
+        if not reserved:
+            limits_mod.check(
+                self.limits, [rec for _, rec in self.records()]
+                + list(others), caller[0], size, now, self.directory,
+                gone or (lambda rec: False))
+        rec = records.new(image_id, target, caller, size, now,
+                          self.limits.expiry(now, now), sha256=sha256,
+                          **fields)
+        self._make(path, rec)
         session = SpoolSession(self, path, caller)
         records.log_change(LOG, session.record,
                            getattr(caller, 'request_id', None))
@@ -161,9 +149,7 @@ class Spool(storage.Storage):
         """Put a new session's directory in place, under the spool lock."""
         tmp = os.path.join(self.directory, '.new.%s' % uuid.uuid4().hex)
         os.mkdir(tmp, 0o700)
-        names = ('lock', journals.PIECES) + (
-            ('data',) if rec.location is None else ())
-        for name in names:
+        for name in ('lock', journals.PIECES, 'data'):
             os.close(os.open(os.path.join(tmp, name),
                              os.O_WRONLY | os.O_CREAT, 0o600))
         records.write_atomically(os.path.join(tmp, 'record.json'),
@@ -446,9 +432,6 @@ class SpoolSession(ledger.LedgerSession):
                     return 0
                 if not self._still_ours():
                     return 0
-                rec = self._read_record()
-                if rec.location is not None and not rec.handed_over:
-                    self.storage.in_store.remove(rec)
                 dead = self.storage._dead_path()
                 os.rename(self.path, dead)
                 records.fsync_dir(self.storage.directory)
@@ -460,16 +443,13 @@ class SpoolSession(ledger.LedgerSession):
     # -- internals ----------------------------------------------------------
 
     def _open_data(self, writable=True):
-        """The image's bytes (:mod:`~sizeaware.sessions.storage.blocks`):
-        the store's object for a store-native session, else ``data``.
+        """The image's bytes (:mod:`~sizeaware.sessions.storage.blocks`),
+        ``data``.
 
         :raises sizeaware.exceptions.SessionNotFound: they are gone (the
             session ended).
         """
-        rec = self.record
         try:
-            if rec.location is not None:
-                return self.storage.in_store.open(rec, writable)
             return blocks.LocalFile(os.path.join(self.path, 'data'),
                                     writable)
         except FileNotFoundError:
