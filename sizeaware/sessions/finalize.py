@@ -142,7 +142,12 @@ def _by_location(app, environ, session):
                 session.end(records.FINISHED_FAILURE, str(refusal))
                 raise
             session.hand_over()
-            session.storage.in_store.seal(rec)
+            try:
+                session.storage.in_store.seal(rec)
+            except exceptions.CommitFailed as error:
+                session.hand_over(False)
+                _keep(session, str(error))
+                raise
         try:
             status, text = glance.add(environ, rec.image_id,
                                          rec.location)

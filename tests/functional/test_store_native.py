@@ -16,6 +16,8 @@ with no byte sent again.
 import hashlib
 import json
 import os
+import signal
+import subprocess
 import time
 import uuid
 
@@ -24,6 +26,7 @@ import pytest
 from tests.functional import client
 from tests.functional import conftest
 from tests.functional.test_resumable_faults import SERVERS
+from tests.functional.test_resumable_faults import wait_for_respawned_workers
 
 MiB = 1024 * 1024
 DATA = os.urandom(24 * MiB + 7)
@@ -82,10 +85,24 @@ def rbd_info(ceph_rbd, name):
     return info
 
 
-def image_bytes_in_spool(glance):
-    """Bytes of image data in the spool: every session's ``data`` file."""
-    return sum(path.stat().st_size
-               for path in glance.spool_dir.glob('*/data'))
+def ledger(ceph_rbd, image_id):
+    """The omap keys of a session's ledger object in the pool, or
+    None."""
+    argv = ['rados', '--conf', str(ceph_rbd.conf_path), '--name',
+            'client.admin', '--pool', ceph_rbd.name, 'listomapkeys',
+            'sizeaware.session.%s' % image_id]
+    out = subprocess.run(argv, capture_output=True, text=True)
+    if out.returncode:
+        assert 'No such file' in out.stderr, out.stderr
+        return None
+    return set(out.stdout.split())
+
+
+def workers(glance):
+    """The PIDs of the Glance API's workers (the master's children)."""
+    master = glance.pids['glance']
+    with open('/proc/%d/task/%d/children' % (master, master)) as f:
+        return [int(pid) for pid in f.read().split()]
 
 
 def wait_hashed(api, image_id, timeout=60):
@@ -108,7 +125,12 @@ def test_ranges_go_straight_into_the_rbd_image(glance, api, ceph_rbd):
     # spool holds none of its bytes.
     info = rbd_info(ceph_rbd, image_id)
     assert info['size'] == N and not info['snaps']
-    assert image_bytes_in_spool(glance) == 0
+    # The session is kept in the cluster, beside the RBD image: the API
+    # node's spool holds nothing of it.
+    assert list(glance.spool_dir.glob('%s*' % image_id)) == []
+    keys = ledger(ceph_rbd, image_id)
+    assert 'record' in keys and len([k for k in keys
+                                     if k.startswith('p.')]) >= 1
     doc = session(api, image_id)
     assert doc['phase'] == 'paused_system'
     assert doc['ranges_held'] == [[third, 2 * third - 1]]
@@ -121,6 +143,9 @@ def test_ranges_go_straight_into_the_rbd_image(glance, api, ceph_rbd):
     assert session(api, image_id)['phase'] == 'finished_success'
     info = rbd_info(ceph_rbd, image_id)
     assert info['size'] == N and info['snaps']['snap']['protected'] == 'true'
+    # The features glance_store's driver gives its images, the exclusive
+    # lock included (off while several writers shared the image).
+    assert {'layering', 'exclusive-lock'} <= set(info['features'])
     image = wait_hashed(api, image_id)
     assert image['os_hash_algo'] == 'sha512'
     assert image['os_hash_value'] == hashlib.sha512(DATA).hexdigest()
@@ -192,3 +217,74 @@ def test_a_location_glance_refuses_keeps_every_byte(glance, api, ceph_rbd):
     image = api.get_image(image_id)
     assert image['status'] == 'active' and image['size'] == N
     assert api.request('GET', '/v2/images/%s/file' % image_id).body == DATA
+
+
+def test_a_killed_worker_loses_no_acknowledged_byte(glance, api, ceph_rbd,
+                                                    tmp_path):
+    """Every worker of the node is SIGKILLed while curl sends the second
+    range: the first (acknowledged) stays held, nothing of the cut one is
+    counted, and once the killed writer's lease lapsed the range is sent
+    again and the image is exact."""
+    if glance.wsgi_server != 'uwsgi':
+        pytest.skip('the respawn of killed workers is uwsgi\'s here')
+    image_id = api.create_image()
+    half = 12 * MiB
+    assert put_range(api, image_id, 0, half - 1).status == 204
+    body = tmp_path / 'rest'
+    body.write_bytes(DATA[half:])
+    argv = ['curl', '-sS', '-o', '/dev/null', '-w', '%{http_code}',
+            '-X', 'PUT', '-H', 'Expect:', '--limit-rate', '2M',
+            '-H', 'Content-Range: bytes %d-%d/%d' % (half, N - 1, N),
+            '-H', 'Content-Type: application/octet-stream']
+    for name, value in api.headers.items():
+        argv += ['-H', '%s: %s' % (name, value)]
+    cut = subprocess.Popen(argv + ['-T', str(body), glance.url
+                                   + '/v2/images/%s/file' % image_id],
+                           stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while not any(k.startswith('w.') for k in ledger(ceph_rbd, image_id)):
+        assert time.monotonic() < deadline, 'no writer lease'
+        time.sleep(0.05)
+    time.sleep(1)
+    for pid in workers(glance):
+        os.kill(pid, signal.SIGKILL)
+    assert cut.communicate()[0] != '204'
+    wait_for_respawned_workers(glance)
+    doc = session(api, image_id)
+    assert doc['ranges_held'] == [[0, half - 1]], doc
+    # The dead writer's lease holds its bytes a moment; then they go.
+    deadline = time.monotonic() + 30
+    while True:
+        resp = put_range(api, image_id, half, N - 1)
+        if resp.status != 409 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert resp.status == 204, resp
+    assert api.request('GET', '/v2/images/%s/file' % image_id).body == DATA
+
+
+def test_an_expired_session_leaves_nothing(ceph_rbd, tmp_path_factory):
+    """An expired store-native session ends as ``cancelled_system`` on
+    the next request that finds it, on any node, and its RBD image and
+    pieces go; only its record stays (for the retention time)."""
+    glance = conftest.glance_on(
+        '33', 'uwsgi', resumable={'session_inactivity_timeout': 2},
+        workdir=tmp_path_factory.mktemp('native-expiry'),
+        default_backend='ceph', backends={'ceph': ('rbd', {
+            'rbd_store_pool': ceph_rbd.name,
+            'rbd_store_user': ceph_rbd.user,
+            'rbd_store_ceph_conf': ceph_rbd.conf_path})})
+    with glance:
+        api = client.GlanceClient(glance.url, glance.identity_headers(
+            uuid.uuid4().hex, roles=ROLES))
+        image_id = api.create_image()
+        assert put_range(api, image_id, 0, MiB - 1).status == 204
+        assert rbd_info(ceph_rbd, image_id)['size'] == N
+        time.sleep(2.5)
+        assert session(api, image_id)['phase'] == 'cancelled_system'
+        assert rbd_info(ceph_rbd, image_id) is None
+        assert ledger(ceph_rbd, image_id) == {'record'}
+        assert api.get_image(image_id)['status'] == 'queued'
+        # The image takes a new upload at once.
+        assert put_range(api, image_id, 0, MiB - 1).status == 204
+        assert session(api, image_id)['phase'] == 'paused_system'

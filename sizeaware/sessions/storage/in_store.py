@@ -25,12 +25,16 @@ Stores that get a place:
 
 ``rbd`` (glance_store's RBD driver, or ``sizeaware_rbd``)
     the RBD image ``<image_id>`` in the store's pool, created at the
-    declared size (never resized) with the order and features the driver
-    gives its images; ranges are written at their offsets through librbd
-    and flushed before each claim; at finalize the snapshot ``snap`` is
-    made and protected, as the driver does, and ``rbd://<fsid>/<pool>/
-    <image_id>/snap`` is handed to Glance. The stock driver then reads,
-    clones and deletes it as one of its own.
+    declared size (never resized) with the order the driver gives its
+    images; ranges are written at their offsets through librbd and flushed
+    before each claim; at finalize the snapshot ``snap`` is made and
+    protected, as the driver does, and ``rbd://<fsid>/<pool>/<image_id>/
+    snap`` is handed to Glance. The stock driver then reads, clones and
+    deletes it as one of its own. While the session lasts the image has
+    the driver's features but the exclusive lock (and the object map and
+    fast diff that need it): requests on several nodes write it at once,
+    and a lock held by a killed writer would stall the next one until the
+    cluster gives up on it (about 30 s). The seal turns them on.
 
 Glance's location API refuses ``file://`` locations (they would let a
 caller point an image at any file of the API node: Launchpad bugs
@@ -139,7 +143,7 @@ class InStore:
         try:
             rbd.RBD().create(cluster.ioctx, _image(rec), rec.size,
                              cluster.order, old_format=False,
-                             features=cluster.features)
+                             features=cluster.features & ~cluster.locking)
         except rbd.ImageExists:
             raise exceptions.UploadConflict(
                 'The store already holds data for this image.') from None
@@ -158,15 +162,26 @@ class InStore:
             raise FileNotFoundError(_image(rec)) from None
 
     def seal(self, rec):
-        """Make the object what the store serves: the protected snapshot
-        glance_store's driver makes of every image it writes."""
+        """Make the object what the store serves: the driver's features
+        and the protected snapshot it makes of every image it writes.
+
+        :raises sizeaware.exceptions.CommitFailed: the cluster refused.
+        """
         cluster = self._cluster_of(rec)
-        with cluster.rbd.Image(cluster.ioctx, _image(rec)) as image:
-            image.flush()
-            if SNAPSHOT not in {snap['name'] for snap in image.list_snaps()}:
-                image.create_snap(SNAPSHOT)
-            if not image.is_protected_snap(SNAPSHOT):
-                image.protect_snap(SNAPSHOT)
+        rbd = cluster.rbd
+        try:
+            with rbd.Image(cluster.ioctx, _image(rec)) as image:
+                image.flush()
+                _lock_features(cluster, image, rec)
+                if SNAPSHOT not in {snap['name']
+                                    for snap in image.list_snaps()}:
+                    image.create_snap(SNAPSHOT)
+                if not image.is_protected_snap(SNAPSHOT):
+                    image.protect_snap(SNAPSHOT)
+        except rbd.Error as exc:
+            raise exceptions.CommitFailed(
+                'The RBD image could not be made what the store serves: '
+                '%s.' % exc) from exc
 
     def remove(self, rec):
         """Remove what the session wrote to the store, if anything (its
@@ -210,6 +225,11 @@ class _Cluster:
         self.order = int(math.log(store.WRITE_CHUNKSIZE, 2))
         features = self.client.conf_get('rbd_default_features')
         self.features = int(features or 0) or self.rbd.RBD_FEATURE_LAYERING
+        #: The features off while the session lasts (see the module).
+        self.locking = (self.rbd.RBD_FEATURE_EXCLUSIVE_LOCK
+                        | self.rbd.RBD_FEATURE_OBJECT_MAP
+                        | self.rbd.RBD_FEATURE_FAST_DIFF
+                        | self.rbd.RBD_FEATURE_JOURNALING)
 
 
 class RBDImage:
@@ -244,6 +264,30 @@ class RBDImage:
 
     def __exit__(self, *exc_info):
         self.close()
+
+
+def _lock_features(cluster, image, rec):
+    """Turn on the features that were off while the session lasted: the
+    exclusive lock first, the object map and fast diff (which need it)
+    together. Librbd asks every client that has the image open first, and
+    a killed writer's client answers only once the cluster gave up on it
+    (about 30 s): the image is then served as it is, which every reader
+    and clone supports, and the line below says so."""
+    rbd = cluster.rbd
+    missing = cluster.features & cluster.locking & ~image.features()
+    try:
+        for features in (
+                rbd.RBD_FEATURE_EXCLUSIVE_LOCK,
+                rbd.RBD_FEATURE_OBJECT_MAP | rbd.RBD_FEATURE_FAST_DIFF,
+                rbd.RBD_FEATURE_JOURNALING):
+            if missing & features:
+                image.update_features(missing & features, True)
+        if missing & rbd.RBD_FEATURE_OBJECT_MAP:
+            image.rebuild_object_map()
+    except (rbd.Timeout, rbd.ConnectionShutdown) as exc:
+        LOG.warning('Store-native session: image_id=%s keeps RBD features '
+                    '%#x off: %s', rec.image_id,
+                    missing & ~image.features(), exc)
 
 
 def _image(rec):
