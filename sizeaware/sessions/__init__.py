@@ -1,8 +1,10 @@
 """Resumable uploads: transfer sessions that outlive a connection.
 
 A session holds one image's bytes for one target (``file`` or ``stage``)
-until every byte is there, then hands the whole image to Glance as one
-ordinary upload. The modules, each with one job:
+until every byte is there, then hands the whole image to Glance: as one
+ordinary upload from the spool, or, for a store-native session written
+straight into its RBD store, by its location. The modules, each with one
+job:
 
 ``ranges``
     byte-range arithmetic (which bytes are held, which overlap, which are
@@ -22,8 +24,14 @@ ordinary upload. The modules, each with one job:
     the bounded sweep any request triggers: expiry and retention;
 ``storage``
     the interface every session storage implements, and its
-    implementations (``storage.spool``: a directory on the API node or a
-    shared filesystem);
+    implementations: ``storage.ledger`` (a session's rules, once, over a
+    ledger's primitives), ``storage.spool`` (a directory on the API node
+    or a shared filesystem), ``storage.cluster`` (store-native sessions'
+    ledger in the RBD pool), ``storage.in_store`` (their RBD images),
+    ``storage.blocks`` (bytes at offsets, wherever they are),
+    ``storage.routed`` (which of the two holds a session);
+``locations``
+    Glance's location API, with the service token the operator grants;
 ``receive``
     the one receive flow every protocol shares: a body into a session,
     kept on disconnect, checked against a declared digest, claimed,
