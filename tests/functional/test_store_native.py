@@ -1,16 +1,18 @@
 """Store-native sessions on a real Ceph: the bytes go straight into the RBD
 image the image will live in, and Glance gets only the location.
 
-Glance 33 under uwsgi (and 30 under eventlet when the run has it) with its
-only backend on RBD pool ``images`` and the resumable filter's default
-``session_storage = store``. Each test checks the cluster itself (``rbd``
-as admin): the RBD image exists at the declared size from the first
-range, the API node's spool holds no image bytes, the finished image is
+Glance 33 and 29 under uwsgi and 30 under eventlet (those the run has),
+each with its only backend on RBD pool ``images`` and the resumable
+filter's default ``session_storage = store``. Each test checks the
+cluster itself (``rbd`` and ``rados`` as admin): the RBD image exists at
+the declared size from the first range and the session's ledger beside
+it, the API node's spool holds nothing of it, the finished image is
 served by glance_store's own driver from the protected snapshot, and
-whatever ends a session without an image (a cancel, a refusal) leaves
-nothing in the pool. A location Glance refuses (its policy says no) keeps
-every byte, and finalizing again once it says yes makes the image active
-with no byte sent again.
+whatever ends a session without an image (a cancel, a refusal, an expiry)
+leaves no RBD image in the pool. A location Glance refuses (its policy
+says no) keeps every byte, and finalizing again once it says yes makes
+the image active with no byte sent again. A worker killed mid-write loses
+no acknowledged byte.
 """
 
 import hashlib
@@ -25,13 +27,17 @@ import pytest
 
 from tests.functional import client
 from tests.functional import conftest
-from tests.functional.test_resumable_faults import SERVERS
+from tests.functional.test_resumable_faults import SERVERS as FAULT_SERVERS
 from tests.functional.test_resumable_faults import wait_for_respawned_workers
 
 MiB = 1024 * 1024
 DATA = os.urandom(24 * MiB + 7)
 N = len(DATA)
 ROLES = ('member', 'reader')
+#: Glance 33 under uwsgi, 30 under eventlet, and 29 (2024.2, the first
+#: release with the location API) under uwsgi, when the run has them.
+SERVERS = FAULT_SERVERS + (
+    [('29', 'uwsgi')] if '29' in conftest.RELEASES else [])
 
 
 @pytest.fixture(scope='module', params=SERVERS,
