@@ -177,6 +177,19 @@ def test_tuspy_writes_into_the_store(glance, api, ceph_rbd, tmp_path):
     assert api.request('GET', '/v2/images/%s/file' % image_id).body == DATA
 
 
+def test_a_store_glance_does_not_have_is_400(glance, api, ceph_rbd):
+    image_id = api.create_image()
+    resp = api.request('PUT', '/v2/images/%s/file' % image_id,
+                       body=DATA[:MiB], headers={
+                           'Content-Range': 'bytes 0-%d/%d' % (MiB - 1, N),
+                           'Content-Type': 'application/octet-stream',
+                           'X-Image-Meta-Store': 'nowhere'})
+    assert resp.status == 400 and 'nowhere' in resp.text, resp
+    assert rbd_info(ceph_rbd, image_id) is None
+    resp = api.request('GET', '/v2/images/%s/file/session' % image_id)
+    assert resp.status == 404
+
+
 def test_a_cancel_leaves_nothing_in_the_pool(glance, api, ceph_rbd):
     image_id = api.create_image()
     assert put_range(api, image_id, 0, MiB - 1).status == 204
