@@ -57,6 +57,9 @@ def status(session):
         'expires_at': None if rec.ended else _iso(rec.expires_at),
         'phases': [[name, _iso(when)] for name, when in rec.phases],
         'error': rec.error, 'sha256': rec.sha256,
+        # Where ranges must start for a session whose bytes go up to S3
+        # as parts (None elsewhere: any range).
+        'part_size': rec.part_size,
     }
 
 

@@ -137,13 +137,18 @@ def _by_location(app, environ, session):
     if 'os_glance_import_task' not in image:
         if not rec.handed_over:
             try:
+                session.assemble()
+            except exceptions.CommitFailed as error:
+                _keep(session, str(error))
+                raise
+            try:
                 checks.judge_stored(session, image.get('disk_format'))
             except exceptions.ImageRefused as refusal:
                 session.end(records.FINISHED_FAILURE, str(refusal))
                 raise
             session.hand_over()
             try:
-                session.storage.in_store.seal(rec)
+                session.seal()
             except exceptions.CommitFailed as error:
                 session.hand_over(False)
                 _keep(session, str(error))

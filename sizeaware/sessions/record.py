@@ -89,6 +89,10 @@ class Record:
     store: str = None
     location: str = None
     handed_over: bool = False
+    #: An S3 store-native session (:mod:`~sizeaware.sessions.storage.
+    #: bucket`): its multipart upload's id and its part size.
+    multipart: str = None
+    part_size: int = None
 
     def owned_by(self, owner):
         return (self.project_id, self.user_id) == tuple(owner[:2])

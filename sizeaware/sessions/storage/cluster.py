@@ -272,6 +272,9 @@ class ClusterSession(ledger.LedgerSession):
                     self._locked():
                 self._remove_keys([key])
 
+    def seal(self):
+        self.storage.in_store.seal(self.record)
+
     def join(self, partials):
         raise exceptions.UploadConflict(
             'A store-native upload takes no partial uploads.')

@@ -36,6 +36,13 @@ Stores that get a place:
     and a lock held by a killed writer would stall the next one until the
     cluster gives up on it (about 30 s). The seal turns them on.
 
+``s3`` (glance_store's S3 driver, or ``sizeaware_s3``)
+    the object ``<image_id>`` in the store's bucket, the key the driver
+    writes, as a multipart upload opened with the session; each range
+    goes up as parts as it arrives, and finalize completes the upload
+    (:mod:`~sizeaware.sessions.storage.bucket`) and hands Glance the
+    location the driver itself would have recorded.
+
 Glance's location API refuses ``file://`` locations (they would let a
 caller point an image at any file of the API node: Launchpad bugs
 942118 and 1400966), so a filesystem store gets the spool, as does every
@@ -58,6 +65,8 @@ LOG = logging.getLogger(__name__)
 SNAPSHOT = 'snap'
 #: Backend types whose images are RBD images.
 RBD_TYPES = ('rbd', 'sizeaware_rbd')
+#: Backend types whose images are S3 objects.
+S3_TYPES = ('s3', 'sizeaware_s3')
 
 
 class InStore:
@@ -78,6 +87,7 @@ class InStore:
         # One cluster connection per backend and process, opened on first
         # use: connecting costs more than writing a range.
         self._clusters = {}
+        self._buckets = {}
         self._lock = threading.Lock()
 
     def place(self, image_id, size, backend=None):
@@ -106,12 +116,27 @@ class InStore:
                 return None
             raise exceptions.UnknownStore(
                 'Glance has no store %s.' % ascii(backend)) from exc
-        if 'rbd' not in store.get_schemes():
-            return None
-        cluster = self._cluster(name, store)
-        return name, 'rbd://%s/%s/%s/%s' % (
-            parse.quote(cluster.fsid, ''), parse.quote(store.pool, ''),
-            parse.quote(image_id, ''), SNAPSHOT)
+        if 'rbd' in store.get_schemes():
+            cluster = self._cluster(name, store)
+            return name, 'rbd://%s/%s/%s/%s' % (
+                parse.quote(cluster.fsid, ''), parse.quote(store.pool, ''),
+                parse.quote(image_id, ''), SNAPSHOT)
+        if 's3' in store.get_schemes():
+            self.s3(name)     # the bucket made, as the driver would
+            from glance_store._drivers import s3 as s3_driver
+            return name, s3_driver.StoreLocation(
+                store_specs={'scheme': store.scheme,
+                             'bucket': store.bucket, 'key': image_id,
+                             's3serviceurl': store.full_s3_host,
+                             'accesskey': store.access_key,
+                             'secretkey': store.secret_key},
+                conf=store.conf,
+                backend_group=store.backend_group).get_uri()
+        return None
+
+    def kind(self, backend):
+        """``'rbd'`` or ``'s3'``: which ledger a backend's sessions get."""
+        return 's3' if backend in self.s3_backends() else 'rbd'
 
     def rbd_backends(self):
         """The names of Glance's RBD backends."""
@@ -121,6 +146,49 @@ class InStore:
                     if kind in RBD_TYPES]
         default = backends.configured(self.conf)[1]
         return [default] if default in RBD_TYPES else []
+
+    def s3_backends(self):
+        """The names of Glance's S3 backends."""
+        enabled = backends.types(self.conf)
+        if enabled:
+            return [name for name, kind in sorted(enabled.items())
+                    if kind in S3_TYPES]
+        default = backends.configured(self.conf)[1]
+        return [default] if default in S3_TYPES else []
+
+    def s3(self, backend):
+        """``(client, bucket)`` of an S3 backend: a client made from the
+        backend's own options, as its driver makes one, and its bucket
+        (made if missing and ``s3_store_create_bucket_on_put`` says so).
+        """
+        with self._lock:
+            found = self._buckets.get(backend)
+        if found is not None:
+            return found
+        store = self.find_store(backend, backends.configured(self.conf)[0])
+        options = (self.conf[store.backend_group] if store.backend_group
+                   else self.conf.glance_store)
+        import boto3
+        from botocore import config as boto_config
+        client = boto3.session.Session(
+            aws_access_key_id=store.access_key,
+            aws_secret_access_key=store.secret_key).client(
+                's3', endpoint_url=store.full_s3_host,
+                region_name=getattr(store, 'region_name', None),
+                use_ssl=store.full_s3_host.startswith('https://'),
+                verify=getattr(options, 's3_store_cacert', None) or None,
+                config=boto_config.Config(s3={
+                    'addressing_style':
+                        options.s3_store_bucket_url_format}))
+        bucket = store.bucket
+        try:
+            client.head_bucket(Bucket=bucket)
+        except client.exceptions.ClientError:
+            if not options.s3_store_create_bucket_on_put:
+                raise
+            client.create_bucket(Bucket=bucket)
+        with self._lock:
+            return self._buckets.setdefault(backend, (client, bucket))
 
     def ioctx(self, backend):
         """The RADOS I/O context of ``backend``'s pool."""

@@ -1,16 +1,21 @@
-"""Where each session lives: the spool, or the cluster of its RBD store.
+"""Where each session lives: the spool, or beside its bytes in the store.
 
 The filter speaks to one :class:`~sizeaware.sessions.storage.Storage`;
 this one sends each session to the storage that fits it. A session is
-created in the cluster of the RBD store its image goes to when that store
+created beside the bytes in the store its image goes to when that store
 gets a place (:meth:`~sizeaware.sessions.storage.in_store.InStore.place`:
 ``session_storage = store``, an upload to ``/file`` that is not a tus
-partial or final upload), and in the spool otherwise; it is found in
-whichever holds it, the spool first. The project's limit counts the
-sessions of both.
+partial or final upload): in the RBD pool
+(:mod:`~sizeaware.sessions.storage.cluster`) or the S3 bucket
+(:mod:`~sizeaware.sessions.storage.bucket`); in the spool otherwise. It is
+found in whichever holds it, the spool first. The project's limit counts
+the sessions of all of them.
 """
 
+import os
+
 from sizeaware.sessions import storage
+from sizeaware.sessions.storage import bucket as buckets
 from sizeaware.sessions.storage import cluster as clusters
 
 
@@ -24,8 +29,13 @@ class Routed(storage.Storage):
         self.spool = spool
         self.limits = spool.limits
         self.in_store = in_store
-        self.clusters = (None if in_store is None else clusters.Clusters(
-            in_store, spool.limits, spool.clock))
+        self.clusters = self.buckets = None
+        if in_store is not None:
+            self.clusters = clusters.Clusters(in_store, spool.limits,
+                                              spool.clock)
+            self.buckets = buckets.Buckets(
+                in_store, os.path.join(spool.directory, '.store-locks'),
+                spool.limits, spool.clock)
 
     @property
     def clock(self):
@@ -35,8 +45,9 @@ class Routed(storage.Storage):
     def clock(self, clock):
         # One time for every session, wherever it lives (tests move it).
         self.spool.clock = clock
-        if self.clusters is not None:
-            self.clusters.clock = clock
+        for other in (self.clusters, self.buckets):
+            if other is not None:
+                other.clock = clock
 
     def session(self, image_id, target, caller, part=None, ended=False):
         found = self.spool.session(image_id, target, caller, part, ended)
@@ -73,23 +84,30 @@ class Routed(storage.Storage):
                 return self.spool.create_locked(
                     image_id, target, caller, size, sha256, part=part,
                     reserved=reserved, gone=gone,
-                    others=self._records(self.clusters), **fields)
-            return self.clusters.create(
+                    others=self._records(self.clusters, self.buckets),
+                    **fields)
+            if self.in_store.kind(place[0]) == 's3':
+                where, others = self.buckets, (self.spool, self.clusters)
+            else:
+                where, others = self.clusters, (self.spool, self.buckets)
+            return where.create(
                 image_id, target, caller, size, sha256, reserved=reserved,
-                gone=gone, place=place, others=self._records(self.spool),
+                gone=gone, place=place, others=self._records(*others),
                 **fields)
 
     def records(self, limit=None):
         for key, rec in self.spool.records(limit):
             yield ('spool', key), rec
-        if self.clusters is not None:
-            for key, rec in self.clusters.records(limit):
-                yield ('cluster', key), rec
+        for name, other in (('cluster', self.clusters),
+                            ('bucket', self.buckets)):
+            if other is not None:
+                for key, rec in other.records(limit):
+                    yield (name, key), rec
 
     def open(self, key, caller):
         where, key = key
-        return (self.spool if where == 'spool' else self.clusters).open(
-            key, caller)
+        return {'spool': self.spool, 'cluster': self.clusters,
+                'bucket': self.buckets}[where].open(key, caller)
 
     def claim_sweep(self, interval, now):
         return self.spool.claim_sweep(interval, now)
@@ -98,12 +116,15 @@ class Routed(storage.Storage):
         self.spool.sweep_leftovers(now)
 
     def _in_clusters(self, image_id, target, caller, part, ended):
-        if self.clusters is None:
-            return None
-        return self.clusters.session(image_id, target, caller, part, ended)
+        """The session in an RBD pool or an S3 bucket, if any."""
+        for other in (self.clusters, self.buckets):
+            if other is not None:
+                found = other.session(image_id, target, caller, part, ended)
+                if found is not None:
+                    return found
+        return None
 
     @staticmethod
-    def _records(storage):
-        if storage is None:
-            return []
-        return [rec for _, rec in storage.records()]
+    def _records(*storages):
+        return [rec for where in storages if where is not None
+                for _, rec in where.records()]
