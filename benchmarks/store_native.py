@@ -65,6 +65,7 @@ from _common import GiB
 from _common import MiB
 
 from sizeaware.client import connection
+from sizeaware.client import errors
 from sizeaware.client import readers
 from sizeaware.client import spans
 from sizeaware.client import upload as client_upload
@@ -137,6 +138,7 @@ class Bench:
         self.finalizing_409 = 0
         self.leftovers = []
         self.log_offset = 0
+        self.delete_retries = 0
 
     # -- the uwsgi processes -------------------------------------------
 
@@ -274,6 +276,23 @@ class Bench:
             info = self.api.get(image_id)
         return info, time.perf_counter()
 
+    def delete(self, image_id):
+        """Delete the image, again after a 500: Glance 33 answers a delete
+        500 ("Operation file ... does not exist, cannot cancel") in the
+        moment between its hashing task saving the hashes and dropping
+        the task's marks from the image (it tries to cancel the task
+        that has just ended)."""
+        for attempt in range(20):
+            try:
+                self.api.delete(image_id)
+                return
+            except errors.Transient as exc:
+                if attempt == 19:
+                    raise
+                self.delete_retries += 1
+                _common.log('delete %s: %s; again' % (image_id, exc))
+                time.sleep(0.5)
+
     def timed(self, proxy, mode, storage, image, size, expected,
               streams=None):
         """One upload through ``proxy``; a dict of its figures."""
@@ -327,7 +346,7 @@ class Bench:
                     'finalize': marks['finished_success'] - marks['finalizing']
                     if len(marks) == 2 else None}
         finally:
-            self.api.delete(image_id)
+            self.delete(image_id)
             left = self.pool.images()
             if left:
                 self.leftovers.append((image_id, left))
@@ -335,22 +354,29 @@ class Bench:
                             % left)
 
 
-def quiet_ceph_conf(pool, path):
-    """A copy of the cluster's ``ceph.conf`` at ``path`` whose section of
-    the pool's client has no ``debug_rbd`` and no ``log_file`` of its own:
-    ``teststack.ceph`` has librbd log every operation at level 5, which a
-    deployment does not, and those lines are written by the uwsgi
-    processes (part c) at a cost in CPU that grows with the number of
-    librbd calls."""
+def glance_ceph_conf(pool, path, quiet=True, options=()):
+    """A copy of the cluster's ``ceph.conf`` at ``path`` for Glance.
+
+    With ``quiet``, the section of the pool's client has no ``debug_rbd``
+    and no ``log_file`` of its own: ``teststack.ceph`` has librbd log every
+    operation at level 5, which a deployment does not, and those lines are
+    written by the uwsgi processes (part c) at a cost in CPU that grows
+    with the number of librbd calls. ``options`` (``name=value``) are
+    added to that section.
+    """
     section = '[client.%s]' % pool.user
     out, inside = [], False
     for line in pool.conf_path.read_text().splitlines():
         if line.startswith('['):
+            if inside:
+                out += list(options)
             inside = line.strip() == section
-        elif inside and line.split('=', 1)[0].strip() in ('debug_rbd',
-                                                           'log_file'):
+        elif quiet and inside and line.split('=', 1)[0].strip() in (
+                'debug_rbd', 'log_file'):
             continue
         out.append(line)
+    if inside:
+        out += list(options)
     path.write_text('\n'.join(out) + '\n')
     return path
 
@@ -399,8 +425,8 @@ def run(args):
         ceph.start()
         pool = ceph.add_rbd_pool('images', user='glance')
         _common.log('Ceph up in %.0f s' % (time.perf_counter() - started))
-        conf_path = pool.conf_path if args.rbd_debug else quiet_ceph_conf(
-            pool, ceph.workdir / 'glance-ceph.conf')
+        conf_path = glance_ceph_conf(pool, ceph.workdir / 'glance-ceph.conf',
+                                     not args.rbd_debug, args.rbd_option)
         glance = glance_stack.Glance(
             args.release, resumable={}, processes=args.processes,
             threads=args.threads,
@@ -462,6 +488,7 @@ def run(args):
                     if path.exists():
                         shutil.copy(path, keep / path.name)
         results['leftovers'] = bench.leftovers
+        results['delete_retries'] = bench.delete_retries
     finally:
         if glance is not None:
             glance.stop()
@@ -693,6 +720,9 @@ def report(args, results, loads):
             tables.append(table_c(args, main))
     if results['wan']:
         tables.append(table_d(args, results['wan']))
+    if results.get('delete_retries'):
+        tables.append('Deletes answered 500 by Glance and made again: %d'
+                      % results['delete_retries'])
     if results.get('leftovers'):
         tables.append('RBD images left in the pool after a delete: %r'
                       % results['leftovers'])
@@ -704,7 +734,11 @@ def report(args, results, loads):
         'store on /, spool on %s), sizeaware and download filters, %s; '
         'load average %.1f to %.1f during the run\n%s'
         % (args.release, args.processes, args.threads, SPOOL,
-           code_line(args), min(loads), max(loads), uptime))
+           code_line(args) + ''.join(
+               ', %s for Glance\'s librbd' % option
+               for option in args.rbd_option) + (
+               ', librbd logging at level 5' if args.rbd_debug else ''),
+           min(loads), max(loads), uptime))
     return tables
 
 
@@ -733,6 +767,11 @@ def main(argv=None):
     parser.add_argument('--rbd-debug', action='store_true',
                         help='keep teststack\'s librbd log (level 5) for '
                              'Glance\'s client')
+    parser.add_argument('--rbd-option', action='append', default=[],
+                        metavar='NAME=VALUE',
+                        help='a line for the section of Glance\'s cephx '
+                             'client in its ceph.conf (librbd\'s options; '
+                             'repeatable)')
     parser.add_argument('--debug', action='store_true',
                         help='Glance\'s debug logging')
     parser.add_argument('--sizeaware-from', metavar='DIR',
