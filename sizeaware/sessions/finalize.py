@@ -147,21 +147,25 @@ def _by_location(app, environ, session):
                 session.end(records.FINISHED_FAILURE, str(refusal))
                 raise
             session.hand_over()
-            try:
-                session.seal()
-            except exceptions.CommitFailed as error:
-                session.hand_over(False)
-                _keep(session, str(error))
-                raise
+        try:
+            # Every time: a finalize killed midway left it half done.
+            session.seal()
+        except exceptions.CommitFailed as error:
+            _keep(session, str(error))
+            raise
         try:
             status, text = glance.add(environ, rec.image_id,
-                                         rec.location)
+                                      rec.location)
         except exceptions.GlanceUnreachable as exc:
             _keep(session, str(exc))
             raise
         if status >= 300:
-            # Glance did not take it: the bytes are the session's again.
-            session.hand_over(False)
+            if status in _REFUSED:
+                # Glance did not take it, for sure: the bytes are the
+                # session's again. (Any other answer may come from a proxy
+                # or another operation holding the image; they stay the
+                # image's until Glance says.)
+                session.hand_over(False)
             error = exceptions.CommitFailed(
                 'Glance refused the image\'s location (%d: %s).' % (
                     status, _text_of(text)))
@@ -183,6 +187,10 @@ def _by_location(app, environ, session):
             'to see whether it did.' % glance.timeout)
     _keep(session, str(error))
     raise error
+
+
+#: Glance's answers to a location that it certainly did not take.
+_REFUSED = (400, 403, 404)
 
 
 def _image(app, environ, session):

@@ -89,6 +89,12 @@ class Record:
     store: str = None
     location: str = None
     handed_over: bool = False
+    #: The store's own id of the object the session made (an RBD image's
+    #: id, a completed S3 object's ETag): only that object is ever removed,
+    #: never another of the same name made after the session ended.
+    object_id: str = None
+    #: Whether the session's bytes in the store were removed.
+    dropped: bool = False
     #: An S3 store-native session (:mod:`~sizeaware.sessions.storage.
     #: bucket`): its multipart upload's id and its part size.
     multipart: str = None

@@ -318,6 +318,13 @@ class BucketSession(ledger.LedgerSession):
                 raise exceptions.CommitFailed(
                     'S3 did not complete the image\'s upload: %s.' % exc
                 ) from exc
+        if rec.object_id is None:
+            # The object's ETag: the one object a later drop may remove.
+            with self._locked():
+                rec = self._read_record()
+                rec.object_id = self._get_object(head=True)['ETag']
+                self._write_record(rec)
+                self.record = rec
 
     def join(self, partials):
         raise exceptions.UploadConflict(
@@ -387,7 +394,9 @@ class BucketSession(ledger.LedgerSession):
         pass
 
     def _drop_data(self):
-        self._drop(self.record)
+        if not self.record.dropped:
+            self._drop(self.record)
+            self._write_record(self.record)
 
     def _open_data(self, writable=True):
         raise exceptions.UploadConflict(
@@ -410,17 +419,27 @@ class BucketSession(ledger.LedgerSession):
     # -- internals ----------------------------------------------------------
 
     def _drop(self, rec):
-        """Abort the upload; remove the object unless handed over."""
+        """Abort the upload and remove the object it made, unless handed
+        over or dropped already; only that object (by its ETag): another
+        of the same key, made by a plain upload after the session ended,
+        is Glance's."""
+        if rec.handed_over or rec.dropped or (
+                rec.phase == records.FINISHED_SUCCESS):
+            return
         if rec.multipart is not None:
             with contextlib.suppress(self._client_error()):
                 self.s3.abort_multipart_upload(
                     Bucket=self.bucket, Key=self.image_id,
                     UploadId=rec.multipart)
-        if not rec.handed_over:
-            self.s3.delete_object(Bucket=self.bucket, Key=self.image_id)
+        if rec.object_id is not None:
+            with contextlib.suppress(exceptions.SessionNotFound):
+                if self._get_object(head=True)['ETag'] == rec.object_id:
+                    self.s3.delete_object(Bucket=self.bucket,
+                                          Key=self.image_id)
         for key in self._keys():
             if '/tail' in key:
                 self.s3.delete_object(Bucket=self.bucket, Key=key)
+        rec.dropped = True
 
     def _parts(self):
         """``(number, size, etag)`` of the parts S3 lists; None once the

@@ -133,11 +133,14 @@ class Clusters(storage.Storage):
             return self.create(image_id, target, caller, size, sha256,
                                reserved=True, place=place, **fields)
         try:
-            self.in_store.create(rec)
+            rec.object_id = self.in_store.create(rec)
         except BaseException:
             with contextlib.suppress(rados.ObjectNotFound):
                 ioctx.remove_object(name)
             raise
+        with rados.WriteOpCtx() as op:
+            ioctx.set_omap(op, (_RECORD,), (rec.to_json().encode(),))
+            ioctx.operate_write_op(op, name)
         _index(self.in_store, backend, rec)
         session = ClusterSession(self, backend, image_id, caller)
         records.log_change(LOG, session.record,
@@ -184,6 +187,8 @@ class ClusterSession(ledger.LedgerSession):
         self.rados = clusters.in_store.rados(backend)
         #: This request's own cookie, for its locks and leases.
         self.cookie = uuid.uuid4().hex
+        #: The bytes this request's writer has open.
+        self._writing = None
         self.record = self._read_record()
         self._born = self.record.created_at
 
@@ -257,8 +262,9 @@ class ClusterSession(ledger.LedgerSession):
             held = self.held()
         data = None
         try:
-            data = _Leased(self._open_data(), functools.partial(
-                self._renew, key, first, last), self.storage.clock)
+            data = self._writing = _Leased(
+                self._open_data(), functools.partial(
+                    self._renew, key, first, last), self.storage.clock)
             yield functools.partial(
                 spool_writer.SpoolWriter, data=data, start=first, held=held,
                 limit=limit, digest=digest,
@@ -267,6 +273,7 @@ class ClusterSession(ledger.LedgerSession):
                 if checkpoints else None)
         finally:
             if data is not None:
+                self._writing = None
                 data.close()
             with contextlib.suppress(exceptions.SessionNotFound), \
                     self._locked():
@@ -284,8 +291,9 @@ class ClusterSession(ledger.LedgerSession):
             if only_if_idle and self.writing():
                 return 0
             rec = self._read_record()
-            if not rec.handed_over:
-                self.storage.in_store.remove(rec)
+            if not (rec.handed_over or rec.dropped):
+                if not self.storage.in_store.remove(rec):
+                    return 0
             self.ioctx.remove_object(self.name)
         with contextlib.suppress(self.rados.ObjectNotFound):
             with self.rados.WriteOpCtx() as op:
@@ -345,15 +353,32 @@ class ClusterSession(ledger.LedgerSession):
 
     def _drop_data(self):
         rec = self.record
-        if not rec.handed_over:
-            self.storage.in_store.remove(rec)
+        if rec.handed_over or rec.dropped or (
+                rec.phase == records.FINISHED_SUCCESS):
+            # The image's now: Glance deletes it with the image.
+            return
+        if self.storage.in_store.remove(rec):
+            rec.dropped = True
+            self._write_record(rec)
 
     def _open_data(self, writable=True):
-        try:
-            return self.storage.in_store.open(self.record, writable)
-        except FileNotFoundError:
-            raise exceptions.SessionNotFound(
-                'The upload session of this image has ended.') from None
+        for _ in range(50):
+            try:
+                return self.storage.in_store.open(self.record, writable)
+            except FileNotFoundError:
+                if self.record.object_id is not None or self.record.ended:
+                    break
+            # Created a moment ago on another node, its RBD image not yet
+            # made: it is, once the record names its id.
+            time.sleep(0.1)
+            self.record = self._read_record()
+        raise exceptions.SessionNotFound(
+            'The upload session of this image has ended.')
+
+    def _sync_data(self):
+        # The writer's own handle: librbd caches per handle.
+        if self._writing is not None:
+            self._writing.sync()
 
     @contextlib.contextmanager
     def _locked(self):
@@ -374,6 +399,10 @@ class ClusterSession(ledger.LedgerSession):
             try:
                 rec = self._read_record()
             except exceptions.SessionNotFound:
+                # The session was removed, and taking the lock made its
+                # object again, empty: it goes.
+                with contextlib.suppress(self.rados.ObjectNotFound):
+                    self.ioctx.remove_object(self.name)
                 raise exceptions.SessionNotFound(
                     'The upload session of this image has ended.') from None
             if rec.created_at != self._born:
@@ -395,19 +424,21 @@ class ClusterSession(ledger.LedgerSession):
             yield key[2:], int(first), int(last), float(expires)
 
     def _renew(self, key, first, last):
-        """Extend this request's lease on its bytes.
+        """Extend this request's lease on its bytes, which must not have
+        lapsed: a lapsed lease is never taken up again (another request
+        may have written and claimed the bytes since), so a request that
+        stalled that long writes nothing more.
 
-        :raises sizeaware.exceptions.UploadConflict: it lapsed and another
-            request holds some of them now.
+        :raises sizeaware.exceptions.UploadConflict: it lapsed.
         """
         with self._locked():
             now = self.storage.clock()
-            for cookie, start, end, expires in self._leases():
-                if (cookie != self.cookie and expires > now
-                        and start <= last and first <= end):
-                    raise exceptions.UploadConflict(
-                        'This request stalled and another one writes bytes '
-                        '%d-%d now.' % (first, last))
+            mine = [expires for cookie, _, _, expires in self._leases()
+                    if cookie == self.cookie]
+            if not mine or mine[0] <= now:
+                raise exceptions.UploadConflict(
+                    'This request stalled past its hold on bytes %d-%d; '
+                    'send what is missing again.' % (first, last))
             self._set(key, '%d %d %f' % (first, last, now + WRITE_LEASE))
 
     def _finalize_holder(self):

@@ -201,7 +201,8 @@ class InStore:
             backend, backends.configured(self.conf)[0])).rados
 
     def create(self, rec):
-        """Make the empty object at the record's place, at its size.
+        """Make the empty object at the record's place, at its size; its
+        id in the store.
 
         :raises sizeaware.exceptions.UploadConflict: the store already
             holds an object for the image.
@@ -215,6 +216,8 @@ class InStore:
         except rbd.ImageExists:
             raise exceptions.UploadConflict(
                 'The store already holds data for this image.') from None
+        with rbd.Image(cluster.ioctx, _image(rec), read_only=True) as image:
+            return image.id()
 
     def open(self, rec, writable=True):
         """The object's bytes, as :mod:`~sizeaware.sessions.storage.
@@ -252,12 +255,21 @@ class InStore:
                 '%s.' % exc) from exc
 
     def remove(self, rec):
-        """Remove what the session wrote to the store, if anything (its
-        snapshot too, made by a finalize that Glance then refused)."""
+        """Remove what the session wrote to the store (its snapshot too,
+        made by a finalize that Glance then refused), and only that: an
+        RBD image of the same name with another id (Glance's own, from a
+        plain upload after the session ended) is left alone.
+
+        :returns: whether nothing of the session is left; False while a
+            request (on any node) still has the image open: the sweep
+            tries again.
+        """
         cluster = self._cluster_of(rec)
         rbd = cluster.rbd
         try:
             with rbd.Image(cluster.ioctx, _image(rec)) as image:
+                if rec.object_id is not None and image.id() != rec.object_id:
+                    return True
                 for snap in list(image.list_snaps()):
                     if image.is_protected_snap(snap['name']):
                         image.unprotect_snap(snap['name'])
@@ -265,6 +277,12 @@ class InStore:
             rbd.RBD().remove(cluster.ioctx, _image(rec))
         except rbd.ImageNotFound:
             pass
+        except rbd.ImageBusy:
+            LOG.warning('Store-native session: image_id=%s: its RBD image '
+                        'is still open; the sweep removes it later.',
+                        rec.image_id)
+            return False
+        return True
 
     def _cluster_of(self, rec):
         return self._cluster(rec.store, self.find_store(
@@ -287,9 +305,22 @@ class _Cluster:
         self.rados = rbd_driver.rados
         self.client = rbd_driver.rados.Rados(conffile=store.conf_file,
                                              rados_id=store.user)
-        self.client.connect()
-        self.fsid = self.client.get_fsid()
-        self.ioctx = self.client.open_ioctx(store.pool)
+        options = getattr(store, 'store_conf', None) or (
+            store.conf[store.backend_group] if store.backend_group
+            else store.conf.glance_store)     # glance_store 4.x
+        timeout = options.rados_connect_timeout
+        if timeout >= 0:
+            # As the driver does: no call waits forever on the cluster.
+            for option in ('rados_osd_op_timeout', 'rados_mon_op_timeout',
+                           'client_mount_timeout'):
+                self.client.conf_set(option, str(timeout))
+        try:
+            self.client.connect()
+            self.fsid = self.client.get_fsid()
+            self.ioctx = self.client.open_ioctx(store.pool)
+        except BaseException:
+            self.client.shutdown()
+            raise
         self.order = int(math.log(store.WRITE_CHUNKSIZE, 2))
         features = self.client.conf_get('rbd_default_features')
         self.features = int(features or 0) or self.rbd.RBD_FEATURE_LAYERING

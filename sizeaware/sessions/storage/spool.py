@@ -297,9 +297,12 @@ class SpoolSession(ledger.LedgerSession):
                     fds.append(blocks.LocalFile(
                         os.path.join(self.path, 'part.%d' % n),
                         writable=False))
-        except BaseException:
+        except BaseException as exc:
             for fd in fds:
                 fd.close()
+            if isinstance(exc, FileNotFoundError):
+                raise exceptions.SessionNotFound(
+                    'The upload session of this image has ended.') from None
             raise
         sizes = [self.record.size] if sizes is None else list(sizes)
         index, position = 0, 0
