@@ -3,7 +3,7 @@
 A session holds one image's bytes for one target (``file`` or ``stage``)
 until every byte is there, then hands the whole image to Glance: as one
 ordinary upload from the spool, or, for a store-native session written
-straight into its RBD store, by its location. The modules, each with one
+straight into its RBD or S3 store, by its location. The modules, each with one
 job:
 
 ``ranges``
@@ -29,7 +29,8 @@ job:
     or a shared filesystem), ``storage.cluster`` (store-native sessions'
     ledger in the RBD pool), ``storage.in_store`` (their RBD images),
     ``storage.blocks`` (bytes at offsets, wherever they are),
-    ``storage.routed`` (which of the two holds a session);
+    ``storage.bucket`` (S3 store-native sessions, in their bucket),
+    ``storage.routed`` (which of them holds a session);
 ``locations``
     Glance's location API, with the service token the operator grants;
 ``receive``
