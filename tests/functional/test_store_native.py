@@ -283,27 +283,36 @@ def test_a_killed_worker_loses_no_acknowledged_byte(glance, api, ceph_rbd,
 
 
 def test_an_expired_session_leaves_nothing(ceph_rbd, tmp_path_factory):
-    """An expired store-native session ends as ``cancelled_system`` on
-    the next request that finds it, on any node, and its RBD image and
-    pieces go; only its record stays (for the retention time)."""
-    glance = conftest.glance_on(
-        '33', 'uwsgi', resumable={'session_inactivity_timeout': 2},
-        workdir=tmp_path_factory.mktemp('native-expiry'),
-        default_backend='ceph', backends={'ceph': ('rbd', {
-            'rbd_store_pool': ceph_rbd.name,
-            'rbd_store_user': ceph_rbd.user,
-            'rbd_store_ceph_conf': ceph_rbd.conf_path})})
-    with glance:
+    """An expired store-native session is ended by the sweep of any node,
+    one that never saw it included, and its RBD image and pieces go; only
+    its record stays (for the retention time). The image takes a new
+    upload at once."""
+    def node(name):
+        return conftest.glance_on(
+            '33', 'uwsgi', resumable={'session_inactivity_timeout': 2},
+            workdir=tmp_path_factory.mktemp(name), default_backend='ceph',
+            backends={'ceph': ('rbd', {
+                'rbd_store_pool': ceph_rbd.name,
+                'rbd_store_user': ceph_rbd.user,
+                'rbd_store_ceph_conf': ceph_rbd.conf_path})})
+    with node('native-expiry') as glance:
         api = client.GlanceClient(glance.url, glance.identity_headers(
             uuid.uuid4().hex, roles=ROLES))
         image_id = api.create_image()
         assert put_range(api, image_id, 0, MiB - 1).status == 204
         assert rbd_info(ceph_rbd, image_id)['size'] == N
         time.sleep(2.5)
-        assert session(api, image_id)['phase'] == 'cancelled_system'
+        # Another node (its own database: it knows nothing of the image)
+        # sweeps on its first resumable request, whatever it is about.
+        with node('native-sweeper') as other:
+            stranger = client.GlanceClient(other.url, other.identity_headers(
+                uuid.uuid4().hex, roles=ROLES))
+            resp = stranger.request('GET', '/v2/images/%s/file/session'
+                                    % uuid.uuid4())
+            assert resp.status == 404
         assert rbd_info(ceph_rbd, image_id) is None
         assert ledger(ceph_rbd, image_id) == {'record'}
+        assert session(api, image_id)['phase'] == 'cancelled_system'
         assert api.get_image(image_id)['status'] == 'queued'
-        # The image takes a new upload at once.
         assert put_range(api, image_id, 0, MiB - 1).status == 204
         assert session(api, image_id)['phase'] == 'paused_system'

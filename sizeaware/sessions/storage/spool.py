@@ -185,6 +185,9 @@ class Spool(storage.Storage):
         except FileNotFoundError:
             pass
         try:
+            # A node whose spool holds nothing yet still sweeps (the
+            # sessions kept in a store's cluster or bucket).
+            os.makedirs(self.directory, 0o700, exist_ok=True)
             with open(stamp, 'a'):
                 pass
             os.utime(stamp, (now, now))
