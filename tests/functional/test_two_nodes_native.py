@@ -1,5 +1,5 @@
 """Two Glance API nodes continue each other's store-native sessions with
-nothing shared but PostgreSQL and Ceph.
+nothing shared but PostgreSQL and the store (Ceph RBD, or S3).
 
 Two Glance 33 nodes (uwsgi) on 127.0.0.2 and 127.0.0.3, each with a spool
 of its own on its own disk, behind a round-robin proxy
@@ -9,8 +9,9 @@ the pool beside its RBD image (:mod:`sizeaware.sessions.storage.cluster`),
 so a request reaching either node finds it. Successive requests alternate
 between the nodes: ranged PUTs out of order, tuspy's PATCHes, four ranged
 streams at once, and an upload across one node's workers SIGKILLed
-mid-write and the other node restarted. Every image ends exact, and
-neither node's spool ever holds a byte of it.
+mid-write and the other node restarted; with S3, whole parts and tus
+PATCHes ending mid-part. Every image ends exact, and neither node's spool
+ever holds a byte of it.
 """
 
 import concurrent.futures
@@ -44,6 +45,24 @@ def pair(postgres, ceph_rbd, tmp_path_factory):
                 'rbd_store_user': ceph_rbd.user,
                 'rbd_store_ceph_conf': ceph_rbd.conf_path,
                 'rbd_store_chunk_size': 8})},
+            resumable={}) as pair:
+        yield pair
+
+
+@pytest.fixture(scope='module')
+def s3_pair(postgres, radosgw, s3, tmp_path_factory):
+    """The same two nodes, their only backend S3 (radosgw)."""
+    s3.create_bucket(Bucket='native-pair')
+    with two_nodes.two_glance_nodes(
+            postgres, 'glance_native_s3_pair',
+            tmp_path_factory.mktemp('native-s3-pair'), release='33',
+            server='uwsgi', processes=2, threads=4, default_backend='cloud',
+            backends={'cloud': ('sizeaware_s3', {
+                's3_store_host': radosgw.endpoint,
+                's3_store_access_key': radosgw.access_key,
+                's3_store_secret_key': radosgw.secret_key,
+                's3_store_bucket': 'native-pair',
+                's3_store_bucket_url_format': 'path'})},
             resumable={}) as pair:
         yield pair
 
@@ -179,3 +198,28 @@ def test_a_node_killed_mid_write_and_the_other_restarted(pair, api,
     resp = put_range(api, image_id, half, N - 1)
     assert resp.status == 204, resp
     assert_exact(api, pair, image_id)
+
+
+def test_s3_parts_and_tails_alternate_between_the_nodes(s3_pair, tmp_path):
+    """An S3 session continues on either node: ranged PUTs of whole
+    parts, then tuspy's 3 MiB PATCHes whose tails one node keeps and the
+    other takes up."""
+    pair = s3_pair
+    api = client.GlanceClient(pair.url, pair.identity_headers(
+        uuid.uuid4().hex, roles=ROLES))
+    image_id = api.create_image()
+    part = 8 * MiB
+    for first in (2 * part, 0, part):
+        assert put_range(api, image_id, first, first + part - 1).status == 204
+    assert put_range(api, image_id, 3 * part, N - 1).status == 204
+    assert_exact(api, pair, image_id)
+
+    image_id = api.create_image()
+    path = tmp_path / 'image'
+    path.write_bytes(DATA)
+    tus = tus_client.TusClient('%s/v2/images/%s/file' % (pair.url,
+                                                         image_id),
+                               headers=dict(api.headers))
+    tus.uploader(str(path), chunk_size=3 * MiB).upload()
+    assert_exact(api, pair, image_id)
+    assert min(answered_by(pair, image_id)) >= 4
