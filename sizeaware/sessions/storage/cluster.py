@@ -28,6 +28,7 @@ is not counted (there is no writer's journal here).
 
 import contextlib
 import functools
+import random
 import time
 import uuid
 
@@ -152,10 +153,15 @@ class Clusters(storage.Storage):
             ioctx = self.in_store.ioctx(backend)
             rados = self.in_store.rados(backend)
             try:
-                values = _omap(ioctx, rados, INDEX, '', limit)
+                values = list(_omap(ioctx, rados, INDEX, '').items())
             except rados.ObjectNotFound:
                 continue
-            for image_id, value in values.items():
+            if limit is not None and len(values) > limit:
+                # A sweep examines a few: from a random one on, so every
+                # session's turn comes.
+                start = random.randrange(len(values))
+                values = (values[start:] + values[:start])[:limit]
+            for image_id, value in values:
                 try:
                     yield (backend, image_id), records.Record.from_json(
                         value.decode())

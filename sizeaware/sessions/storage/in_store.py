@@ -228,7 +228,8 @@ class InStore:
         cluster = self._cluster_of(rec)
         try:
             return RBDImage(cluster.rbd.Image(cluster.ioctx, _image(rec),
-                                              read_only=not writable))
+                                              read_only=not writable),
+                            cluster.rbd)
         except cluster.rbd.ImageNotFound:
             raise FileNotFoundError(_image(rec)) from None
 
@@ -335,8 +336,9 @@ class RBDImage:
     """An open RBD image, with :class:`~sizeaware.sessions.storage.
     blocks.LocalFile`'s methods."""
 
-    def __init__(self, image):
+    def __init__(self, image, rbd):
         self.image = image
+        self.rbd = rbd
 
     def pread(self, length, offset):
         size = self.image.size()
@@ -345,7 +347,12 @@ class RBDImage:
         return self.image.read(offset, min(length, size - offset))
 
     def pwrite(self, data, offset):
-        self.image.write(bytes(data), offset)
+        try:
+            self.image.write(bytes(data), offset)
+        except (self.rbd.NoSpace, self.rbd.DiskQuotaExceeded) as exc:
+            raise exceptions.SpoolFull(
+                'The store\'s pool is full: %s. What was written before is '
+                'kept.' % exc) from exc
 
     def sync(self):
         self.image.flush()
