@@ -228,6 +228,9 @@ Possible values:
         'commit_timeout',
         default=60,
         min=1,
+        # Below the hold a finalize has on a session kept in a cluster
+        # (sizeaware.sessions.storage.cluster.FINALIZE_LEASE).
+        max=240,
         help="""
 Seconds finalizing a store-native session waits for Glance to make the
 image ``active`` from its location.

@@ -107,7 +107,8 @@ class Locations:
                 '%s/v2/images/%s/locations' % (self._root(environ),
                                                image_id),
                 json={'url': url}, headers=headers, authenticated=False,
-                raise_exc=False, connect_retries=2, log=False)
+                raise_exc=False, connect_retries=2, log=False,
+                timeout=self.timeout)
         except ks_exceptions.ClientException as exc:
             raise exceptions.GlanceUnreachable(
                 'Glance could not be asked to take the image\'s location: '
