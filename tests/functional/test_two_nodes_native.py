@@ -8,8 +8,8 @@ of its own on its own disk, behind a round-robin proxy
 the pool beside its RBD image (:mod:`sizeaware.sessions.storage.cluster`),
 so a request reaching either node finds it. Successive requests alternate
 between the nodes: ranged PUTs out of order, tuspy's PATCHes, four ranged
-streams at once, and an upload across one node's workers SIGKILLed
-mid-write and the other node restarted; with S3, whole parts and tus
+streams at once; and each of the three again across workers SIGKILLed
+mid-write and a node restarted; with S3, whole parts and tus
 PATCHes ending mid-part. Every image ends exact, and neither node's spool
 ever holds a byte of it.
 """
@@ -17,6 +17,7 @@ ever holds a byte of it.
 import concurrent.futures
 import os
 import subprocess
+import threading
 import time
 import uuid
 
@@ -180,7 +181,8 @@ def test_a_node_killed_mid_write_and_the_other_restarted(pair, api,
                                    + '/v2/images/%s/file' % image_id],
                            stdout=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 10
-    while not any(k.startswith('w.') for k in ledger(ceph_rbd, image_id)):
+    while not any(k.startswith('w.')
+                  for k in ledger(ceph_rbd, image_id) or ()):
         assert time.monotonic() < deadline, 'no writer lease'
         time.sleep(0.05)
     time.sleep(1)
@@ -197,6 +199,93 @@ def test_a_node_killed_mid_write_and_the_other_restarted(pair, api,
                    - time.monotonic()))
     resp = put_range(api, image_id, half, N - 1)
     assert resp.status == 204, resp
+    assert_exact(api, pair, image_id)
+
+
+def wait_for_lease(ceph_rbd, image_id, timeout=10):
+    deadline = time.monotonic() + timeout
+    while not any(k.startswith('w.')
+                  for k in ledger(ceph_rbd, image_id) or ()):
+        assert time.monotonic() < deadline, 'no writer lease'
+        time.sleep(0.05)
+
+
+def test_tuspy_across_a_node_killed_mid_patch(pair, api, ceph_rbd,
+                                              tmp_path):
+    """tuspy's third PATCH stalls in the proxy (the bytes before the stall
+    reached a node); every worker of both nodes is SIGKILLed and node 1
+    restarted; tuspy resumes from its upload URL through the proxy, from
+    what the session holds, and the image is exact."""
+    image_id = api.create_image()
+    path = tmp_path / 'image'
+    path.write_bytes(DATA)
+    tus = tus_client.TusClient('%s/v2/images/%s/file' % (pair.url,
+                                                         image_id),
+                               headers=dict(api.headers))
+    uploader = tus.uploader(str(path), chunk_size=4 * MiB)
+    uploader.upload(stop_at=8 * MiB)
+    pair.proxy.stall_at(2 * MiB, 30)
+    failed = []
+
+    def send():
+        try:
+            uploader.upload()
+        except Exception as exc:  # the connection dies with the worker
+            failed.append(exc)
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    assert pair.proxy.stalled.wait(10)
+    wait_for_lease(ceph_rbd, image_id)
+    time.sleep(0.5)
+    pair.kill_workers(0)
+    pair.kill_workers(1)
+    killed_at = time.monotonic()
+    sender.join(40)
+    assert failed and not sender.is_alive()
+    pair.restart(0)
+    time.sleep(max(0.0, killed_at + cluster.WRITE_LEASE + 1
+                   - time.monotonic()))
+    resumed = tus.uploader(str(path), url=uploader.url, chunk_size=4 * MiB)
+    assert 8 * MiB <= resumed.offset < 12 * MiB
+    resumed.upload()
+    assert_exact(api, pair, image_id)
+
+
+def test_four_streams_across_a_node_killed(pair, api, ceph_rbd):
+    """Four ranged streams through the proxy; node 1's workers are
+    SIGKILLed while they send; each stream sends again what did not get a
+    204 (once the dead writers' leases lapsed), and the image is exact."""
+    image_id = api.create_image()
+    pieces = [(start, min(start + 2 * MiB, N) - 1)
+              for start in range(0, N, 2 * MiB)]
+    streams = [pieces[i::4] for i in range(4)]
+    pair.proxy.stall_at(MiB, 3)     # one request slowed down, to be cut
+    killed = threading.Event()
+    left = []
+
+    def stream(mine):
+        for first, last in mine:
+            try:
+                ok = put_range(api, image_id, first, last,
+                               timeout=30).status == 204
+            except ConnectionError:
+                ok = False
+            if not ok:
+                left.append((first, last))
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        running = [pool.submit(stream, mine) for mine in streams]
+        wait_for_lease(ceph_rbd, image_id)
+        pair.kill_workers(0)
+        killed.set()
+        killed_at = time.monotonic()
+        for future in running:
+            future.result()
+    assert left, 'the kill cut no request'
+    time.sleep(max(0.0, killed_at + cluster.WRITE_LEASE + 1
+                   - time.monotonic()))
+    for first, last in sorted(left):
+        resp = put_range(api, image_id, first, last)
+        assert resp.status == 204, resp
     assert_exact(api, pair, image_id)
 
 
