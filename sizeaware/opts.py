@@ -197,14 +197,17 @@ in_store_opts = [
         help="""
 Where a resumable upload's bytes are written while it is in progress.
 
-With ``store``, an upload to a filesystem store (one
-``filesystem_store_datadir``) writes each range at its offset into the
-very file the store will serve the image from, and finalizing only checks
-what is there and hands its location to Glance's location API: the image
-is ``active`` a moment after its last byte, whatever its size, and the
-spool holds no image bytes. Uploads to any other store, to ``/stage``, and
-tus concatenation use the spool. Glance lets only the ``service`` role add
-a location: grant it through ``[sizeaware_service_user]``.
+With ``store``, an upload to an RBD store is written at each range's
+offset into the very RBD image the store will serve, and one to an S3
+store goes straight up as parts of the image's own multipart upload; the
+session is kept beside the bytes (in the pool, in the bucket), so any API
+node continues it. Finalizing only checks what is there and hands its
+location to Glance's location API: the image is ``active`` a moment after
+its last byte, whatever its size, and the API node's disk holds none of
+it. Uploads to any other store (Glance refuses ``file://`` locations, so
+a filesystem store among them), to ``/stage``, and tus concatenation use
+the spool. Glance lets only the ``service`` role add a location: grant it
+through ``[sizeaware_service_user]``.
 
 Possible values:
     * store (default): store-native sessions where the store allows.

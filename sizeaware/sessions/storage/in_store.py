@@ -88,6 +88,7 @@ class InStore:
         # use: connecting costs more than writing a range.
         self._clusters = {}
         self._buckets = {}
+        self._stores = {}
         self._lock = threading.Lock()
 
     def place(self, image_id, size, backend=None):
@@ -107,7 +108,7 @@ class InStore:
         if name is None:
             return None
         try:
-            store = self.find_store(name, multi)
+            store = self._store(name, multi)
         except Exception as exc:
             if backend is None:
                 # Glance's own default, not found here: the spool serves.
@@ -165,7 +166,7 @@ class InStore:
             found = self._buckets.get(backend)
         if found is not None:
             return found
-        store = self.find_store(backend, backends.configured(self.conf)[0])
+        store = self._store(backend)
         options = (self.conf[store.backend_group] if store.backend_group
                    else self.conf.glance_store)
         import boto3
@@ -192,13 +193,11 @@ class InStore:
 
     def ioctx(self, backend):
         """The RADOS I/O context of ``backend``'s pool."""
-        return self._cluster(backend, self.find_store(
-            backend, backends.configured(self.conf)[0])).ioctx
+        return self._cluster(backend).ioctx
 
     def rados(self, backend):
         """The ``rados`` module the store's driver uses."""
-        return self._cluster(backend, self.find_store(
-            backend, backends.configured(self.conf)[0])).rados
+        return self._cluster(backend).rados
 
     def create(self, rec):
         """Make the empty object at the record's place, at its size; its
@@ -227,11 +226,16 @@ class InStore:
         """
         cluster = self._cluster_of(rec)
         try:
-            return RBDImage(cluster.rbd.Image(cluster.ioctx, _image(rec),
-                                              read_only=not writable),
-                            cluster.rbd)
+            image = cluster.rbd.Image(cluster.ioctx, _image(rec),
+                                      read_only=not writable)
         except cluster.rbd.ImageNotFound:
             raise FileNotFoundError(_image(rec)) from None
+        if writable:
+            # librbd writes through its cache until a handle's first flush
+            # (rbd_cache_writethrough_until_flush): every 64 KiB piece would
+            # wait for the OSDs.
+            image.flush()
+        return RBDImage(image, cluster.rbd)
 
     def seal(self, rec):
         """Make the object what the store serves: the driver's features
@@ -286,15 +290,34 @@ class InStore:
         return True
 
     def _cluster_of(self, rec):
-        return self._cluster(rec.store, self.find_store(
-            rec.store, backends.configured(self.conf)[0]))
+        return self._cluster(rec.store)
 
-    def _cluster(self, name, store):
+    def _cluster(self, name, store=None):
+        """The backend's cluster connection, made once per process."""
         with self._lock:
             cluster = self._clusters.get(name)
-            if cluster is None:
-                cluster = self._clusters[name] = _Cluster(store)
+        if cluster is not None:
             return cluster
+        cluster = _Cluster(store or self._store(name))
+        with self._lock:
+            kept = self._clusters.setdefault(name, cluster)
+        if kept is not cluster:
+            cluster.close()
+        return kept
+
+    def _store(self, name, multi=None):
+        """glance_store's store object of a backend, made once per process:
+        only its configuration is read (making one connects to the
+        cluster, for an RBD store, to learn its fsid)."""
+        with self._lock:
+            store = self._stores.get(name)
+        if store is None:
+            if multi is None:
+                multi = backends.configured(self.conf)[0]
+            store = self.find_store(name, multi)
+            with self._lock:
+                store = self._stores.setdefault(name, store)
+        return store
 
 
 class _Cluster:
@@ -330,6 +353,10 @@ class _Cluster:
                         | self.rbd.RBD_FEATURE_OBJECT_MAP
                         | self.rbd.RBD_FEATURE_FAST_DIFF
                         | self.rbd.RBD_FEATURE_JOURNALING)
+
+    def close(self):
+        self.ioctx.close()
+        self.client.shutdown()
 
 
 class RBDImage:
