@@ -65,12 +65,38 @@ def api(glance):
         uuid.uuid4().hex, roles=ROLES))
 
 
-def put_range(api, image_id, first, last):
+def put_range(api, image_id, first, last, data=DATA, timeout=120):
+    """One ranged PUT of bytes ``first`` to ``last`` of ``data``."""
     return api.request('PUT', '/v2/images/%s/file' % image_id,
-                       body=DATA[first:last + 1], headers={
-                           'Content-Range': 'bytes %d-%d/%d' % (first, last,
-                                                                N),
+                       body=data[first:last + 1], timeout=timeout,
+                       headers={'Content-Range': 'bytes %d-%d/%d' % (
+                           first, last, len(data)),
                            'Content-Type': 'application/octet-stream'})
+
+
+def slow_curl(url, api, image_id, data, first, path):
+    """curl sending bytes ``first`` on of ``data`` (from file ``path``) as
+    one ranged PUT at 2 MiB/s, in the background: a request to cut."""
+    path.write_bytes(data[first:])
+    argv = ['curl', '-sS', '-o', '/dev/null', '-w', '%{http_code}',
+            '-X', 'PUT', '-H', 'Expect:', '--limit-rate', '2M',
+            '-H', 'Content-Range: bytes %d-%d/%d' % (first, len(data) - 1,
+                                                   len(data)),
+            '-H', 'Content-Type: application/octet-stream']
+    for name, value in api.headers.items():
+        argv += ['-H', '%s: %s' % (name, value)]
+    return subprocess.Popen(argv + ['-T', str(path), url
+                                    + '/v2/images/%s/file' % image_id],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def wait_for_lease(ceph_rbd, image_id, timeout=10):
+    """Until a request holds bytes of the session (a writer's lease)."""
+    deadline = time.monotonic() + timeout
+    while not any(k.startswith('w.')
+                  for k in ledger(ceph_rbd, image_id) or ()):
+        assert time.monotonic() < deadline, 'no writer lease'
+        time.sleep(0.05)
 
 
 def session(api, image_id):
@@ -248,21 +274,9 @@ def test_a_killed_worker_loses_no_acknowledged_byte(glance, api, ceph_rbd,
     image_id = api.create_image()
     half = 12 * MiB
     assert put_range(api, image_id, 0, half - 1).status == 204
-    body = tmp_path / 'rest'
-    body.write_bytes(DATA[half:])
-    argv = ['curl', '-sS', '-o', '/dev/null', '-w', '%{http_code}',
-            '-X', 'PUT', '-H', 'Expect:', '--limit-rate', '2M',
-            '-H', 'Content-Range: bytes %d-%d/%d' % (half, N - 1, N),
-            '-H', 'Content-Type: application/octet-stream']
-    for name, value in api.headers.items():
-        argv += ['-H', '%s: %s' % (name, value)]
-    cut = subprocess.Popen(argv + ['-T', str(body), glance.url
-                                   + '/v2/images/%s/file' % image_id],
-                           stdout=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 10
-    while not any(k.startswith('w.') for k in ledger(ceph_rbd, image_id)):
-        assert time.monotonic() < deadline, 'no writer lease'
-        time.sleep(0.05)
+    cut = slow_curl(glance.url, api, image_id, DATA, half,
+                    tmp_path / 'rest')
+    wait_for_lease(ceph_rbd, image_id)
     time.sleep(1)
     for pid in workers(glance):
         os.kill(pid, signal.SIGKILL)

@@ -16,6 +16,7 @@ client whose PATCHes end mid-part has each part's start kept as its tail,
 as tusd's ``.part`` objects are.
 """
 
+import functools
 import hashlib
 import os
 import uuid
@@ -25,6 +26,7 @@ from tusclient import client as tus_client
 
 from tests.functional import client
 from tests.functional import conftest
+from tests.functional import test_store_native as native
 from tests.functional.test_resumable_faults import SERVERS
 
 MiB = 1024 * 1024
@@ -32,6 +34,8 @@ PART = 8 * MiB
 DATA = os.urandom(3 * PART + 7)
 N = len(DATA)
 ROLES = ('member', 'reader')
+put_range = functools.partial(native.put_range, data=DATA)
+session = native.session
 
 
 @pytest.fixture(scope='module', params=SERVERS,
@@ -59,20 +63,6 @@ def glance(request, radosgw, s3, tmp_path_factory):
 def api(glance):
     return client.GlanceClient(glance.url, glance.identity_headers(
         uuid.uuid4().hex, roles=ROLES))
-
-
-def put_range(api, image_id, first, last):
-    return api.request('PUT', '/v2/images/%s/file' % image_id,
-                       body=DATA[first:last + 1], headers={
-                           'Content-Range': 'bytes %d-%d/%d' % (first, last,
-                                                                N),
-                           'Content-Type': 'application/octet-stream'})
-
-
-def session(api, image_id):
-    resp = api.request('GET', '/v2/images/%s/file/session' % image_id)
-    assert resp.status == 200, resp
-    return resp.json()
 
 
 def uploads(s3, glance, image_id):

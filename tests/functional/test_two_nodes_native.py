@@ -15,8 +15,8 @@ ever holds a byte of it.
 """
 
 import concurrent.futures
+import functools
 import os
-import subprocess
 import threading
 import time
 import uuid
@@ -26,13 +26,15 @@ from tusclient import client as tus_client
 
 from sizeaware.sessions.storage import cluster
 from tests.functional import client
+from tests.functional import test_store_native as native
 from tests.functional import two_nodes
-from tests.functional.test_store_native import ledger
+from tests.functional.test_store_native import wait_for_lease
 
 MiB = 1024 * 1024
 DATA = os.urandom(32 * MiB + 3)
 N = len(DATA)
 ROLES = ('member', 'reader')
+put_range = functools.partial(native.put_range, data=DATA)
 
 
 @pytest.fixture(scope='module')
@@ -72,14 +74,6 @@ def s3_pair(postgres, radosgw, s3, tmp_path_factory):
 def api(pair):
     return client.GlanceClient(pair.url, pair.identity_headers(
         uuid.uuid4().hex, roles=ROLES))
-
-
-def put_range(api, image_id, first, last, timeout=120):
-    return api.request('PUT', '/v2/images/%s/file' % image_id,
-                       body=DATA[first:last + 1], timeout=timeout,
-                       headers={'Content-Range': 'bytes %d-%d/%d' % (
-                           first, last, N),
-                           'Content-Type': 'application/octet-stream'})
 
 
 def answered_by(pair, image_id):
@@ -169,22 +163,9 @@ def test_a_node_killed_mid_write_and_the_other_restarted(pair, api,
     image_id = api.create_image()
     half = N // 2
     assert put_range(api, image_id, 0, half - 1).status == 204
-    body = tmp_path / 'rest'
-    body.write_bytes(DATA[half:])
-    argv = ['curl', '-sS', '-o', '/dev/null', '-w', '%{http_code}',
-            '-X', 'PUT', '-H', 'Expect:', '--limit-rate', '2M',
-            '-H', 'Content-Range: bytes %d-%d/%d' % (half, N - 1, N),
-            '-H', 'Content-Type: application/octet-stream']
-    for name, value in api.headers.items():
-        argv += ['-H', '%s: %s' % (name, value)]
-    cut = subprocess.Popen(argv + ['-T', str(body), pair.nodes[0].url
-                                   + '/v2/images/%s/file' % image_id],
-                           stdout=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 10
-    while not any(k.startswith('w.')
-                  for k in ledger(ceph_rbd, image_id) or ()):
-        assert time.monotonic() < deadline, 'no writer lease'
-        time.sleep(0.05)
+    cut = native.slow_curl(pair.nodes[0].url, api, image_id, DATA, half,
+                           tmp_path / 'rest')
+    wait_for_lease(ceph_rbd, image_id)
     time.sleep(1)
     pair.kill_workers(0)
     killed_at = time.monotonic()
@@ -200,14 +181,6 @@ def test_a_node_killed_mid_write_and_the_other_restarted(pair, api,
     resp = put_range(api, image_id, half, N - 1)
     assert resp.status == 204, resp
     assert_exact(api, pair, image_id)
-
-
-def wait_for_lease(ceph_rbd, image_id, timeout=10):
-    deadline = time.monotonic() + timeout
-    while not any(k.startswith('w.')
-                  for k in ledger(ceph_rbd, image_id) or ()):
-        assert time.monotonic() < deadline, 'no writer lease'
-        time.sleep(0.05)
 
 
 def test_tuspy_across_a_node_killed_mid_patch(pair, api, ceph_rbd,

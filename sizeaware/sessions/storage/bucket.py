@@ -53,7 +53,6 @@ from sizeaware import stream
 from sizeaware.sessions import limits as limits_mod
 from sizeaware.sessions import locks
 from sizeaware.sessions import ranges
-from sizeaware.sessions import reaper
 from sizeaware.sessions import record as records
 from sizeaware.sessions import storage
 from sizeaware.sessions.storage import ledger
@@ -66,8 +65,7 @@ PREFIX = 'sizeaware-sessions/'
 MIN_PART = 8 * 1024 * 1024
 #: S3 allows at most this many parts in one upload.
 MAX_PARTS = 10000
-_RECORD_LOCK = (0, 1)
-_FINALIZE_LOCK = (1 << 62, 1)
+_RECORD_LOCK = ledger.RECORD_LOCK
 #: What S3 answers for an upload id it no longer knows (radosgw says
 #: ``NoSuchKey`` where AWS says ``NoSuchUpload``).
 _NO_UPLOAD = ('NoSuchUpload', 'NoSuchKey')
@@ -102,20 +100,9 @@ class Buckets(storage.Storage):
     def session(self, image_id, target, caller, part=None, ended=False):
         if target != 'file' or part is not None:
             return None
-        for backend in self.in_store.s3_backends():
-            try:
-                session = BucketSession(self, backend, image_id, caller)
-            except exceptions.SessionNotFound:
-                continue
-            session = ledger._owned(session, caller)
-            rec = session.record
-            if not rec.ended and rec.expires_at <= self.clock():
-                reaper.expire(session, self.clock())
-            if session.record.ended and not ended:
-                session.close()
-                return None
-            return session
-        return None
+        return ledger.found(self, [
+            functools.partial(BucketSession, self, backend, image_id, caller)
+            for backend in self.in_store.s3_backends()], caller, ended)
 
     def open(self, key, caller):
         return BucketSession(self, key[0], key[1], caller)
@@ -188,7 +175,7 @@ class Buckets(storage.Storage):
         pass
 
 
-class BucketSession(ledger.LedgerSession):
+class BucketSession(ledger.NodeLocks, ledger.LedgerSession):
     """One S3 store-native session, opened for the length of one request.
 
     :raises sizeaware.exceptions.SessionNotFound: when there is none.
@@ -234,14 +221,6 @@ class BucketSession(ledger.LedgerSession):
         for _, start, end, crc in tails:
             found.append((start, end, crc))
         return sorted(found)
-
-    def writing(self):
-        return locks.held_by_another(self.lock_fd, 1, max(self.record.size,
-                                                          1))
-
-    def finalizing_elsewhere(self):
-        return (not self.finalizer
-                and locks.held_by_another(self.lock_fd, *_FINALIZE_LOCK))
 
     def reader(self, stream_class=stream.BodyStream, live=None):
         answer = self._get_object()
@@ -377,18 +356,6 @@ class BucketSession(ledger.LedgerSession):
         for key in self._keys():
             if not key.endswith('/record'):
                 self.s3.delete_object(Bucket=self.bucket, Key=key)
-
-    def _take_finalize(self):
-        return locks.try_acquire(self.lock_fd, *_FINALIZE_LOCK)
-
-    def _release_finalize(self):
-        locks.release(self.lock_fd, *_FINALIZE_LOCK)
-
-    def _finalizer_gone(self):
-        if locks.try_acquire(self.lock_fd, *_FINALIZE_LOCK):
-            locks.release(self.lock_fd, *_FINALIZE_LOCK)
-            return True
-        return False
 
     def _recover_writers(self, rec):
         pass

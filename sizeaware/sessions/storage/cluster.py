@@ -37,7 +37,6 @@ from oslo_log import log as logging
 from sizeaware import exceptions
 from sizeaware import stream
 from sizeaware.sessions import limits as limits_mod
-from sizeaware.sessions import reaper
 from sizeaware.sessions import record as records
 from sizeaware.sessions import storage
 from sizeaware.sessions.storage import ledger
@@ -74,19 +73,10 @@ class Clusters(storage.Storage):
     def session(self, image_id, target, caller, part=None, ended=False):
         if target != 'file' or part is not None:
             return None
-        for backend in self.in_store.rbd_backends():
-            try:
-                session = ClusterSession(self, backend, image_id, caller)
-            except exceptions.SessionNotFound:
-                continue
-            session = ledger._owned(session, caller)
-            rec = session.record
-            if not rec.ended and rec.expires_at <= self.clock():
-                reaper.expire(session, self.clock())
-            if session.record.ended and not ended:
-                return None
-            return session
-        return None
+        return ledger.found(self, [
+            functools.partial(ClusterSession, self, backend, image_id,
+                              caller)
+            for backend in self.in_store.rbd_backends()], caller, ended)
 
     def open(self, key, caller):
         return ClusterSession(self, key[0], key[1], caller)

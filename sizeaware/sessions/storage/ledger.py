@@ -31,7 +31,9 @@ import time
 from oslo_log import log as logging
 
 from sizeaware import exceptions
+from sizeaware.sessions import locks
 from sizeaware.sessions import ranges
+from sizeaware.sessions import reaper
 from sizeaware.sessions import record as records
 from sizeaware.sessions import storage
 
@@ -251,6 +253,68 @@ class LedgerSession(storage.Session):
             rec.expires_at = self.storage.limits.expiry(rec.created_at, now)
         self._write_record(rec)
         self.record = rec
+
+
+#: The byte of a session's lock file its record lock takes, and the one the
+#: request finalizing it holds (its bytes ``1 + a`` to ``1 + b`` are the
+#: writers' of image bytes ``a`` to ``b``).
+RECORD_LOCK = (0, 1)
+FINALIZE_LOCK = (1 << 62, 1)
+
+
+class NodeLocks:
+    """The locks of a session kept in a lock file (``lock_fd``): record,
+    writers' bytes and finalize, held by the kernel for as long as the
+    request's descriptor is open, so a killed worker holds none
+    (:mod:`~sizeaware.sessions.locks`). The spool's sessions and, within
+    one node, the S3 ones use them."""
+
+    lock_fd = None
+
+    def writing(self):
+        return locks.held_by_another(self.lock_fd, 1, max(self.record.size,
+                                                          1))
+
+    def finalizing_elsewhere(self):
+        return (not self.finalizer
+                and locks.held_by_another(self.lock_fd, *FINALIZE_LOCK))
+
+    def _take_finalize(self):
+        # Held until this request ends, also when its worker dies.
+        return locks.try_acquire(self.lock_fd, *FINALIZE_LOCK)
+
+    def _release_finalize(self):
+        locks.release(self.lock_fd, *FINALIZE_LOCK)
+
+    def _finalizer_gone(self):
+        if locks.try_acquire(self.lock_fd, *FINALIZE_LOCK):
+            locks.release(self.lock_fd, *FINALIZE_LOCK)
+            return True
+        return False
+
+
+def found(storage, attempts, caller, ended):
+    """The first session ``attempts`` open (each a callable that opens one
+    or raises SessionNotFound), if ``caller`` owns it; an expired one is
+    ended on sight (unless a request still writes); an ended one only if
+    ``ended``.
+
+    :raises sizeaware.exceptions.SessionNotFound: someone else's.
+    """
+    for attempt in attempts:
+        try:
+            session = attempt()
+        except exceptions.SessionNotFound:
+            continue
+        session = _owned(session, caller)
+        if not session.record.ended and (
+                session.record.expires_at <= storage.clock()):
+            reaper.expire(session, storage.clock())
+        if session.record.ended and not ended:
+            session.close()
+            return None
+        return session
+    return None
 
 
 def _complete(held, size):

@@ -54,7 +54,6 @@ from sizeaware import stream
 from sizeaware.sessions import journal as journals
 from sizeaware.sessions import limits as limits_mod
 from sizeaware.sessions import locks
-from sizeaware.sessions import reaper
 from sizeaware.sessions import record as records
 from sizeaware.sessions import storage
 from sizeaware.sessions.storage import blocks
@@ -67,8 +66,7 @@ LOG = logging.getLogger(__name__)
 _IMAGE_ID = re.compile(r'[A-Za-z0-9_-]{1,64}')
 #: The random name of a tus upload (``secrets.token_hex(16)``).
 _UPLOAD_ID = re.compile(r'[0-9a-f]{32}')
-_RECORD_LOCK = (0, 1)
-_FINALIZE_LOCK = (1 << 62, 1)
+_RECORD_LOCK = ledger.RECORD_LOCK
 
 
 class Spool(storage.Storage):
@@ -85,19 +83,8 @@ class Spool(storage.Storage):
 
     def session(self, image_id, target, caller, part=None, ended=False):
         path = self._path(image_id, target, part)
-        try:
-            session = SpoolSession(self, path, caller)
-        except exceptions.SessionNotFound:
-            return None
-        session = ledger._owned(session, caller)
-        rec = session.record
-        if not rec.ended and rec.expires_at <= self.clock():
-            # Expired: ended on sight (unless a request still writes).
-            reaper.expire(session, self.clock())
-        if session.record.ended and not ended:
-            session.close()
-            return None
-        return session
+        return ledger.found(self, [functools.partial(
+            SpoolSession, self, path, caller)], caller, ended)
 
     def open(self, key, caller):
         return SpoolSession(self, key, caller)
@@ -244,7 +231,7 @@ class Spool(storage.Storage):
             os.close(fd)
 
 
-class SpoolSession(ledger.LedgerSession):
+class SpoolSession(ledger.NodeLocks, ledger.LedgerSession):
     """One session on disk, opened for the length of one request.
 
     :raises sizeaware.exceptions.SessionNotFound: when there is none.
@@ -278,14 +265,6 @@ class SpoolSession(ledger.LedgerSession):
     def pieces(self):
         return journals.read_pieces(os.path.join(self.path,
                                                  journals.PIECES))
-
-    def writing(self):
-        return locks.held_by_another(self.lock_fd, 1, max(self.record.size,
-                                                          1))
-
-    def finalizing_elsewhere(self):
-        return (not self.finalizer
-                and locks.held_by_another(self.lock_fd, *_FINALIZE_LOCK))
 
     def reader(self, stream_class=stream.BodyStream, live=None):
         sizes = self.record.parts
@@ -495,19 +474,6 @@ class SpoolSession(ledger.LedgerSession):
 
     def _clear_pieces(self):
         journals.clear_pieces(os.path.join(self.path, journals.PIECES))
-
-    def _take_finalize(self):
-        # Held until this request ends, also when its worker dies.
-        return locks.try_acquire(self.lock_fd, *_FINALIZE_LOCK)
-
-    def _release_finalize(self):
-        locks.release(self.lock_fd, *_FINALIZE_LOCK)
-
-    def _finalizer_gone(self):
-        if locks.try_acquire(self.lock_fd, *_FINALIZE_LOCK):
-            locks.release(self.lock_fd, *_FINALIZE_LOCK)
-            return True
-        return False
 
     def _recover_writers(self, rec):
         """Claim the pieces that the journals of killed writers list and
