@@ -35,9 +35,11 @@ DATA = os.urandom(24 * MiB + 7)
 N = len(DATA)
 ROLES = ('member', 'reader')
 #: Glance 33 under uwsgi, 30 under eventlet, and 29 (2024.2, the first
-#: release with the location API) under uwsgi, when the run has them.
+#: release with the location API) under uwsgi and eventlet, when the run
+#: has them.
 SERVERS = FAULT_SERVERS + (
-    [('29', 'uwsgi')] if '29' in conftest.RELEASES else [])
+    [('29', 'uwsgi')] if '29' in conftest.RELEASES else []) + (
+    [('29', 'eventlet')] if '29' in conftest.EVENTLET_RELEASES else [])
 
 
 @pytest.fixture(scope='module', params=SERVERS,
